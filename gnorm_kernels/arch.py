@@ -1,0 +1,289 @@
+"""Where the attention heads of a model live.
+
+`head_layout(model)` is the only place in the package that knows module paths. Each supported
+model family is one `Family` entry in a registry; `register_family` adds another.
+
+Conventions used everywhere else:
+
+* A head is named by ``(layer, original head index)``; the grid is ``[num_layers, num_heads]``.
+* A layer's heads are the row blocks ``h*d:(h+1)*d`` of its query/key/value ``nn.Linear``
+  weights (shape ``[H*d, D]``) and the matching column block of the attention output projection.
+* ALBERT reuses one attention block at every depth: its grid rows are the distinct (shared)
+  blocks, so one unit is one head index of a shared layer group.
+* After physical pruning (`gnorm_kernels.pruning.prune_heads`) a block remembers which
+  original heads it still holds, in the order of its weight rows (`AttentionBlock.kept_heads`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AttentionBlock",
+    "Family",
+    "HeadLayout",
+    "head_layout",
+    "register_family",
+    "supported_families",
+]
+
+KEPT_HEADS_ATTR = "kept_heads"
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One self-attention block: the modules that hold its heads."""
+
+    index: int  # row on the head grid
+    attention: nn.Module  # the module whose forward splits Q/K/V into heads
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    output: nn.Linear  # projection whose input is the concatenation of the head contexts
+    depths: tuple[int, ...]  # encoder depths at which this block runs (several for ALBERT)
+    num_heads: int  # heads before any pruning
+    head_size: int
+
+    @property
+    def kept_heads(self) -> tuple[int, ...]:
+        """Original indices of the heads still present, in weight-row order."""
+        kept = getattr(self.attention, KEPT_HEADS_ATTR, None)
+        return tuple(range(self.num_heads)) if kept is None else tuple(kept)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """The head grid of a model: its family, shape and attention blocks."""
+
+    family: str
+    num_layers: int
+    num_heads: int
+    head_size: int
+    hidden_size: int
+    shared_across_depth: bool
+    blocks: tuple[AttentionBlock, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_layers, self.num_heads)
+
+    @property
+    def num_units(self) -> int:
+        return self.num_layers * self.num_heads
+
+    def kept_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Bool [L, H]: True where the head is still physically present."""
+        mask = torch.zeros(self.shape, dtype=torch.bool, device=device)
+        for block in self.blocks:
+            mask[block.index, list(block.kept_heads)] = True
+        return mask
+
+    def pruned_heads(self) -> dict[int, list[int]]:
+        """{layer: sorted original indices of the pruned heads}, layers with none omitted."""
+        out: dict[int, list[int]] = {}
+        for block in self.blocks:
+            gone = sorted(set(range(self.num_heads)) - set(block.kept_heads))
+            if gone:
+                out[block.index] = gone
+        return out
+
+    @property
+    def num_kept_heads(self) -> int:
+        return sum(len(b.kept_heads) for b in self.blocks)
+
+    def describe(self) -> str:
+        shared = " (one shared block per layer group, reused at every depth)" if self.shared_across_depth else ""
+        return (
+            f"{self.family}: {self.num_layers} layers x {self.num_heads} heads of size {self.head_size}"
+            f"{shared}; {self.num_kept_heads} of {self.num_units} heads present"
+        )
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to find the attention heads of one model family.
+
+    `layers(base_model)` returns, for every distinct attention block, the module that holds it
+    (the encoder layer) and the encoder depths at which it runs. The remaining fields are dotted
+    paths inside that layer module. `empty_forward` replaces the attention module's forward once
+    all its heads are pruned (transformers' head split cannot reshape a zero-width tensor); it must
+    return what the original forward returns, with the attention contributing only its output bias.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: Callable[[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]]
+    attention: str
+    query: str
+    key: str
+    value: str
+    output: str
+    num_heads: Callable[[object], int]
+    empty_forward: Callable[..., tuple]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add (or replace) a model family; returns it so it can be used as a decorator-free one-liner."""
+    _FAMILIES[family.name] = family
+    return family
+
+
+def supported_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def _family_of(model: nn.Module) -> Family:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for family in _FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    raise ValueError(
+        f"unsupported model {type(model).__name__} (config.model_type={model_type!r}); "
+        f"supported families: {', '.join(supported_families())}. "
+        "Add one with gnorm_kernels.arch.register_family()."
+    )
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def head_layout(model: nn.Module) -> HeadLayout:
+    """Describe the attention heads of a BERT-family model (bare or inside a task head class)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (a transformers model), got {type(model).__name__}")
+    family = _family_of(model)
+    base = getattr(model, "base_model", model)
+    config = model.config
+    num_heads = family.num_heads(config)
+    blocks = []
+    for index, (layer, depths) in enumerate(family.layers(base)):
+        attention = _get(layer, family.attention)
+        blocks.append(
+            AttentionBlock(
+                index=index,
+                attention=attention,
+                query=_get(layer, family.query),
+                key=_get(layer, family.key),
+                value=_get(layer, family.value),
+                output=_get(layer, family.output),
+                depths=tuple(depths),
+                num_heads=num_heads,
+                head_size=int(attention.attention_head_size),
+            )
+        )
+    if not blocks:
+        raise ValueError(f"no attention blocks found in {type(model).__name__}")
+    return HeadLayout(
+        family=family.name,
+        num_layers=len(blocks),
+        num_heads=num_heads,
+        head_size=blocks[0].head_size,
+        hidden_size=int(blocks[0].query.in_features),
+        shared_across_depth=any(len(b.depths) > 1 for b in blocks),
+        blocks=tuple(blocks),
+    )
+
+
+# --------------------------------------------------------------------------- families
+
+
+def _zero_context(hidden_states: torch.Tensor) -> torch.Tensor:
+    return hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+
+
+def _empty_context_forward(self, hidden_states, *args, **kwargs):
+    # BERT-style self-attention returns the concatenated head contexts; with no heads that is
+    # a zero-width tensor, and the output projection (now [D, 0]) turns it into its bias.
+    return _zero_context(hidden_states), None
+
+
+def _empty_albert_forward(self, hidden_states, *args, **kwargs):
+    out = self.output_dropout(self.dense(_zero_context(hidden_states)))
+    return self.LayerNorm(hidden_states + out), None
+
+
+def _empty_distilbert_forward(self, hidden_states, *args, **kwargs):
+    return self.out_lin(_zero_context(hidden_states)), None
+
+
+def _encoder_layers(base: nn.Module) -> list[tuple[nn.Module, tuple[int, ...]]]:
+    return [(layer, (i,)) for i, layer in enumerate(base.encoder.layer)]
+
+
+def _albert_layers(base: nn.Module) -> list[tuple[nn.Module, tuple[int, ...]]]:
+    config = base.config
+    groups = base.encoder.albert_layer_groups
+    depths_of_group: dict[int, list[int]] = {g: [] for g in range(len(groups))}
+    for depth in range(config.num_hidden_layers):
+        group = int(depth / (config.num_hidden_layers / config.num_hidden_groups))
+        depths_of_group[group].append(depth)
+    out = []
+    for g, group in enumerate(groups):
+        for inner in group.albert_layers:
+            out.append((inner, tuple(depths_of_group[g])))
+    return out
+
+
+def _bert_like(name: str, *model_types: str) -> Family:
+    return Family(
+        name=name,
+        model_types=model_types,
+        layers=_encoder_layers,
+        attention="attention.self",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        output="attention.output.dense",
+        num_heads=lambda config: int(config.num_attention_heads),
+        empty_forward=_empty_context_forward,
+    )
+
+
+register_family(_bert_like("bert", "bert"))
+register_family(_bert_like("roberta", "roberta"))
+register_family(_bert_like("xlm-roberta", "xlm-roberta"))
+register_family(_bert_like("electra", "electra"))
+register_family(
+    Family(
+        name="albert",
+        model_types=("albert",),
+        layers=_albert_layers,
+        attention="attention",
+        query="attention.query",
+        key="attention.key",
+        value="attention.value",
+        output="attention.dense",
+        num_heads=lambda config: int(config.num_attention_heads),
+        empty_forward=_empty_albert_forward,
+    )
+)
+register_family(
+    Family(
+        name="distilbert",
+        model_types=("distilbert",),
+        layers=lambda base: [(layer, (i,)) for i, layer in enumerate(base.transformer.layer)],
+        attention="attention",
+        query="attention.q_lin",
+        key="attention.k_lin",
+        value="attention.v_lin",
+        output="attention.out_lin",
+        num_heads=lambda config: int(config.n_heads),
+        empty_forward=_empty_distilbert_forward,
+    )
+)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The registry entry that describes `model` (raises for unsupported models)."""
+    return _family_of(model)
