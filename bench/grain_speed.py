@@ -1,0 +1,174 @@
+"""Latency of GRAIN-shrunk models against the dense model and against a per-head loop.
+
+A BERT-base-sized classifier (12 layers x 12 heads of 64, hidden 768, FFN 3072; random weights:
+latency does not depend on what the weights are) is shrunk to 20%, 10% and 5% of its encoder
+units with structured-random structures of two shapes:
+
+* "regularised": what GRAIN's structure regulariser leaves, fewer and fuller heads (each kept head
+  holds most of its value dimensions and a varying share of its query dimensions);
+* "scattered": the same number of units spread over all heads, as pruning without the regulariser
+  tends to leave (many small heads).
+
+Both spend the same share of units on attention as a real GRAIN run on the tiny model does
+(--attention-share). Each shrunk model is timed with the three uneven-head implementations
+("grouped", "padded", "loop" = one attention per head in Python, as GRAIN's released code).
+
+    .venv/bin/python bench/grain_speed.py                       # CPU, batch 32, sequence 128
+    .venv/bin/python bench/grain_speed.py --device cuda --batch 128 --seq 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import time
+
+import torch
+
+
+def random_structure(num_layers, num_heads, head_size, ffn_size, density, *, attention_share, style, seed):
+    """A GrainStructure with `density` of all units kept; `attention_share` of them in attention."""
+    from gnorm_kernels.grain.shrink import GrainStructure, LayerStructure
+
+    rng = random.Random(seed)
+    total = num_layers * (2 * num_heads * head_size + ffn_size)
+    budget = int(density * total)
+    att_budget = int(attention_share * budget)
+    ffn_budget = budget - att_budget
+
+    def split(amount, parts, cap):
+        weights = [rng.random() + 0.5 for _ in range(parts)]
+        out = [min(cap, int(amount * w / sum(weights))) for w in weights]
+        i = 0
+        while sum(out) < amount and any(o < cap for o in out):
+            if out[i % parts] < cap:
+                out[i % parts] += 1
+            i += 1
+        return out
+
+    ffn_per_layer = split(ffn_budget, num_layers, ffn_size)
+    att_per_layer = split(att_budget, num_layers, 2 * num_heads * head_size)
+    layers = []
+    for n_att, n_ffn in zip(att_per_layer, ffn_per_layer):
+        if style == "regularised":
+            # fewer, fuller heads: ~85% of the value dims of each kept head, queries 30-100% of that
+            per_head = max(2, int(head_size * 0.85 * (1 + rng.uniform(0.3, 1.0))))
+            n_heads = max(1, min(num_heads, round(n_att / per_head))) if n_att else 0
+        else:
+            n_heads = num_heads if n_att else 0
+        heads = sorted(rng.sample(range(num_heads), n_heads))
+        q_units = [0] * n_heads
+        v_units = [1] * n_heads if n_heads else []
+        left = n_att - n_heads
+        while left > 0 and n_heads:
+            h = rng.randrange(n_heads)
+            kind = rng.random() < (0.6 if style == "regularised" else 0.5)
+            if kind and v_units[h] < head_size:
+                v_units[h] += 1
+                left -= 1
+            elif q_units[h] < head_size:
+                q_units[h] += 1
+                left -= 1
+            elif v_units[h] < head_size:
+                v_units[h] += 1
+                left -= 1
+        query = [()] * num_heads
+        value = [()] * num_heads
+        for h, nq, nv in zip(heads, q_units, v_units):
+            query[h] = tuple(sorted(rng.sample(range(head_size), nq)))
+            value[h] = tuple(sorted(rng.sample(range(head_size), nv)))
+        layers.append(LayerStructure(tuple(query), tuple(value), tuple(sorted(rng.sample(range(ffn_size), n_ffn)))))
+    return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
+
+
+def bert_base(device, layers, heads, head_size, ffn):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    hidden = heads * head_size
+    config = BertConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2, attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).to(device).eval()
+
+
+@torch.no_grad()
+def latency(model, inputs, repeats, device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model(**inputs)  # warm-up (plans and fused weights are built here)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        model(**inputs)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    import copy
+
+    from gnorm_kernels.grain.shrink import set_attention_impl, shrink_model
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
+    p.add_argument("--styles", nargs="+", default=["regularised", "scattered"])
+    p.add_argument("--impls", nargs="+", default=["grouped", "padded", "loop"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-size", type=int, default=64)
+    p.add_argument("--ffn", type=int, default=3072)
+    p.add_argument("--attention-share", type=float, default=0.4,
+                   help="share of kept units in attention (query+value) rather than FFN")
+    p.add_argument("--padding", type=float, default=0.0, help="fraction of each row that is padding (masked)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    dense = bert_base(device, args.layers, args.heads, args.head_size, args.ffn)
+    ids = torch.randint(5, dense.config.vocab_size, (args.batch, args.seq), device=device)
+    mask = torch.ones_like(ids)
+    if args.padding > 0:
+        keep = int(round(args.seq * (1 - args.padding)))
+        mask[1:, keep:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, seq {args.seq}")
+    t_dense = latency(dense, inputs, args.repeats, device)
+    print(f"dense: {1000 * t_dense:.1f} ms")
+    print("| density | structure | heads kept | encoder params | " + " | ".join(f"{i} ms" for i in args.impls)
+          + " | speed-up vs dense | grouped vs loop |")
+    print("|---" * (6 + len(args.impls)) + "|")
+    enc_dense = sum(q.numel() for q in dense.bert.encoder.parameters())
+    for density in args.densities:
+        for style in args.styles:
+            structure = random_structure(
+                args.layers, args.heads, args.head_size, args.ffn, density,
+                attention_share=args.attention_share, style=style, seed=args.seed,
+            )
+            model = shrink_model(copy.deepcopy(dense), structure)
+            enc = sum(q.numel() for q in model.bert.encoder.parameters())
+            times = {}
+            for impl in args.impls:
+                set_attention_impl(model, impl)
+                times[impl] = latency(model, inputs, args.repeats, device)
+            ratio = f"{times['loop'] / times['grouped']:.2f}x" if "loop" in times and "grouped" in times else "n/a"
+            print(
+                f"| {density:g} | {style} | {sum(structure.heads_per_layer())} | {enc / enc_dense:.1%} | "
+                + " | ".join(f"{1000 * times[i]:.1f}" for i in args.impls)
+                + f" | {t_dense / times['grouped']:.2f}x | {ratio} |",
+                flush=True,
+            )
+            del model
+
+
+if __name__ == "__main__":
+    main()

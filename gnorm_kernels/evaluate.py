@@ -1,0 +1,193 @@
+"""Evaluation: task metrics, model size, latency and single-head ablation."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation", "METRICS"]
+
+METRICS = ("accuracy", "f1", "matthews")
+Batch = Mapping[str, torch.Tensor]
+
+
+def _inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    tp = int(((pred == 1) & (gold == 1)).sum())
+    fp = int(((pred == 1) & (gold != 1)).sum())
+    fn = int(((pred != 1) & (gold == 1)).sum())
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _matthews(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
+    """Matthews correlation (the multiclass R_K form; the usual MCC for two classes)."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    confusion.index_put_((gold, pred), torch.ones_like(gold, dtype=torch.float64), accumulate=True)
+    n = confusion.sum()
+    correct = confusion.trace()
+    true_counts = confusion.sum(1)
+    pred_counts = confusion.sum(0)
+    cov_tp = correct * n - (true_counts * pred_counts).sum()
+    cov_pp = n * n - (pred_counts * pred_counts).sum()
+    cov_tt = n * n - (true_counts * true_counts).sum()
+    denom = math.sqrt(float(cov_pp * cov_tt))
+    return 0.0 if denom == 0 else float(cov_tp) / denom
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+    device = _model_device(model)
+    preds, golds = [], []
+    loss_sum = 0.0
+    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+        if "labels" not in batch:
+            raise ValueError(f"each batch needs 'labels'; got keys {sorted(batch)}")
+        logits = model(**_inputs(batch, device)).logits
+        if logits.ndim != 2 or logits.shape[-1] < 2:
+            raise ValueError(f"expected classification logits [batch, classes >= 2], got shape {tuple(logits.shape)}")
+        labels = batch["labels"].to(logits.device)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
+        golds.append(labels.cpu())
+    if not preds:
+        raise ValueError("no batches to evaluate")
+    return torch.cat(preds), torch.cat(golds), loss_sum
+
+
+def evaluate(
+    model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = False
+) -> dict[str, float]:
+    """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation.
+
+    `score` repeats the value of `metric`, the task's own metric. Runs without
+    gradients in eval mode and puts the model back in train mode if it was.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        pred, gold, loss_sum = _predict(model, batches, progress)
+    finally:
+        model.train(was_training)
+    configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
+    num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
+    result = {
+        "accuracy": float((pred == gold).float().mean()),
+        "loss": loss_sum / len(gold),
+        "matthews": _matthews(pred, gold, num_classes),
+        "n": float(len(gold)),
+    }
+    if num_classes == 2:
+        result["f1"] = _binary_f1(pred, gold)
+    if metric not in result:
+        raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
+    result["score"] = result[metric]
+    return result
+
+
+def parameter_count(model: torch.nn.Module, *, encoder_only: bool = False) -> int:
+    """Number of distinct parameters; `encoder_only` counts the transformer layers alone
+    (no embeddings, pooler or classifier), the part that head pruning shrinks."""
+    module = model
+    if encoder_only:
+        base = getattr(model, "base_model", model)
+        module = getattr(base, "encoder", None)
+        if module is None:
+            raise ValueError(f"encoder_only=True needs a model with base_model.encoder; got {type(model).__name__}")
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_size_mb(model: torch.nn.Module) -> float:
+    """Size of parameters plus buffers as stored (their own dtypes), in MiB (2**20 bytes)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+@torch.no_grad()
+def measure_latency(
+    model: torch.nn.Module, batches: Iterable[Batch], *, repeats: int = 5, warmup: int = 1
+) -> dict[str, Any]:
+    """Median wall-clock seconds per forward pass over the given batches.
+
+    Each of `repeats` passes times every batch; `warmup` untimed passes go first.
+    The CPU thread count is part of the result because latency depends on it.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no batches to time")
+    device = _model_device(model)
+    inputs = [_inputs(b, device) for b in batches]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        for _ in range(warmup):
+            for x in inputs:
+                model(**x)
+        for _ in range(repeats):
+            for x in inputs:
+                sync()
+                start = time.perf_counter()
+                model(**x)
+                sync()
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    examples = sum(int(x["input_ids"].shape[0]) for x in inputs) / len(inputs)
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "mean_s": statistics.fmean(times),
+        "min_s": min(times),
+        "per_example_s": median / examples,
+        "batches": len(inputs),
+        "mean_batch_size": examples,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
+def single_head_ablation(
+    model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = True
+) -> torch.Tensor:
+    """Drop in `metric` when each head alone is masked out: an [L, H] grid.
+
+    Drops are in the metric's own units (accuracy 0.05 = 5 points); positive
+    means the model got worse without that head. Heads already pruned are NaN.
+    """
+    from gnorm_kernels.arch import head_layout
+    from gnorm_kernels.masking import mask_heads
+
+    layout = head_layout(model)
+    present = layout.kept_mask()
+    batches = list(batches)
+    base = evaluate(model, batches, metric=metric)["score"]
+    drops = torch.full(layout.shape, float("nan"))
+    bar = tqdm(total=int(present.sum()), desc="ablating heads", disable=not progress)
+    for layer, head in present.nonzero().tolist():
+        bar.update(1)
+        mask = torch.ones(layout.shape)
+        mask[layer, head] = 0.0
+        with mask_heads(model, mask):
+            drops[layer, head] = base - evaluate(model, batches, metric=metric)["score"]
+    bar.close()
+    return drops

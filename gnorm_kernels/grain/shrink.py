@@ -1,0 +1,348 @@
+"""Shrinking for real: drop the pruned rows and columns, and a checkpoint format that remembers how.
+
+A `GrainStructure` lists, for every layer, the kept query/key dimensions and value dimensions of
+each original head and the kept FFN neurons. `shrink_model` applies one to a dense (or only
+head-pruned) model: each layer's self-attention becomes an `UnevenSelfAttention` holding just
+the kept heads, its output projection keeps the matching columns, and the FFN keeps its kept
+neurons. A head with no value dimensions is removed with its query dimensions; a layer with no
+heads, or no FFN neurons, is left adding only the bias of its output projection.
+
+`save_grain` writes an ordinary safetensors checkpoint whose config.json carries the structure
+under ``grain_structure``; `load_grain` rebuilds the model from its config, shrinks it as
+recorded and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from gnorm_kernels.grain.attention import IMPLEMENTATIONS, UnevenSelfAttention
+from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
+
+__all__ = [
+    "LayerStructure",
+    "GrainStructure",
+    "shrink_model",
+    "save_grain",
+    "load_grain",
+    "set_attention_impl",
+    "grain_structure_of",
+    "CONFIG_KEY",
+]
+
+CONFIG_KEY = "grain_structure"
+
+
+@dataclass(frozen=True)
+class LayerStructure:
+    """Kept units of one layer: per original head the kept query and value dims; kept FFN neurons."""
+
+    query: tuple[tuple[int, ...], ...]
+    value: tuple[tuple[int, ...], ...]
+    ffn: tuple[int, ...]
+
+    def heads(self) -> list[int]:
+        """Original indices of the heads that survive (those with value dimensions)."""
+        return [h for h, v in enumerate(self.value) if v]
+
+
+@dataclass(frozen=True)
+class GrainStructure:
+    """What a GRAIN-shrunk model keeps, on the original grid [L, H, d] and [L, F]."""
+
+    num_heads: int
+    head_size: int
+    ffn_size: int
+    layers: tuple[LayerStructure, ...]
+
+    # ---------------------------------------------------------------- conversions
+
+    @classmethod
+    def from_masks(cls, masks: Units) -> "GrainStructure":
+        L, H, d = masks.query.shape
+        layers = []
+        for i in range(L):
+            q, v = masks.query[i].bool(), masks.value[i].bool()
+            has_value = v.any(-1)
+            layers.append(
+                LayerStructure(
+                    query=tuple(tuple(q[h].nonzero().flatten().tolist()) if has_value[h] else () for h in range(H)),
+                    value=tuple(tuple(v[h].nonzero().flatten().tolist()) for h in range(H)),
+                    ffn=tuple(masks.ffn[i].bool().nonzero().flatten().tolist()),
+                )
+            )
+        return cls(num_heads=H, head_size=d, ffn_size=int(masks.ffn.shape[1]), layers=tuple(layers))
+
+    def to_masks(self) -> Units:
+        L, H, d, F = len(self.layers), self.num_heads, self.head_size, self.ffn_size
+        masks = Units(
+            torch.zeros(L, H, d, dtype=torch.bool),
+            torch.zeros(L, H, d, dtype=torch.bool),
+            torch.zeros(L, F, dtype=torch.bool),
+        )
+        for i, layer in enumerate(self.layers):
+            for h in range(H):
+                masks.query[i, h, list(layer.query[h])] = True
+                masks.value[i, h, list(layer.value[h])] = True
+            masks.ffn[i, list(layer.ffn)] = True
+        return masks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_heads": self.num_heads,
+            "head_size": self.head_size,
+            "ffn_size": self.ffn_size,
+            "layers": [
+                {"query": [list(q) for q in layer.query], "value": [list(v) for v in layer.value], "ffn": list(layer.ffn)}
+                for layer in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GrainStructure":
+        try:
+            H, d, F = int(data["num_heads"]), int(data["head_size"]), int(data["ffn_size"])
+            layers = []
+            for i, layer in enumerate(data["layers"]):
+                query = tuple(tuple(int(j) for j in q) for q in layer["query"])
+                value = tuple(tuple(int(j) for j in v) for v in layer["value"])
+                ffn = tuple(int(j) for j in layer["ffn"])
+                if len(query) != H or len(value) != H:
+                    raise ValueError(f"layer {i} lists {len(query)} query and {len(value)} value heads, expected {H}")
+                for name, dims, bound in (*(("query", q, d) for q in query), *(("value", v, d) for v in value), ("ffn", ffn, F)):
+                    if any(not 0 <= j < bound for j in dims) or len(set(dims)) != len(dims) or list(dims) != sorted(dims):
+                        raise ValueError(f"layer {i}: {name} indices must be sorted, distinct and in [0, {bound}), got {list(dims)}")
+                layers.append(LayerStructure(query, value, ffn))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a GRAIN structure (expected num_heads, head_size, ffn_size, layers): {err}") from None
+        return cls(H, d, F, tuple(layers))
+
+    # ---------------------------------------------------------------- summaries
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def total_units(self) -> int:
+        return self.num_layers * (2 * self.num_heads * self.head_size + self.ffn_size)
+
+    def kept_units(self) -> int:
+        return sum(
+            sum(len(q) for q in layer.query) + sum(len(v) for v in layer.value) + len(layer.ffn)
+            for layer in self.layers
+        )
+
+    def density(self) -> float:
+        return self.kept_units() / self.total_units
+
+    def heads_per_layer(self) -> list[int]:
+        return [len(layer.heads()) for layer in self.layers]
+
+    def head_sizes(self) -> list[list[tuple[int, int]]]:
+        """Per layer, (query size, value size) of each surviving head."""
+        return [[(len(layer.query[h]), len(layer.value[h])) for h in layer.heads()] for layer in self.layers]
+
+    def describe(self) -> str:
+        lines = [f"density {self.density():.3f}: {sum(self.heads_per_layer())} heads of {self.num_layers * self.num_heads}"]
+        for i, layer in enumerate(self.layers):
+            heads = " ".join(f"h{h}:{len(layer.query[h])}/{len(layer.value[h])}" for h in layer.heads()) or "(none)"
+            lines.append(f"  layer {i}: ffn {len(layer.ffn)}/{self.ffn_size}, heads (q/v) {heads}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- shrinking
+
+
+def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    out_f, in_f = weight.shape
+    with warnings.catch_warnings():  # an emptied FFN or attention has zero-width projections
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = nn.Linear(in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.weight.requires_grad_(old.weight.requires_grad)
+    if bias is not None:
+        new.bias.requires_grad_(old.bias.requires_grad)
+    return new
+
+
+def _rows(linear: nn.Linear, index: list[int]) -> nn.Linear:
+    idx = torch.tensor(index, dtype=torch.long, device=linear.weight.device)
+    w = linear.weight.detach().index_select(0, idx)
+    b = None if linear.bias is None else linear.bias.detach().index_select(0, idx)
+    return _linear_like(linear, w, b)
+
+
+def _cols(linear: nn.Linear, index: list[int]) -> nn.Linear:
+    idx = torch.tensor(index, dtype=torch.long, device=linear.weight.device)
+    w = linear.weight.detach().index_select(1, idx)
+    b = None if linear.bias is None else linear.bias.detach().clone()
+    return _linear_like(linear, w, b)
+
+
+def _owner(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
+    for module in root.modules():
+        for name, child in module.named_children():
+            if child is target:
+                return module, name
+    raise RuntimeError("module not found in the model")
+
+
+def _shrunk_layer(block: UnitBlock, layer: LayerStructure, layout: UnitLayout, impl: str) -> list[tuple[nn.Module, nn.Module]]:
+    """New modules for one layer, as (old module, replacement) pairs; the model is not touched."""
+    att = block.attention
+    d = layout.head_size
+    position = {h: p for p, h in enumerate(block.kept_heads)}
+    heads = layer.heads()
+    missing = [h for h in heads if h not in position]
+    if missing:
+        raise ValueError(f"layer {block.index}: heads {missing} are kept by the structure but already pruned from the model")
+    q_rows = [position[h] * d + j for h in heads for j in layer.query[h]]
+    v_rows = [position[h] * d + j for h in heads for j in layer.value[h]]
+    old_self = att.attention
+    new_self = UnevenSelfAttention(
+        layout.hidden_size,
+        [len(layer.query[h]) for h in heads],
+        [len(layer.value[h]) for h in heads],
+        scaling=d**-0.5,
+        heads=heads,
+        impl=impl,
+        dropout=float(getattr(getattr(old_self, "dropout", None), "p", 0.0)),
+        bias=att.query.bias is not None,
+        device=att.query.weight.device,
+        dtype=att.query.weight.dtype,
+    )
+    new_self.query = _rows(att.query, q_rows)
+    new_self.key = _rows(att.key, q_rows)
+    new_self.value = _rows(att.value, v_rows)
+    new_self.train(old_self.training)
+    return [
+        (old_self, new_self),
+        (att.output, _cols(att.output, v_rows)),
+        (block.ffn_in, _rows(block.ffn_in, list(layer.ffn))),
+        (block.ffn_out, _cols(block.ffn_out, list(layer.ffn))),
+    ]
+
+
+def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: str = "grouped") -> nn.Module:
+    """Remove every unit the structure does not keep, in place; returns `model`.
+
+    `structure` may also be the masks it comes from. All replacement modules are built before
+    the first one is swapped in, so an error leaves the model as it was.
+    """
+    if isinstance(structure, Units):
+        structure = GrainStructure.from_masks(structure)
+    if not isinstance(structure, GrainStructure):
+        raise TypeError(f"structure must be a GrainStructure or Units masks, got {type(structure).__name__}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {list(IMPLEMENTATIONS)}, got {impl!r}")
+    layout = unit_layout(model)
+    expected = (layout.num_layers, layout.num_heads, layout.head_size, layout.ffn_size)
+    got = (structure.num_layers, structure.num_heads, structure.head_size, structure.ffn_size)
+    if expected != got:
+        raise ValueError(
+            f"structure is for (layers, heads, head size, FFN size) = {got}, the model has {expected}"
+        )
+    swaps = []
+    for block, layer in zip(layout.blocks, structure.layers):
+        swaps += _shrunk_layer(block, layer, layout, impl)
+    owners = [_owner(model, old) for old, _ in swaps]
+    for (parent, name), (_, new) in zip(owners, swaps):
+        setattr(parent, name, new)
+    model.config.grain_structure = structure.to_dict()
+    return model
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every uneven-head attention of a shrunk model to `impl` ("grouped", "padded", "loop")."""
+    modules = [m for m in model.modules() if isinstance(m, UnevenSelfAttention)]
+    if not modules:
+        raise ValueError("the model has no uneven-head attention modules; shrink it with shrink_model first")
+    for m in modules:
+        m.impl = impl
+    return model
+
+
+def grain_structure_of(model: nn.Module) -> GrainStructure:
+    """The structure recorded on a shrunk model's config."""
+    data = getattr(model.config, CONFIG_KEY, None)
+    if not data:
+        raise ValueError("this model carries no GRAIN structure (config.grain_structure is missing)")
+    return GrainStructure.from_dict(data)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Save a shrunk model as safetensors; the structure travels in config.json."""
+    structure = grain_structure_of(model)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.grain_structure = structure.to_dict()
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def load_grain(path: str | os.PathLike, *, impl: str = "grouped", device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by `save_grain`: architecture from config, shrunk as recorded,
+    weights loaded strictly. Returns it in eval mode."""
+    import transformers
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder: no config.json in it")
+    config = transformers.AutoConfig.from_pretrained(path)
+    data = getattr(config, CONFIG_KEY, None)
+    if not data:
+        raise ValueError(f"{path} holds no GRAIN structure (no {CONFIG_KEY!r} in config.json); use load_pruned or load_model")
+    structure = GrainStructure.from_dict(data)
+    pruned = getattr(config, "pruned_heads", None)
+    config.pruned_heads = {}
+    architectures = getattr(config, "architectures", None) or []
+    model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    model = model_cls(config) if model_cls is not None else transformers.AutoModel.from_config(config)
+    shrink_model(model, structure, impl=impl)
+    if pruned:
+        config.pruned_heads = pruned
+    state: dict[str, torch.Tensor] = {}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {path}")
+    for f in files:
+        state.update(load_file(str(f)))
+    keys = set(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", "")
+    state = {(k if k in keys or f"{prefix}.{k}" not in keys else f"{prefix}.{k}"): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_keys(model)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path} does not match its recorded GRAIN structure: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.to(device).eval()
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    seen: set[int] = set()
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(name)
+        seen.add(id(tensor))
+    return tied
+

@@ -1,0 +1,217 @@
+"""Gradient block norms per attention head: public functions and backend dispatch.
+
+Every function checks its inputs here (the same errors for every backend), then runs either a
+Triton kernel or the PyTorch reference (`reference.py`):
+
+- backend="auto": Triton for CUDA tensors, the reference otherwise;
+- backend="triton": the Triton kernel; on a machine without CUDA it runs under Triton's CPU
+  interpreter (TRITON_INTERPRET=1 is set on first use when unset, see `_triton.py`);
+- backend="torch": the reference.
+
+Inputs may be float32, float16 or bfloat16; results are float32, accumulated in float32. A head
+whose float32 sum of squares is not finite (a NaN or inf in its block, or a norm beyond ~1.8e19) is
+NaN, never a silent number. `out=` takes a float32 tensor to write the result into (the kernels
+write every element of it, so a test can fill it with a sentinel first). The results are
+measurements, not differentiable: every function runs under torch.no_grad().
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import reference
+from ._checks import (
+    check_backend,
+    check_count,
+    check_dense_qkv,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    head_size,
+    padding_mask,
+    parse_qkv_layers,
+    prepare_out,
+)
+from ._combine import COMBINES, combine_qkv_norms
+from ._triton import check_device, kernel_module
+from .buffer import QKVGradientBuffer
+
+__all__ = [
+    "head_block_norms",
+    "qkv_head_norms",
+    "qkv_head_scores",
+    "combine_qkv_norms",
+    "per_example_head_norms",
+    "per_example_qkv_head_norms",
+    "QKVGradientBuffer",
+    "COMBINES",
+]
+
+QKVGrads = torch.Tensor | Sequence[Sequence[torch.Tensor | None]]
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    check_backend(backend)
+    return backend == "triton" or (backend == "auto" and device.type == "cuda")
+
+
+def _triton(name: str, device: torch.device):
+    module = kernel_module(name)
+    check_device(module, device)
+    return module
+
+
+@torch.no_grad()
+def head_block_norms(
+    grad: torch.Tensor, num_heads: int, *, backend: str = "auto", out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Frobenius norm of each head's d x D row block of a weight gradient.
+
+    grad: [..., H*d, D] (any leading dims, e.g. [L, 3, H*d, D]); returns [..., H] float32."""
+    check_tensor(grad, "grad")
+    if grad.dim() < 2:
+        raise ValueError(f"grad must be [..., H*d, D] (at least 2-D), got shape {list(grad.shape)}")
+    num_heads = check_count(num_heads, "num_heads")
+    head_size(grad.shape[-2], num_heads, f"grad {list(grad.shape)}")
+    out = prepare_out(out, (*grad.shape[:-2], num_heads), grad.device)
+    if _use_triton(backend, grad.device):
+        return _triton("block_norms", grad.device).launch_contiguous(grad, num_heads, out)
+    return out.copy_(reference.head_block_norms(grad, num_heads))
+
+
+@torch.no_grad()
+def qkv_head_norms(
+    grads: QKVGrads, num_heads: int | Sequence[int], *, backend: str = "auto", out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """G_Q, G_K, G_V block norms of every layer in one pass -> [L, 3, H_max] float32.
+
+    grads: a [L, 3, H*d, D] tensor, or a sequence of L layers, each a (Q, K, V) triple of 2-D
+    gradients [H_l*d, D] (H_l may differ per layer after physical pruning; a layer with H_l = 0 may
+    give [0, D] tensors or Nones). num_heads: H, or the per-layer counts H_l. Entry [l, p, h] for
+    h >= H_l is NaN; the first H_l entries are the layer's remaining heads in their stored order.
+    On the Triton backend the whole model is one kernel launch (a table of block addresses)."""
+    check_backend(backend)
+    if isinstance(grads, torch.Tensor):
+        h = check_dense_qkv(grads, num_heads)
+        return head_block_norms(grads, h, backend=backend, out=out)
+    layout = parse_qkv_layers(grads, num_heads)
+    L, h_max = len(layout.layers), layout.max_heads
+    out = prepare_out(out, (L, 3, h_max), layout.device)
+    if not _use_triton(backend, layout.device):
+        return reference.qkv_head_norms(layout.layers, layout.heads, out)
+    module = _triton("block_norms", layout.device)
+    tensors, heads, slots = [], [], []
+    for l, (layer, h) in enumerate(zip(layout.layers, layout.heads)):
+        if layer is None or h == 0:
+            continue
+        for p, g in enumerate(layer):
+            tensors.append(g.contiguous())  # a copy only for non-contiguous grads; kept alive here
+            heads.append(h)
+            slots.append((l * 3 + p) * h_max)
+    out.view(-1)[padding_mask(layout.heads, h_max, layout.device)] = float("nan")
+    if not tensors:
+        return out
+    addresses, index, aligned = module.block_table(tensors, heads, slots, layout.head_size * layout.width)
+    module.launch_table(
+        tensors[0], addresses.to(layout.device), index.to(layout.device),
+        layout.head_size * layout.width, out.view(-1), aligned=aligned,
+    )
+    return out
+
+
+@torch.no_grad()
+def qkv_head_scores(
+    grads: QKVGrads, num_heads: int | Sequence[int], *, combine: str = "product", backend: str = "auto"
+) -> torch.Tensor:
+    """Per-head score combine(G_Q, G_K, G_V) of every layer -> [L, H_max] float32, NaN past H_l.
+
+    combine: "product" (Greedy-Gnorm's G_Q*G_K*G_V), "sum" or "max". See qkv_head_norms for grads."""
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    return combine_qkv_norms(qkv_head_norms(grads, num_heads, backend=backend), combine)
+
+
+def _choose_form(T: int, D: int, P: int, H: int, d: int) -> str:
+    """The cheaper form by multiply-adds: Gram ~ T^2/2 (D + P*H*d), direct ~ T*P*H*d*D."""
+    return "gram" if T * (D + P * H * d) < 2 * P * H * d * D else "direct"
+
+
+@torch.no_grad()
+def per_example_qkv_head_norms(
+    x: torch.Tensor,
+    grad_outs: Sequence[torch.Tensor],
+    num_heads: int,
+    *,
+    form: str = "auto",
+    backend: str = "auto",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-example head norms for several Linears that read the same input (e.g. Q, K, V).
+
+    x: [B, T, D], the input; grad_outs: P output gradients, each [B, T, H*d]. Returns [P, B, H]
+    float32: the Frobenius norm of each example's own gradient block per head, without
+    materialising per-example gradients. form: "gram" (sum_{t,s} <g_t,g_s><x_t,x_s>; x's Gram matrix
+    is shared by all P outputs), "direct" (tiles of g^T x squared on the fly) or "auto" (the one with
+    fewer multiply-adds for this shape). Zero rows of a grad_out (padding) do not change the result."""
+    check_backend(backend)
+    check_tensor(x, "x")
+    if x.dim() != 3:
+        raise ValueError(f"x must be [B, T, D], got shape {list(x.shape)}")
+    if isinstance(grad_outs, torch.Tensor) or not isinstance(grad_outs, Sequence) or not grad_outs:
+        raise TypeError("grad_outs must be a non-empty sequence of [B, T, H*d] tensors")
+    named = [("x", x)]
+    for p, g in enumerate(grad_outs):
+        what = f"grad_outs[{p}]"
+        check_tensor(g, what)
+        if g.dim() != 3 or g.shape[:2] != x.shape[:2]:
+            raise ValueError(f"{what} must be [B, T, H*d] with B, T of x {list(x.shape[:2])}; got {list(g.shape)}")
+        if g.shape != grad_outs[0].shape:
+            raise ValueError(f"all grad_outs must have one shape; grad_outs[0] is {list(grad_outs[0].shape)}, {what} {list(g.shape)}")
+        named.append((what, g))
+    check_same_device(named)
+    check_same_dtype(named)
+    H = check_count(num_heads, "num_heads")
+    d = head_size(grad_outs[0].shape[-1], H, f"grad_out's last dim ({grad_outs[0].shape[-1]})")
+    B, T, D = x.shape
+    P = len(grad_outs)
+    if form not in ("auto", "gram", "direct"):
+        raise ValueError(f"form must be 'auto', 'gram' or 'direct', got {form!r}")
+    if form == "auto":
+        form = _choose_form(T, D, P, H, d)
+    out = prepare_out(out, (P, B, H), x.device)
+    if out.numel() == 0:
+        return out
+    if T == 0 or d == 0 or D == 0:
+        return out.zero_()
+    if not _use_triton(backend, x.device):
+        return out.copy_(reference.per_example_head_norms(x, list(grad_outs), H, form))
+    if form == "gram":
+        return _triton("per_example_gram", x.device).launch(x, list(grad_outs), H, out)
+    module = _triton("per_example_direct", x.device)
+    for p, g in enumerate(grad_outs):
+        module.launch(x, g, H, out[p])
+    return out
+
+
+@torch.no_grad()
+def per_example_head_norms(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    num_heads: int,
+    *,
+    form: str = "auto",
+    backend: str = "auto",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-example, per-head gradient norms of a Linear: x [B, T, D], grad_out [B, T, H*d] -> [B, H].
+
+    The Frobenius norm of each example's own weight gradient block per head (rows h*d..(h+1)*d of
+    grad_out[b]^T x[b]), without materialising per-example gradients; see per_example_qkv_head_norms."""
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        out = out.unsqueeze(0)
+    if not isinstance(grad_out, torch.Tensor):
+        raise TypeError(f"grad_out must be a torch.Tensor, got {type(grad_out).__name__}")
+    return per_example_qkv_head_norms(x, [grad_out], num_heads, form=form, backend=backend, out=out)[0]

@@ -1,0 +1,42 @@
+"""Lazy loading of the Triton kernel files, and the choice between GPU and interpreter.
+
+Triton decides at `@triton.jit` time (when a kernel file is imported) whether a kernel is compiled
+for the GPU or run by its CPU interpreter, reading the environment variable TRITON_INTERPRET.
+So the kernel files are imported here, on first use, never at package import: if no CUDA device is
+present and TRITON_INTERPRET is unset, it is set to "1" first (for the whole process), which makes
+backend="triton" work on CPU tensors. Set TRITON_INTERPRET yourself before the first kernel call
+to choose otherwise. Each kernel file records the mode it was decorated in (`INTERPRETED`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+_ENV = "TRITON_INTERPRET"
+
+
+def kernel_module(name: str) -> ModuleType:
+    """Import `gnorm_kernels.kernels.<name>`, a Triton kernel file, in the right mode."""
+    if _ENV not in os.environ and not torch.cuda.is_available():
+        os.environ[_ENV] = "1"
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ImportError as err:
+        raise RuntimeError(f"backend='triton' needs the triton package, which failed to import: {err}") from err
+
+
+def check_device(module: ModuleType, device: torch.device) -> None:
+    """Refuse tensors the kernel cannot read in the mode it was built in."""
+    if module.INTERPRETED and device.type != "cpu":
+        raise ValueError(
+            f"Triton's interpreter (TRITON_INTERPRET=1) runs these kernels on CPU tensors only; got {device}. "
+            f"Use backend='torch', or unset TRITON_INTERPRET before the first kernel call on a GPU machine."
+        )
+    if not module.INTERPRETED and device.type != "cuda":
+        raise ValueError(
+            f"backend='triton' got {device} tensors, but the kernels were compiled for the GPU. "
+            f"Move the tensors to CUDA, use backend='torch', or set TRITON_INTERPRET=1 before the first kernel call."
+        )

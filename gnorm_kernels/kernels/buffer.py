@@ -1,0 +1,191 @@
+"""QKVGradientBuffer: the Q/K/V weight gradients of a whole model in one flat buffer.
+
+Inside the `with` block every Q/K/V weight's `.grad` is a view into one preallocated tensor, so
+autograd accumulates straight into it, and `norms()` reduces the whole model's gradient blocks with
+one kernel launch over a precomputed table of block addresses (on CUDA; the PyTorch reference on
+CPU unless backend="triton"). Pruned layers (fewer heads, or none) are laid out like any other.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import reference
+from ._checks import check_backend, check_count, check_tensor, padding_mask, prepare_out
+from ._combine import combine_qkv_norms
+from ._triton import check_device, kernel_module
+
+_ALIGN = 32  # each parameter's segment starts at a multiple of 32 elements (>= 64 bytes)
+
+
+class QKVGradientBuffer:
+    """One flat gradient buffer for the Q, K, V weights of every layer.
+
+    weights: per layer, the (W_Q, W_K, W_V) parameters, each [H_l*head_size, D] (H_l may be 0).
+    All must be leaf tensors requiring grad, of one dtype (float32, float16 or bfloat16; the buffer
+    has that dtype, since a parameter's .grad must) and one device; a parameter may appear once
+    (for ALBERT's shared layer, pass the shared layer once).
+
+    Usage::
+
+        with QKVGradientBuffer(weights, head_size) as buf:
+            for batch in batches:
+                buf.zero_()
+                objective(model, batch).backward()
+                norms = buf.norms()  # [L, 3, H_max], NaN past a layer's heads
+
+    On exit each parameter's previous .grad (often None) is restored; the buffer keeps its values.
+    Anything that replaces a .grad inside the block (optimizer.zero_grad(set_to_none=True),
+    backward(create_graph=True)) detaches it from the buffer: norms() then refuses to run.
+    """
+
+    def __init__(self, weights: Sequence[Sequence[torch.Tensor]], head_size: int, *, backend: str = "auto"):
+        self.backend = check_backend(backend)
+        self.head_size = check_count(head_size, "head_size")
+        if self.head_size == 0:
+            raise ValueError("head_size must be positive, got 0")
+        self.params = self._check_weights(weights)
+        self.num_heads = [head_size_count(layer[0], self.head_size, l) for l, layer in enumerate(self.params)]
+        first = self.params[0][0] if self.params else None
+        self.dtype = first.dtype if first is not None else torch.float32
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.width = first.shape[1] if first is not None else 0
+
+        offsets, total = [], 0
+        for layer in self.params:
+            offsets.append([])
+            for p in layer:
+                offsets[-1].append(total)
+                total += -(-p.numel() // _ALIGN) * _ALIGN
+        self.buffer = torch.zeros(total, dtype=self.dtype, device=self.device)
+        self.views = [
+            tuple(self.buffer[o : o + p.numel()].view(p.shape) for o, p in zip(offs, layer))
+            for offs, layer in zip(offsets, self.params)
+        ]
+        self._saved: list[torch.Tensor | None] | None = None
+        self._entered = False
+        self._table: tuple | None = None
+
+    @staticmethod
+    def _check_weights(weights: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
+        if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
+            raise TypeError(f"weights must be a sequence of (W_Q, W_K, W_V) per layer, got {type(weights).__name__}")
+        layers, seen, first = [], set(), None
+        for l, layer in enumerate(weights):
+            if isinstance(layer, torch.Tensor) or not isinstance(layer, Sequence) or len(layer) != 3:
+                raise ValueError(f"layer {l}: expected (W_Q, W_K, W_V), got {type(layer).__name__}")
+            for name, p in zip("QKV", layer):
+                what = f"layer {l} W_{name}"
+                check_tensor(p, what)
+                if p.dim() != 2:
+                    raise ValueError(f"{what} must be 2-D [H*d, D], got shape {list(p.shape)}")
+                if not (p.requires_grad and p.is_leaf):
+                    raise ValueError(f"{what} must be a leaf tensor that requires grad (a Parameter)")
+                if id(p) in seen:
+                    raise ValueError(f"{what} appears twice; pass each (shared) parameter once")
+                seen.add(id(p))
+                if first is None:
+                    first = (what, p)
+                elif p.dtype != first[1].dtype:
+                    raise TypeError(
+                        f"all weights must share one dtype (the buffer has it): {first[0]} is {first[1].dtype}, "
+                        f"{what} is {p.dtype}"
+                    )
+                elif p.device != first[1].device:
+                    raise ValueError(f"all weights must be on one device: {first[0]} on {first[1].device}, {what} on {p.device}")
+                elif p.shape[1] != first[1].shape[1]:
+                    raise ValueError(f"{what} has {p.shape[1]} columns, expected {first[1].shape[1]} like {first[0]}")
+            if not layer[0].shape == layer[1].shape == layer[2].shape:
+                shapes = [list(p.shape) for p in layer]
+                raise ValueError(f"layer {l}: W_Q, W_K, W_V must have one shape, got {shapes}")
+            layers.append(tuple(layer))
+        return layers
+
+    # -- the context: install and restore the .grad views ---------------------------------------
+    def __enter__(self) -> "QKVGradientBuffer":
+        if self._saved is not None:
+            raise RuntimeError("QKVGradientBuffer is already active; it cannot be entered twice")
+        flat = [p for layer in self.params for p in layer]
+        saved = [p.grad for p in flat]
+        try:
+            for p, v in zip(flat, (v for layer in self.views for v in layer)):
+                p.grad = v
+        except Exception:
+            for p, g in zip(flat, saved):
+                p.grad = g
+            raise
+        self._saved = saved
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        flat = [p for layer in self.params for p in layer]
+        for p, g in zip(flat, self._saved or []):
+            p.grad = g
+        self._saved = None
+
+    # -- use ------------------------------------------------------------------------------------
+    def zero_(self) -> "QKVGradientBuffer":
+        """Zero every gradient (do this before each batch)."""
+        self.buffer.zero_()
+        return self
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The per-layer (Q, K, V) gradient views into the buffer."""
+        return [tuple(v) for v in self.views]
+
+    @torch.no_grad()
+    def norms(self, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """G_Q, G_K, G_V block norms of every layer -> [L, 3, H_max] float32, NaN past H_l."""
+        self._check_attached()
+        L, h_max = len(self.params), max(self.num_heads, default=0)
+        out = prepare_out(out, (L, 3, h_max), self.device)
+        use_triton = self.backend == "triton" or (self.backend == "auto" and self.device.type == "cuda")
+        if not use_triton:
+            return reference.qkv_head_norms([tuple(v) for v in self.views], self.num_heads, out)
+        module = kernel_module("block_norms")
+        check_device(module, self.device)
+        addresses, index, aligned = self._block_table(module)
+        out.view(-1)[padding_mask(self.num_heads, h_max, self.device)] = float("nan")
+        module.launch_table(self.buffer, addresses, index, self.head_size * self.width, out.view(-1), aligned=aligned)
+        return out
+
+    def scores(self, combine: str = "product") -> torch.Tensor:
+        """combine(G_Q, G_K, G_V) per head -> [L, H_max] (see qkv_head_scores)."""
+        return combine_qkv_norms(self.norms(), combine)
+
+    def _check_attached(self) -> None:
+        if not self._entered:
+            raise RuntimeError("use QKVGradientBuffer as a context manager (`with ... as buf:`) before norms()")
+        if self._saved is None:
+            return  # after the block the buffer keeps the last gradients
+        for l, (layer, views) in enumerate(zip(self.params, self.views)):
+            for name, p, v in zip("QKV", layer, views):
+                if p.grad is None or p.grad.data_ptr() != v.data_ptr() or p.grad.shape != v.shape:
+                    raise RuntimeError(
+                        f"layer {l} W_{name}.grad no longer points into the buffer (set to None or replaced, "
+                        f"e.g. by zero_grad() or backward(create_graph=True)); use buf.zero_() between batches"
+                    )
+
+    def _block_table(self, module) -> tuple:
+        if self._table is None:
+            views = [v for layer in self.views for v in layer]
+            heads = [h for h in self.num_heads for _ in range(3)]
+            h_max = max(self.num_heads, default=0)
+            slots = [(l * 3 + p) * h_max for l in range(len(self.params)) for p in range(3)]
+            keep = [i for i, h in enumerate(heads) if h]
+            addresses, index, aligned = module.block_table(
+                [views[i] for i in keep], [heads[i] for i in keep], [slots[i] for i in keep],
+                self.head_size * self.width,
+            ) if keep else (torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), True)
+            self._table = (addresses.to(self.device), index.to(self.device), aligned)
+        return self._table
+
+
+def head_size_count(weight: torch.Tensor, d: int, layer: int) -> int:
+    """Heads of a [H*d, D] weight, with a clear error when d does not divide its rows."""
+    if weight.shape[0] % d:
+        raise ValueError(f"layer {layer}: W_Q has {weight.shape[0]} rows, which head_size={d} does not divide")
+    return weight.shape[0] // d
+

@@ -1,0 +1,249 @@
+"""Models: the offline "tiny" default (trained here, cached), hub ids and local folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["TinyRecipe", "TrainingStuck", "load_model", "train_tiny", "tiny_cache_path", "cache_dir"]
+
+# Bump when the training code changes in a way the recipe fields do not capture.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Everything that determines the tiny model; its hash names the cache folder."""
+
+    seed: int = 0
+    data_seed: int = 0
+    train_size: int = 40_000
+    layers: int = 4
+    heads: int = 8
+    hidden: int = 64
+    ffn: int = 256
+    max_positions: int = 64
+    lr: float = 1.5e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 300
+    steps: int = 2_200
+    batch_size: int = 64
+    grad_clip: float = 1.0
+    min_accuracy: float = 0.9
+
+    def key(self) -> str:
+        payload = json.dumps({"recipe": asdict(self), "version": RECIPE_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class TrainingStuck(RuntimeError):
+    """Raised when a training run stays at chance or ends below the recipe's accuracy floor."""
+
+
+def cache_dir() -> Path:
+    """`$GNORM_CACHE`, or ~/.cache/gnorm_kernels."""
+    return Path(os.environ.get("GNORM_CACHE") or Path.home() / ".cache" / "gnorm_kernels")
+
+
+def tiny_cache_path(recipe: TinyRecipe | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """The folder the tiny model of `recipe` is cached in (under `cache`, default `cache_dir()`)."""
+    base = Path(cache) if cache is not None else cache_dir()
+    return base / f"tiny-{(recipe or TinyRecipe()).key()}"
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """Train the tiny BERT classifier on the synthetic task; returns (model, tokenizer, info).
+
+    Deterministic for a given recipe on one platform. Raises `TrainingStuck` if
+    the running training accuracy is still near chance after 40% of the steps,
+    or if calibration accuracy at the end is below `recipe.min_accuracy`.
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from gnorm_kernels.data import synthetic_task, synthetic_tokenizer
+    from gnorm_kernels.evaluate import evaluate
+
+    recipe = recipe or TinyRecipe()
+    task = synthetic_task(seed=recipe.data_seed, train_size=recipe.train_size)
+    tokenizer = synthetic_tokenizer(model_max_length=recipe.max_positions)
+    epochs = math.ceil(recipe.steps * recipe.batch_size / recipe.train_size)
+    batches = task.batches(
+        "train",
+        tokenizer,
+        batch_size=recipe.batch_size,
+        shuffle=True,
+        seed=recipe.seed,
+        group_by_length=True,
+        epochs=epochs,
+        max_length=recipe.max_positions,
+    )[: recipe.steps]
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        intermediate_size=recipe.ffn,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=recipe.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=task.num_labels,
+        id2label=dict(enumerate(task.label_names)),
+        label2id={n: i for i, n in enumerate(task.label_names)},
+    )
+    torch.manual_seed(recipe.seed)
+    model = BertForSequenceClassification(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, recipe.warmup_steps, recipe.steps)
+    )
+    check_at = max(recipe.warmup_steps, int(0.4 * recipe.steps))
+    window: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(batches, desc="training tiny", disable=not progress, mininterval=1.0)
+    for step, batch in enumerate(bar):
+        out = model(**batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        schedule.step()
+        window.append((out.logits.argmax(-1) == batch["labels"]).float().mean().item())
+        window = window[-100:]
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{sum(window) / len(window):.3f}")
+        if step == check_at and sum(window) / len(window) < 0.6:
+            bar.close()
+            raise TrainingStuck(
+                f"tiny model training is stuck at chance: running accuracy {sum(window) / len(window):.3f} "
+                f"after {step} of {recipe.steps} steps (recipe {recipe}). Try another seed or learning rate/warm-up."
+            )
+    bar.close()
+    seconds = time.perf_counter() - start
+    model.eval()
+    calibration = evaluate(model, task.batches("calibration", tokenizer, batch_size=256))
+    if calibration["accuracy"] < recipe.min_accuracy:
+        raise TrainingStuck(
+            f"tiny model reached calibration accuracy {calibration['accuracy']:.3f}, expected >= "
+            f"{recipe.min_accuracy} (recipe {recipe})"
+        )
+    info = {
+        "recipe": asdict(recipe),
+        "recipe_version": RECIPE_VERSION,
+        "train_seconds": round(seconds, 2),
+        "torch_threads": torch.get_num_threads(),
+        "calibration_accuracy": calibration["accuracy"],
+    }
+    return model, tokenizer, info
+
+
+def _ensure_tiny(recipe: TinyRecipe, cache: Path | None, progress: bool) -> Path:
+    """Train and cache the tiny model unless a finished copy exists; returns its folder.
+
+    The model is written to a temporary folder that is renamed into place, so a
+    reader never sees a half-written cache entry.
+    """
+    target = tiny_cache_path(recipe, cache)
+    if (target / "training.json").is_file():
+        return target
+    base = target.parent
+    base.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, info = train_tiny(recipe, progress=progress)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=base))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "training.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _has_pruned_heads(folder: Path) -> bool:
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    return bool(json.loads(config.read_text()).get("pruned_heads"))
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "tiny",
+    *,
+    num_labels: int | None = None,
+    attn_implementation: str | None = None,
+    device: str | torch.device = "cpu",
+    cache: str | os.PathLike | None = None,
+    recipe: TinyRecipe | None = None,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) in eval mode.
+
+    "tiny" is the offline default: trained on the synthetic task on first use
+    (about a minute and a half on 2 cores) and cached under `cache` (default
+    `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
+    local checkpoint folder for `AutoModelForSequenceClassification`; a folder
+    whose config records pruned heads goes through `gnorm_kernels.pruning.load_pruned`.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    name = os.fspath(name_or_path)
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if name == "tiny":
+        recipe = recipe or TinyRecipe()
+        if num_labels not in (None, 2):
+            raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")
+        folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif Path(name).is_dir() and _has_pruned_heads(Path(name)):
+        from gnorm_kernels.pruning import load_pruned
+
+        model = load_pruned(name, attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    else:
+        if num_labels is not None:
+            kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as err:
+            where = "a local folder" if Path(name).exists() else "not a local folder, and the hub could not provide it"
+            raise OSError(
+                f"could not load {name!r} ({where}); expected \"tiny\", a hub id, or a folder with config.json, "
+                f"weights and tokenizer files: {err}"
+            ) from err
+    model.to(device)
+    model.eval()
+    return model, tokenizer

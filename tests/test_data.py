@@ -1,0 +1,330 @@
+"""Tasks: the synthetic grammar, its tokenizer, batching, local files and the GLUE mapping."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from gnorm_kernels import data
+from gnorm_kernels.data import Example, Task, load_task, synthetic_task, synthetic_tokenizer, task_from_glue
+
+
+@pytest.fixture(scope="module")
+def small() -> Task:
+    return synthetic_task(seed=3, train_size=4000, calibration_size=200, test_size=1000)
+
+
+# --------------------------------------------------------------------------- synthetic task
+
+
+def reference_label(text: str) -> int:
+    """Label a review from its words alone, independently of the generator.
+
+    Segments split on "but", clauses on "and"; a clause is about the film when its
+    noun is a film noun; its polarity is the adjective's, flipped by a negator.
+    """
+    label = None
+    for segment in text.replace(",", " ").split(" but "):
+        for clause in segment.split(" and "):
+            words = clause.split()
+            if not any(w in data.FILM_NOUNS for w in words):
+                continue
+            positive = any(w in data.POSITIVE for w in words)
+            negated = any(w in data.NEGATORS for w in words)
+            label = int(positive != negated)
+    assert label is not None, f"no clause about the film in {text!r}"
+    return label
+
+
+def test_synthetic_labels_follow_the_grammar(small: Task) -> None:
+    for split in data.SPLITS:
+        for ex in small.splits[split]:
+            assert ex.label == reference_label(ex.text), ex.text
+
+
+def test_synthetic_splits_are_disjoint_and_sized(small: Task) -> None:
+    texts = {s: [ex.text for ex in small.splits[s]] for s in data.SPLITS}
+    assert {s: len(t) for s, t in texts.items()} == {"train": 4000, "calibration": 200, "test": 1000}
+    for s, t in texts.items():
+        assert len(set(t)) == len(t), f"duplicates inside {s}"
+    assert not set(texts["train"]) & set(texts["test"])
+    assert not set(texts["train"]) & set(texts["calibration"])
+    assert not set(texts["calibration"]) & set(texts["test"])
+
+
+def test_synthetic_is_deterministic_by_seed() -> None:
+    a = synthetic_task(seed=5, train_size=300, calibration_size=20, test_size=50)
+    b = synthetic_task(seed=5, train_size=300, calibration_size=20, test_size=50)
+    c = synthetic_task(seed=6, train_size=300, calibration_size=20, test_size=50)
+    assert a.splits == b.splits
+    assert a.splits["test"] != c.splits["test"]
+
+
+def test_synthetic_labels_are_balanced_and_sentences_short(small: Task) -> None:
+    tokenizer = synthetic_tokenizer()
+    for split in data.SPLITS:
+        share = sum(ex.label for ex in small.splits[split]) / len(small.splits[split])
+        assert 0.43 < share < 0.57, (split, share)
+    lengths = [len(ids) for ids in tokenizer([ex.text for ex in small.splits["test"]])["input_ids"]]
+    assert max(lengths) <= 40
+    assert 90 <= len(data.synthetic_vocabulary()) <= 110
+
+
+def test_synthetic_has_contrast_and_negation(small: Task) -> None:
+    texts = [ex.text for ex in small.splits["train"]]
+    share = lambda cond: sum(map(cond, texts)) / len(texts)  # noqa: E731
+    assert share(lambda t: " but " in t) > 0.6
+    assert share(lambda t: any(f" {n} " in t for n in data.NEGATORS)) > 0.4
+    # a segment about something other than the film after the last film segment
+    assert share(lambda t: not any(n in t.split(" but ")[-1].split() for n in data.FILM_NOUNS)) > 0.15
+
+
+def test_bag_of_words_cannot_solve_the_task(small: Task) -> None:
+    """Word counts alone (a logistic regression) stay far below the tiny model's ~99%:
+    the label depends on negation scope, the subject of each clause, and order."""
+    tokenizer = synthetic_tokenizer()
+    vocab = len(tokenizer)
+
+    def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = tokenizer([ex.text for ex in small.splits[split]])["input_ids"]
+        x = torch.zeros(len(ids), vocab)
+        for row, seq in enumerate(ids):
+            x[row].index_add_(0, torch.tensor(seq), torch.ones(len(seq)))
+        return x, torch.tensor([ex.label for ex in small.splits[split]])
+
+    x, y = features("train")
+    xt, yt = features("test")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(vocab, 2)
+    opt = torch.optim.Adam(linear.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(linear(x), y).backward()
+        opt.step()
+    train_acc = (linear(x).argmax(-1) == y).float().mean().item()
+    test_acc = (linear(xt).argmax(-1) == yt).float().mean().item()
+    assert train_acc < 0.9 and test_acc < 0.9, (train_acc, test_acc)
+
+
+# --------------------------------------------------------------------------- tokenizer and batches
+
+
+def test_tokenizer_is_bert_style_and_round_trips(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = synthetic_tokenizer()
+    enc = tokenizer("The plot was NOT good", "the popcorn was bad")
+    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens == ["[CLS]", "the", "plot", "was", "not", "good", "[SEP]", "the", "popcorn", "was", "bad", "[SEP]"]
+    assert enc["token_type_ids"] == [0] * 7 + [1] * 5
+    assert tokenizer.convert_ids_to_tokens(tokenizer("the zebra")["input_ids"]) == ["[CLS]", "the", "[UNK]", "[SEP]"]
+    assert tokenizer.pad_token_id == 0 and tokenizer.mask_token == "[MASK]"
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    sentences = ["honestly, the film was not very good but the popcorn was great", "the cast is superb"]
+    assert loaded(sentences)["input_ids"] == tokenizer(sentences)["input_ids"]
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+
+
+def test_synthetic_words_are_all_in_vocabulary(small: Task) -> None:
+    tokenizer = synthetic_tokenizer()
+    ids = tokenizer([ex.text for ex in small.splits["test"]])["input_ids"]
+    assert all(tokenizer.unk_token_id not in seq for seq in ids)
+
+
+def test_batches_pad_per_batch_and_carry_labels(small: Task) -> None:
+    tokenizer = synthetic_tokenizer()
+    batches = small.batches("test", tokenizer, batch_size=64, limit=200)
+    assert [len(b["labels"]) for b in batches] == [64, 64, 64, 8]
+    first = batches[0]
+    assert set(first) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert first["input_ids"].dtype == torch.long
+    assert first["attention_mask"].sum(1).max() == first["input_ids"].shape[1]  # no wasted column
+    assert torch.equal(first["input_ids"] == tokenizer.pad_token_id, first["attention_mask"] == 0)
+    assert first["labels"].tolist() == [ex.label for ex in small.splits["test"][:64]]
+
+
+def test_grouped_batches_cover_every_example_once(small: Task) -> None:
+    tokenizer = synthetic_tokenizer()
+    plain = small.batches("train", tokenizer, batch_size=32, limit=1000)
+    grouped = small.batches("train", tokenizer, batch_size=32, limit=1000, group_by_length=True, seed=1)
+    twice = small.batches("train", tokenizer, batch_size=32, limit=1000, group_by_length=True, shuffle=True, epochs=2)
+
+    def rows(batches):
+        return Counter(
+            tuple(ids[mask.bool()].tolist()) + (int(y),)
+            for b in batches
+            for ids, mask, y in zip(b["input_ids"], b["attention_mask"], b["labels"])
+        )
+
+    assert rows(grouped) == rows(plain)
+    assert rows(twice) == Counter({k: 2 * v for k, v in rows(plain).items()})
+    padding = lambda bs: sum(int((b["attention_mask"] == 0).sum()) for b in bs)  # noqa: E731
+    assert padding(grouped) < padding(plain) / 2
+
+
+def test_batches_reject_unknown_split(small: Task) -> None:
+    with pytest.raises(KeyError, match="validation"):
+        small.batches("validation", synthetic_tokenizer())
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def write_rows(path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        frame.to_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index=False)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_local_file_single_text(tmp_path, suffix: str) -> None:
+    rows = [{"text": f"review number {i}", "label": "pos" if i % 3 else "neg", "extra": i} for i in range(100)]
+    path = tmp_path / f"reviews{suffix}"
+    write_rows(path, rows)
+    task = load_task(path, seed=1)
+    assert task.label_names == ["neg", "pos"]
+    assert task.metric == "accuracy"
+    sizes = {s: len(task.splits[s]) for s in data.SPLITS}
+    assert sizes == {"test": 20, "calibration": 10, "train": 70}
+    seen = [ex.text for s in data.SPLITS for ex in task.splits[s]]
+    assert sorted(seen) == sorted(r["text"] for r in rows)  # disjoint and complete
+    by_text = {r["text"]: r["label"] for r in rows}
+    for ex in task.splits["train"]:
+        assert ex.text_pair is None
+        assert task.label_names[ex.label] == by_text[ex.text]
+    again = load_task(path, seed=1)
+    other = load_task(path, seed=2)
+    assert again.splits == task.splits
+    assert other.splits["test"] != task.splits["test"]
+
+
+@pytest.mark.parametrize(
+    "columns", [("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b")]
+)
+def test_local_file_text_pairs(tmp_path, columns: tuple[str, str]) -> None:
+    a, b = columns
+    rows = [{a: f"first {i}", b: f"second {i}", "label": i % 2} for i in range(30)]
+    path = tmp_path / "pairs.jsonl"
+    write_rows(path, rows)
+    task = load_task(path)
+    assert task.label_names == ["0", "1"]
+    ex = task.splits["train"][0]
+    i = int(ex.text.split()[1])
+    assert ex.text_pair == f"second {i}" and ex.label == i % 2
+    batch = task.batches("train", synthetic_tokenizer(), batch_size=4)[0]
+    assert batch["token_type_ids"].max() == 1
+
+
+def test_local_file_duplicates_do_not_leak_across_splits(tmp_path) -> None:
+    rows = [{"sentence": f"s{i % 20}", "label": i % 2} for i in range(60)]
+    path = tmp_path / "dupes.csv"
+    write_rows(path, rows)
+    task = load_task(path)
+    texts = [ex.text for s in data.SPLITS for ex in task.splits[s]]
+    assert len(texts) == len(set(texts)) == 20
+
+
+def test_local_file_errors(tmp_path) -> None:
+    no_label = tmp_path / "nolabel.csv"
+    write_rows(no_label, [{"text": "a", "target": 1}] * 5)
+    with pytest.raises(ValueError, match=r"label.*\['text', 'target'\]"):
+        load_task(no_label)
+    no_text = tmp_path / "notext.csv"
+    write_rows(no_text, [{"body": f"a{i}", "label": 1} for i in range(5)])
+    with pytest.raises(ValueError, match="no text column"):
+        load_task(no_text)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_task(empty)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("text,label\n")
+    with pytest.raises(ValueError, match="at least 3"):
+        load_task(header_only)
+    odd = tmp_path / "reviews.parquet"
+    odd.write_text("x")
+    with pytest.raises(ValueError, match=r"\.parquet"):
+        load_task(odd)
+    with pytest.raises(FileNotFoundError):
+        load_task(tmp_path / "missing.csv")
+
+
+def test_unknown_task_names_list_the_accepted_forms() -> None:
+    with pytest.raises(ValueError, match="synthetic.*glue/<task>.*csv"):
+        load_task("imdb")
+    with pytest.raises(ValueError, match="sst2"):
+        load_task("glue/sst3")
+
+
+# --------------------------------------------------------------------------- GLUE mapping
+
+
+def fake_glue(columns: tuple[str, ...], names: list[str], test_split: str = "validation"):
+    import datasets
+
+    features = datasets.Features(
+        {**{c: datasets.Value("string") for c in columns}, "label": datasets.ClassLabel(names=names), "idx": datasets.Value("int32")}
+    )
+
+    def split(prefix: str, n: int, labels=None):
+        rows = {c: [f"{prefix} {c} {i}" for i in range(n)] for c in columns}
+        rows["label"] = labels if labels is not None else [i % len(names) for i in range(n)]
+        rows["idx"] = list(range(n))
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    return datasets.DatasetDict(
+        {"train": split("train", 120), test_split: split("dev", 40), "test": split("test", 30, [-1] * 30)}
+    )
+
+
+def test_glue_validation_becomes_test_and_calibration_comes_from_train(monkeypatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        return fake_glue(("sentence1", "sentence2"), ["not_equivalent", "equivalent"])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = load_task("glue/mrpc", seed=0, calibration_size=10)
+    assert calls == [("glue", "mrpc")]
+    assert task.name == "glue/mrpc" and task.metric == "f1"
+    assert task.label_names == ["not_equivalent", "equivalent"]
+    assert len(task.splits["test"]) == 40 and all(ex.text.startswith("dev") for ex in task.splits["test"])
+    assert len(task.splits["calibration"]) == 10 and len(task.splits["train"]) == 110
+    train_texts = {ex.text for ex in task.splits["train"]}
+    assert not train_texts & {ex.text for ex in task.splits["calibration"]}
+    ex = task.splits["test"][3]
+    assert (ex.text, ex.text_pair, ex.label) == ("dev sentence1 3", "dev sentence2 3", 1)
+
+
+def test_glue_mnli_and_cola_mapping() -> None:
+    mnli = task_from_glue(
+        "mnli", fake_glue(("premise", "hypothesis"), ["entailment", "neutral", "contradiction"], "validation_matched")
+    )
+    assert mnli.num_labels == 3 and mnli.metric == "accuracy"
+    assert mnli.splits["test"][0].text_pair == "dev hypothesis 0"
+    cola = task_from_glue("cola", fake_glue(("sentence",), ["unacceptable", "acceptable"]))
+    assert cola.metric == "matthews" and cola.splits["train"][0].text_pair is None
+    with pytest.raises(ValueError, match="validation_matched"):
+        task_from_glue("mnli", fake_glue(("premise", "hypothesis"), ["e", "n", "c"]))
+    with pytest.raises(ValueError, match="sentence"):
+        task_from_glue("sst2", fake_glue(("text",), ["negative", "positive"]))
+
+
+def test_task_rejects_missing_splits_and_unknown_metric() -> None:
+    ex = [Example("a", None, 0)]
+    with pytest.raises(ValueError, match="calibration"):
+        Task("t", ["a"], {"train": ex, "test": ex})
+    with pytest.raises(ValueError, match="metric"):
+        Task("t", ["a"], {"train": ex, "calibration": ex, "test": ex}, metric="bleu")
