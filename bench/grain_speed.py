@@ -2,16 +2,18 @@
 
 A BERT-base-sized classifier (12 layers x 12 heads of 64, hidden 768, FFN 3072; random weights:
 latency does not depend on what the weights are) is shrunk to 20%, 10% and 5% of its encoder
-units with structured-random structures of two shapes:
+units with structures of three kinds:
 
-* "regularised": what GRAIN's structure regulariser leaves, fewer and fuller heads (each kept head
-  holds most of its value dimensions and a varying share of its query dimensions);
+* "grain": the structure a real `gnorm grain` run left on the tiny model (4 x 8 heads of 8,
+  FFN 256), scaled up to the BERT-base grid with `GrainStructure.scaled` (read from
+  bench/grain_structures_tiny.json, written by the runs recorded in RESULTS.md);
+* "regularised": structured-random with the regulariser's typical shape, fewer and fuller heads;
 * "scattered": the same number of units spread over all heads, as pruning without the regulariser
   tends to leave (many small heads).
 
-Both spend the same share of units on attention as a real GRAIN run on the tiny model does
-(--attention-share). Each shrunk model is timed with the three uneven-head implementations
-("grouped", "padded", "loop" = one attention per head in Python, as GRAIN's released code).
+The random kinds spend --attention-share of their units on attention. Each shrunk model is timed
+with the three uneven-head implementations ("grouped", the default; "padded"; "loop" = one
+attention per head in Python, as GRAIN's released code does).
 
     .venv/bin/python bench/grain_speed.py                       # CPU, batch 32, sequence 128
     .venv/bin/python bench/grain_speed.py --device cuda --batch 128 --seq 512
@@ -20,10 +22,12 @@ Both spend the same share of units on attention as a real GRAIN run on the tiny 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -83,6 +87,22 @@ def random_structure(num_layers, num_heads, head_size, ffn_size, density, *, att
     return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
 
 
+STRUCTURES = Path(__file__).with_name("grain_structures_tiny.json")
+
+
+def grain_structure(density, num_layers, num_heads, head_size, ffn_size):
+    """The recorded tiny-model GRAIN structure at `density`, scaled up (None if not recorded)."""
+    from gnorm_kernels.grain.shrink import GrainStructure
+
+    if not STRUCTURES.is_file():
+        return None
+    recorded = json.loads(STRUCTURES.read_text())
+    data = recorded.get(f"{density:g}")
+    if data is None:
+        return None
+    return GrainStructure.from_dict(data).scaled(num_layers, num_heads, head_size, ffn_size)
+
+
 def bert_base(device, layers, heads, head_size, ffn):
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -119,7 +139,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
-    p.add_argument("--styles", nargs="+", default=["regularised", "scattered"])
+    p.add_argument("--styles", nargs="+", default=["grain", "regularised", "scattered"])
     p.add_argument("--impls", nargs="+", default=["grouped", "padded", "loop"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=12)
@@ -150,10 +170,16 @@ def main(argv=None) -> None:
     enc_dense = sum(q.numel() for q in dense.bert.encoder.parameters())
     for density in args.densities:
         for style in args.styles:
-            structure = random_structure(
-                args.layers, args.heads, args.head_size, args.ffn, density,
-                attention_share=args.attention_share, style=style, seed=args.seed,
-            )
+            if style == "grain":
+                structure = grain_structure(density, args.layers, args.heads, args.head_size, args.ffn)
+                if structure is None:
+                    print(f"| {density:g} | grain | (no recorded structure in {STRUCTURES.name}) |")
+                    continue
+            else:
+                structure = random_structure(
+                    args.layers, args.heads, args.head_size, args.ffn, density,
+                    attention_share=args.attention_share, style=style, seed=args.seed,
+                )
             model = shrink_model(copy.deepcopy(dense), structure)
             enc = sum(q.numel() for q in model.bert.encoder.parameters())
             times = {}
@@ -162,7 +188,7 @@ def main(argv=None) -> None:
                 times[impl] = latency(model, inputs, args.repeats, device)
             ratio = f"{times['loop'] / times['grouped']:.2f}x" if "loop" in times and "grouped" in times else "n/a"
             print(
-                f"| {density:g} | {style} | {sum(structure.heads_per_layer())} | {enc / enc_dense:.1%} | "
+                f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | {enc / enc_dense:.1%} | "
                 + " | ".join(f"{1000 * times[i]:.1f}" for i in args.impls)
                 + f" | {t_dense / times['grouped']:.2f}x | {ratio} |",
                 flush=True,

@@ -45,6 +45,8 @@ _EXPORTS = {
     "qkv_head_norms": "kernels",
     "qkv_head_scores": "kernels",
     "per_example_head_norms": "kernels",
+    "per_example_qkv_head_norms": "kernels",
+    "combine_qkv_norms": "kernels",
     "QKVGradientBuffer": "kernels",
     # intra-attention pruning
     "grain_prune": "grain",

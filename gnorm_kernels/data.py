@@ -6,6 +6,7 @@ batches: dicts of model keyword arguments plus `labels`, as built by `Task.batch
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 from dataclasses import dataclass, field
@@ -188,6 +189,7 @@ P_NEGATION = 0.4
 P_INTENSIFIER = 0.35
 P_AND = 0.15
 P_FILM_SEGMENT = 0.6
+P_TRAILING_OTHER = 0.4  # the review ends with a segment about something else
 SEGMENT_COUNT_WEIGHTS = {1: 15, 2: 35, 3: 30, 4: 20}
 
 
@@ -242,7 +244,8 @@ def synthetic_review(rng: random.Random) -> Example:
         label = rng.randint(0, 1)
         counts, weights = zip(*SEGMENT_COUNT_WEIGHTS.items())
         n_segments = rng.choices(counts, weights=weights)[0]
-        film = [rng.random() < P_FILM_SEGMENT for _ in range(n_segments)]
+        film = [rng.random() < P_FILM_SEGMENT for _ in range(n_segments - 1)]
+        film.append(rng.random() >= P_TRAILING_OTHER)
         if not any(film):
             film[rng.randrange(n_segments)] = True
         last_film = max(i for i, f in enumerate(film) if f)
@@ -451,11 +454,13 @@ def _pick_text_columns(found: list[str], text_columns: Sequence[str] | None, pat
     )
 
 
+def _is_integral(value: Any) -> bool:
+    return isinstance(value, numbers.Number) and not isinstance(value, bool) and float(value).is_integer()
+
+
 def _label_ids(values: list[Any]) -> tuple[list[int], list[str]]:
     """Integer labels are kept as ids; anything else is mapped to ids by sorted name."""
-    if all(isinstance(v, (int,)) or (hasattr(v, "is_integer") and float(v).is_integer()) for v in values) and not any(
-        isinstance(v, (str, bool)) for v in values
-    ):
+    if all(_is_integral(v) for v in values):
         ids = [int(v) for v in values]
         if min(ids) < 0:
             raise ValueError(f"integer labels must be >= 0, found {min(ids)}")

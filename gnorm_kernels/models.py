@@ -34,6 +34,7 @@ class TinyRecipe:
     hidden: int = 64
     ffn: int = 256
     max_positions: int = 64
+    init_range: float = 0.02
     lr: float = 1.5e-3
     weight_decay: float = 0.01
     warmup_steps: int = 300
@@ -104,6 +105,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         max_position_embeddings=recipe.max_positions,
+        initializer_range=recipe.init_range,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=task.num_labels,
         id2label=dict(enumerate(task.label_names)),
@@ -233,13 +235,19 @@ def load_model(
         model = load_pruned(name, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(name)
     else:
+        folder = Path(name)
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
+                f"found {sorted(p.name for p in folder.iterdir())}"
+            )
         if num_labels is not None:
             kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(name)
         except OSError as err:
-            where = "a local folder" if Path(name).exists() else "not a local folder, and the hub could not provide it"
+            where = "a local folder" if folder.exists() else "not a local folder, and the hub could not provide it"
             raise OSError(
                 f"could not load {name!r} ({where}); expected \"tiny\", a hub id, or a folder with config.json, "
                 f"weights and tokenizer files: {err}"

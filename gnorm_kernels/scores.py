@@ -279,15 +279,12 @@ def _batch_norms(
                     b.grad = None
             value = _objective_value(objective, _logits(model, batch, device), batch, i, per_example=False)
             value.backward()
-            if accumulate:
-                continue
+            # accumulated: the norms of the running sum, checked after each batch to name the
+            # first batch that brings a NaN or inf in; the last batch's norms are the result
             norms = _norms_of(buffer, blocks, layout.head_size, h_max, include_bias)
             _check_finite(norms, layout, blocks, i)
-            total += norms
-        if accumulate:
-            total = _norms_of(buffer, blocks, layout.head_size, h_max, include_bias)
-            _check_finite(total, layout, blocks, "(sum over all batches)")
-        else:
+            total = norms if accumulate else total + norms
+        if not accumulate:
             total /= len(batches)
         for b in biases:
             b.grad = None

@@ -123,7 +123,7 @@ def plot_head_grid(
         raise ValueError(f"kind must be 'mask', 'scores' or 'ablation', got {kind!r}")
     values = _as_array(grid)
     L, H = values.shape
-    fig, ax = _axis(ax, (min(2.0 + 0.55 * H, 10.0), min(1.2 + 0.45 * L, 8.0)))
+    fig, ax = _axis(ax, (min(3.0 + 0.6 * H, 10.0), min(1.4 + 0.45 * L, 8.0)))
     annotate = (L * H <= 96) if annotate is None else annotate
     common = dict(ax=ax, linewidths=0.5, linecolor="white", square=H <= 16 and L <= 16)
     if kind == "mask":
@@ -151,7 +151,7 @@ def plot_head_grid(
                     annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy drop" if kind == "ablation" else "score"},
                     **common)
         ax.set_facecolor("#eeeeee")
-        default = "single-head ablation: drop when the head alone is masked" if kind == "ablation" else "head scores"
+        default = "drop when one head alone is masked" if kind == "ablation" else "head scores"
         if np.isnan(data).any():
             default += " (blank: pruned)"
     ax.set_xlabel("head")

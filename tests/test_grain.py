@@ -248,13 +248,13 @@ def test_fused_weight_cache_follows_weight_updates():
 def test_plan_groups_covers_every_head_once_and_splits_outliers():
     q = [64, 2, 3, 2, 1, 2]
     v = [64, 1, 2, 3, 2, 1]
-    padded = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768, impl="padded")
+    padded = plan_groups(q, v, tokens=4096, seq_len=128, impl="padded")
     assert len(padded) == 1 and (padded[0].query_size, padded[0].value_size) == (64, 64)
-    grouped = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768)
+    grouped = plan_groups(q, v, tokens=4096, seq_len=128)
     assert sorted(h for g in grouped for h in g.heads) == list(range(6))
     big = next(g for g in grouped if 0 in g.heads)
     assert big.heads == (0,)  # the one big head does not inflate the small ones
-    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=4096, seq_len=128, hidden_size=768)
+    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=4096, seq_len=128)
     assert len(similar) == 1
 
 
@@ -423,7 +423,18 @@ def test_grain_prune_end_to_end_on_a_tiny_model():
     assert any(isinstance(m, UnevenSelfAttention) for m in model.modules())
     assert report.structure.density() == pytest.approx(report.density)
     assert [h["step"] for h in report.history][-1] == 29
+    # the student trained with dropout 0.1 (so the losses are not zero from the start) and the
+    # shrunk model has the model's own dropout (0) back
+    assert report.history[0]["loss_hidden"] > 0
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert "GRAIN at density 0.3" in str(report)
+
+
+def test_grain_prune_without_dropout_a_copied_student_matches_its_teacher_exactly():
+    teacher = _model("bert", num_layers=2)
+    data = random_batches(teacher, num_batches=2)
+    _, report = grain_prune(teacher, None, data, density=1.0, steps=1, dropout=None, progress=False, measure_speed=False)
+    assert report.history[0]["loss_hidden"] == 0.0  # hence GRAIN's default: train the student with dropout
 
 
 @pytest.mark.parametrize("density", [0, 1.5, -0.1, "0.5", True])
@@ -449,3 +460,69 @@ def test_grain_prune_rejects_schedules_that_do_not_fit():
         grain_prune(teacher, None, data, density=0.5, epochs=1)  # 2 steps
     with pytest.raises(ValueError, match="data is empty"):
         grain_prune(teacher, None, [], density=0.5, steps=20)
+
+
+# --------------------------------------------------------------------------- scaled structures and the CLI
+
+
+def test_scaled_structure_keeps_the_shape_and_density():
+    layout = unit_layout(_model("bert", num_layers=2))
+    structure = GrainStructure.from_masks(_two_layer_masks(layout))
+    big = structure.scaled(4, 8, 16, 256)  # attention and FFN both grow 4x
+    assert (big.num_layers, big.num_heads, big.head_size, big.ffn_size) == (4, 8, 16, 256)
+    assert big.density() == pytest.approx(structure.density())
+    assert big.heads_per_layer() == [2 * n for n in structure.heads_per_layer() for _ in range(2)]
+    with pytest.raises(ValueError, match="whole factors"):
+        structure.scaled(4, 8, 12, 256)
+
+
+def _two_layer_masks(layout):
+    g = torch.Generator().manual_seed(2)
+    masks = Units.full(layout).map(lambda t: torch.rand(t.shape, generator=g) < 0.4)
+    masks.value[1, 0] = False
+    return masks
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
+    from gnorm_kernels.data import synthetic_tokenizer
+
+    path = tmp_path_factory.mktemp("grain_model")
+    tokenizer = synthetic_tokenizer()
+    model = tiny_random_model("bert", vocab_size=len(tokenizer), initializer_range=0.2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_cli_grain_prunes_reports_and_saves_a_reloadable_model(model_dir, tmp_path, capsys):
+    import json
+
+    from gnorm_kernels.cli import main
+
+    out = tmp_path / "run"
+    args = ["grain", "--model", model_dir, "--density", "0.5", "--steps", "10", "--train-size", "160",
+            "--eval-size", "64", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "GRAIN at density 0.5" in text and "encoder parameters" in text and "speed-up" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["density"] == pytest.approx(0.5, abs=0.01)
+    assert report["accuracy"] is not None and report["latency_s"] > 0
+    model = load_grain(out / "model")
+    assert GrainStructure.from_dict(model.config.grain_structure).density() == pytest.approx(report["density"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--density", "0"], "--density must be in (0, 1]"), (["--density", "1.5"], "--density must be in (0, 1]"),
+     (["--steps", "0"], "--steps must be >= 1")],
+)
+def test_cli_grain_rejects_bad_arguments_before_loading(extra, message, capsys):
+    from gnorm_kernels.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["grain", "--model", "/nonexistent/model", *extra, "--quiet"])
+    assert err.value.code == 1
+    assert message in capsys.readouterr().err

@@ -6,13 +6,14 @@ Linear(D, Σ v_h), and the returned context has Σ v_h columns in the same order
 
 * ``"loop"``: one small attention per head in a Python loop, as GRAIN's released code does. The
   reference, and the slow baseline of the benchmark.
-* ``"padded"``: every head of the layer padded with zero weights to the layer's largest
-  query and value sizes, then one fused Q/K/V projection and one batched attention call. Exact:
-  a zero query dimension adds nothing to a score, a zero value dimension is dropped afterwards.
-* ``"grouped"`` (the default): heads sorted by size and split into groups, each padded to its
-  own largest head, with the split chosen by a small cost model (multiply-adds of the padded
-  projections and attention plus a fixed cost per group). A layer of similar heads becomes one
-  group; one big head among many small ones gets its own group instead of inflating the rest.
+* ``"padded"``: one fused, unpadded Q/K/V projection for all heads, then every head padded with
+  zeros to the layer's largest query and value sizes and one batched attention call (PyTorch's
+  fused scaled-dot-product attention). Exact: a zero query dimension adds nothing to a score, a
+  zero value dimension is dropped afterwards.
+* ``"grouped"`` (the default): the same, but heads sorted by size are split into groups, each
+  padded only to its own largest head, the split chosen by a small cost model (attention
+  multiply-adds and copies of the padded sizes, plus a fixed cost per group). Similar heads
+  share one call; one big head among many small ones gets its own instead of inflating them.
 
 A head with value units but no query units attends uniformly to the unmasked tokens, exactly
 as the masked model does (all its scores are zero). Scores use the original scaling
@@ -34,9 +35,12 @@ __all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup"]
 
 IMPLEMENTATIONS = ("grouped", "padded", "loop")
 
-# Fixed cost of one more group, in multiply-adds (dispatch, a kernel launch, small copies).
-# About 40 µs on a 2-core CPU; on a GPU launches are cheaper but so is arithmetic.
-GROUP_OVERHEAD_MACS = 2.0e6
+# The cost model of `plan_groups`, in multiply-add equivalents. A group costs a fixed amount
+# (one more attention call, its dispatch and small copies: tens of microseconds on a CPU) plus,
+# per head, the attention arithmetic of its padded sizes and the copies that gather its padded
+# Q/K/V. Projections are not in it: they run once, fused and unpadded, whatever the grouping.
+GROUP_OVERHEAD_MACS = 3.0e6
+COPY_MACS_PER_ELEMENT = 4.0
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,8 @@ class HeadGroup:
     value_size: int
 
 
-def _group_cost(n: int, dq: int, dv: int, tokens: int, seq: int, hidden: int) -> float:
-    return GROUP_OVERHEAD_MACS + n * tokens * ((2 * dq + dv) * hidden + seq * (dq + dv))
+def _group_cost(n: int, dq: int, dv: int, tokens: int, seq: int) -> float:
+    return GROUP_OVERHEAD_MACS + n * tokens * (seq * (dq + dv) + COPY_MACS_PER_ELEMENT * (2 * dq + dv))
 
 
 def plan_groups(
@@ -58,11 +62,14 @@ def plan_groups(
     *,
     tokens: int,
     seq_len: int,
-    hidden_size: int,
     impl: str = "grouped",
 ) -> tuple[HeadGroup, ...]:
     """Split heads into padded groups: one group ("padded") or the cheapest contiguous split of
-    the heads sorted by size ("grouped"), by dynamic programming over the sorted order."""
+    the heads sorted by size ("grouped"), found by dynamic programming over the sorted order.
+
+    `tokens` is batch × sequence length: the bigger the batch, the more padding costs against
+    the fixed cost of another group.
+    """
     n = len(query_sizes)
     if n == 0:
         return ()
@@ -78,7 +85,7 @@ def plan_groups(
         for start in range(end - 1, -1, -1):
             h = order[start]
             dq, dv = max(dq, query_sizes[h]), max(dv, value_sizes[h])
-            cost = best[start] + _group_cost(end - start, max(1, dq), dv, tokens, seq_len, hidden_size)
+            cost = best[start] + _group_cost(end - start, max(1, dq), dv, tokens, seq_len)
             if cost < best[end]:
                 best[end], cut[end] = cost, start
     groups = []
@@ -91,6 +98,28 @@ def plan_groups(
         )
         end = start
     return tuple(reversed(groups))
+
+
+def _as_slice(index: list[int]) -> slice | None:
+    """`index` as a slice when it is a contiguous increasing run (then no copy is needed)."""
+    if index and index == list(range(index[0], index[0] + len(index))):
+        return slice(index[0], index[0] + len(index))
+    return None
+
+
+class _Selector:
+    """Columns of the fused projection output: a view when contiguous, else one gather."""
+
+    def __init__(self, index: list[int]) -> None:
+        self.slice = _as_slice(index)
+        self.index = None if self.slice is not None else torch.tensor(index, dtype=torch.long)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.slice is not None:
+            return x[..., self.slice]
+        if self.index.device != x.device:
+            self.index = self.index.to(x.device)
+        return x.index_select(-1, self.index)
 
 
 class UnevenSelfAttention(nn.Module):
@@ -140,7 +169,7 @@ class UnevenSelfAttention(nn.Module):
             self.query = nn.Linear(hidden_size, sum(query_sizes), **kw)
             self.key = nn.Linear(hidden_size, sum(query_sizes), **kw)
             self.value = nn.Linear(hidden_size, sum(value_sizes), **kw)
-        self._plans: dict[tuple[int, int, str], tuple] = {}
+        self._plans: dict[tuple, tuple] = {}
         self._weights_cache: dict = {}
 
     # ------------------------------------------------------------------ description
@@ -182,96 +211,72 @@ class UnevenSelfAttention(nn.Module):
         return self.dropout_p if self.training else 0.0
 
     def _plan(self, batch: int, seq: int) -> tuple:
-        """Groups, and for them the fused padded weight layout (rows gathered from Q/K/V)."""
-        key = (batch * seq, seq, self.impl)
-        plan = self._plans.get(key)
+        """Groups for this input shape, with the column selectors of their padded Q, K and V."""
+        groups = plan_groups(self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq, impl=self.impl)
+        plan = self._plans.get(groups)
         if plan is not None:
             return plan
-        groups = plan_groups(
-            self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq,
-            hidden_size=self.hidden_size, impl=self.impl,
-        )
-        q_off = [0]
-        for q in self.query_sizes:
+        q_off, v_off = [0], [0]
+        for q, v in zip(self.query_sizes, self.value_sizes):
             q_off.append(q_off[-1] + q)
-        v_off = [0]
-        for v in self.value_sizes:
             v_off.append(v_off[-1] + v)
         nq, nv = q_off[-1], v_off[-1]
-        zero_row = 2 * nq + nv  # index of the zero row appended to [Wq; Wk; Wv]
-        rows: list[int] = []
-        context_cols: list[int] = []  # for each packed value column, its column in the padded context
-        col_of = [0] * nv
-        padded_col = 0
+        zero = 2 * nq + nv  # the fused projection's last output: always zero, used for padding
+        steps = []
+        context_cols = [0] * nv  # where each packed value column lands in the concatenated output
+        at = 0
         for g in groups:
+            selectors = []
             for base, offsets, sizes, width in (
                 (0, q_off, self.query_sizes, g.query_size),
                 (nq, q_off, self.query_sizes, g.query_size),
                 (2 * nq, v_off, self.value_sizes, g.value_size),
             ):
+                cols: list[int] = []
                 for h in g.heads:
-                    rows += [base + offsets[h] + j for j in range(sizes[h])] + [zero_row] * (width - sizes[h])
+                    cols += [base + offsets[h] + j for j in range(sizes[h])] + [zero] * (width - sizes[h])
+                selectors.append(_Selector(cols))
             for h in g.heads:
                 for j in range(self.value_sizes[h]):
-                    col_of[v_off[h] + j] = padded_col + j
-                padded_col += g.value_size
-        context_cols = col_of
-        needs_select = padded_col != nv or context_cols != list(range(nv))
-        plan = (
-            groups,
-            torch.tensor(rows, dtype=torch.long),
-            torch.tensor(context_cols, dtype=torch.long) if needs_select else None,
-        )
-        if len(self._plans) > 16:
-            self._plans.clear()
-        self._plans[key] = plan
+                    context_cols[v_off[h] + j] = at + j
+                at += g.value_size
+            steps.append((g, *selectors))
+        unpad = None if context_cols == list(range(at)) else _Selector(context_cols)
+        plan = (tuple(steps), unpad)
+        self._plans[groups] = plan
         return plan
 
-    def _fused_weights(self, groups: tuple, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[Wq; Wk; Wv] rows rearranged into the padded group layout (cached when not training)."""
+    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[Wq; Wk; Wv; 0]: one projection for every head, plus a zero output for padding.
+        Cached while the weights are unchanged and no gradient is wanted."""
         params = [self.query.weight, self.key.weight, self.value.weight]
         biases = [self.query.bias, self.key.bias, self.value.bias]
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in params + biases if p is not None)
-        stamp = None
+        tensors = params + [b for b in biases if b is not None]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        stamp = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        if not grad and self._weights_cache.get("stamp") == stamp:
+            return self._weights_cache["weight"], self._weights_cache["bias"]
+        weight = torch.cat([*params, params[0].new_zeros(1, params[0].shape[1])])
+        bias = None if biases[0] is None else torch.cat([*biases, biases[0].new_zeros(1)])
         if not grad:
-            stamp = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in params + biases if t is not None)
-            if self._weights_cache.get("stamp") != stamp:
-                self._weights_cache = {"stamp": stamp}
-            if groups in self._weights_cache:
-                return self._weights_cache[groups]
-        w = torch.cat([*params, params[0].new_zeros(1, params[0].shape[1])])
-        weight = w.index_select(0, rows.to(w.device))
-        bias = None
-        if biases[0] is not None:
-            b = torch.cat([*biases, biases[0].new_zeros(1)])
-            bias = b.index_select(0, rows.to(b.device))
-        if not grad:
-            self._weights_cache[groups] = (weight.detach(), None if bias is None else bias.detach())
+            self._weights_cache = {"stamp": stamp, "weight": weight, "bias": bias}
         return weight, bias
 
     def _forward_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T = x.shape[0], x.shape[1]
-        groups, rows, context_cols = self._plan(B, T)
-        weight, bias = self._fused_weights(groups, rows)
+        steps, unpad = self._plan(B, T)
+        weight, bias = self._fused_weights()
         qkv = F.linear(x, weight, bias)
         outputs = []
-        offset = 0
-        for g in groups:
+        for g, take_q, take_k, take_v in steps:
             n, dq, dv = len(g.heads), g.query_size, g.value_size
-            q = qkv[..., offset : offset + n * dq].view(B, T, n, dq).transpose(1, 2)
-            offset += n * dq
-            k = qkv[..., offset : offset + n * dq].view(B, T, n, dq).transpose(1, 2)
-            offset += n * dq
-            v = qkv[..., offset : offset + n * dv].view(B, T, n, dv).transpose(1, 2)
-            offset += n * dv
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling
-            )
+            q = take_q(qkv).view(B, T, n, dq).transpose(1, 2)
+            k = take_k(qkv).view(B, T, n, dq).transpose(1, 2)
+            v = take_v(qkv).view(B, T, n, dv).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
             outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-        if context_cols is not None:
-            context = context.index_select(-1, context_cols.to(context.device))
-        return context
+        return context if unpad is None else unpad(context)
 
     def _forward_loop(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q_all, k_all, v_all = self.query(x), self.key(x), self.value(x)

@@ -164,6 +164,7 @@ def grain_prune(
     weight_decay: float = 0.0,
     warmup: float = 0.05,
     grad_clip: float | None = 1.0,
+    dropout: float | None = 0.1,
     temperature: float = 8.0,
     alpha: float = 0.3,
     beta: float = 0.998,
@@ -184,6 +185,11 @@ def grain_prune(
     the targets), `eval_data` optional held-out batches for accuracy. Training runs for `steps`
     optimiser steps, or `epochs` passes over `data`. Neither model passed in is modified: the
     student is copied first. Returns the shrunk student (eval mode) and a `GrainReport`.
+
+    `dropout` is the student's dropout while it trains (GRAIN fine-tunes BERT with its usual 0.1;
+    None keeps the model's own). It matters: without dropout a student that starts as a copy of
+    the teacher has exactly zero distillation loss and gradients, so every unit would look equally
+    unimportant until pruning starts. The shrunk model gets the model's own dropout back.
 
     Everything is checked before training starts: the density, the teacher/student pair, the
     batches, and that the schedule has room for a distillation-only phase and a pruning ramp.
@@ -206,8 +212,12 @@ def grain_prune(
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
 
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1) or None, got {dropout}")
+
     student = copy.deepcopy(student_in)
     layout = unit_layout(student)
+    own_dropout = _set_dropout(student, dropout)
     masks = Units.full(layout)
     torch.manual_seed(seed)
     device = next(student.parameters()).device
@@ -261,6 +271,7 @@ def grain_prune(
     train_seconds = time.perf_counter() - start
 
     # ---- shrink for real, and check it against the masked model on one batch
+    _restore_dropout(own_dropout)
     student.eval()
     probe = {k: v.to(device) for k, v in (eval_data or data)[0].items() if k != "labels"}
     with torch.no_grad():
@@ -294,6 +305,20 @@ def grain_prune(
         report.teacher_latency_s = measure_latency(teacher, timing, repeats=3)["median_s"]
         report.latency_s = measure_latency(student, timing, repeats=3)["median_s"]
     return student, report
+
+
+def _set_dropout(model: nn.Module, p: float | None) -> list[tuple[nn.Dropout, float]]:
+    """Set every dropout of `model` to `p` (None: leave them); returns what to restore."""
+    saved = [(m, m.p) for m in model.modules() if isinstance(m, nn.Dropout)]
+    if p is not None:
+        for m, _ in saved:
+            m.p = p
+    return saved
+
+
+def _restore_dropout(saved: list[tuple[nn.Dropout, float]]) -> None:
+    for m, p in saved:
+        m.p = p
 
 
 def _encoder_params(model: nn.Module) -> int:

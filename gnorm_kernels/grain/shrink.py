@@ -124,6 +124,37 @@ class GrainStructure:
             raise ValueError(f"not a GRAIN structure (expected num_heads, head_size, ffn_size, layers): {err}") from None
         return cls(H, d, F, tuple(layers))
 
+    def scaled(self, num_layers: int, num_heads: int, head_size: int, ffn_size: int) -> "GrainStructure":
+        """The same shape on a bigger grid (e.g. a tiny model's structure on a BERT-base grid).
+
+        Layer i copies layer i·L/num_layers and head h copies head h·H/num_heads of this
+        structure; each kept dimension (FFN neuron) becomes a block of head_size/d (ffn_size/F)
+        consecutive ones. The density is unchanged when attention and FFN grow by the same
+        factor (the tiny model to BERT-base: both 12x); heads that do not map evenly shift it a little.
+        """
+        if num_layers < 1 or num_heads < 1 or head_size % self.head_size or ffn_size % self.ffn_size:
+            raise ValueError(
+                f"head and FFN sizes must grow by whole factors: from d={self.head_size}, F={self.ffn_size} "
+                f"to d={head_size}, F={ffn_size}"
+            )
+        rd, rf = head_size // self.head_size, ffn_size // self.ffn_size
+
+        def grow(dims: tuple[int, ...], r: int) -> tuple[int, ...]:
+            return tuple(j * r + k for j in dims for k in range(r))
+
+        layers = []
+        for i in range(num_layers):
+            src = self.layers[i * self.num_layers // num_layers]
+            heads = [h * self.num_heads // num_heads for h in range(num_heads)]
+            layers.append(
+                LayerStructure(
+                    tuple(grow(src.query[h], rd) for h in heads),
+                    tuple(grow(src.value[h], rd) for h in heads),
+                    grow(src.ffn, rf),
+                )
+            )
+        return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
+
     # ---------------------------------------------------------------- summaries
 
     @property
@@ -203,7 +234,8 @@ def _shrunk_layer(block: UnitBlock, layer: LayerStructure, layout: UnitLayout, i
     att = block.attention
     d = layout.head_size
     position = {h: p for p, h in enumerate(block.kept_heads)}
-    heads = layer.heads()
+    # heads stored smallest first: the groups of the fast attention are then contiguous runs
+    heads = sorted(layer.heads(), key=lambda h: (len(layer.query[h]) + len(layer.value[h]), len(layer.value[h]), h))
     missing = [h for h in heads if h not in position]
     if missing:
         raise ValueError(f"layer {block.index}: heads {missing} are kept by the structure but already pruned from the model")

@@ -34,7 +34,7 @@ from ._checks import (
     prepare_out,
 )
 from ._combine import COMBINES, combine_qkv_norms
-from ._triton import check_device, kernel_module
+from ._triton import check_device, kernel_module, use_triton
 from .buffer import QKVGradientBuffer
 
 __all__ = [
@@ -52,8 +52,7 @@ QKVGrads = torch.Tensor | Sequence[Sequence[torch.Tensor | None]]
 
 
 def _use_triton(backend: str, device: torch.device) -> bool:
-    check_backend(backend)
-    return backend == "triton" or (backend == "auto" and device.type == "cuda")
+    return use_triton(check_backend(backend), device)
 
 
 def _triton(name: str, device: torch.device):
@@ -132,9 +131,12 @@ def qkv_head_scores(
     return combine_qkv_norms(qkv_head_norms(grads, num_heads, backend=backend), combine)
 
 
-def _choose_form(T: int, D: int, P: int, H: int, d: int) -> str:
-    """The cheaper form by multiply-adds: Gram ~ T^2/2 (D + P*H*d), direct ~ T*P*H*d*D."""
-    return "gram" if T * (D + P * H * d) < 2 * P * H * d * D else "direct"
+def _choose_form(T: int, D: int, P: int, H: int, d: int, *, symmetric: bool = True) -> str:
+    """The form with fewer multiply-adds: Gram ~ T^2 (D + P*H*d), halved when only the tiles on
+    and above the diagonal are computed (the kernel; the reference computes whole T x T products),
+    against direct ~ T*P*H*d*D."""
+    gram = T * T * (D + P * H * d) // (2 if symmetric else 1)
+    return "gram" if gram < T * P * H * d * D else "direct"
 
 
 @torch.no_grad()
@@ -153,7 +155,7 @@ def per_example_qkv_head_norms(
     float32: the Frobenius norm of each example's own gradient block per head, without
     materialising per-example gradients. form: "gram" (sum_{t,s} <g_t,g_s><x_t,x_s>; x's Gram matrix
     is shared by all P outputs), "direct" (tiles of g^T x squared on the fly) or "auto" (the one with
-    fewer multiply-adds for this shape). Zero rows of a grad_out (padding) do not change the result."""
+    fewer multiply-adds for this shape and backend). Zero rows of a grad_out (padding) do not change the result."""
     check_backend(backend)
     check_tensor(x, "x")
     if x.dim() != 3:
@@ -167,7 +169,9 @@ def per_example_qkv_head_norms(
         if g.dim() != 3 or g.shape[:2] != x.shape[:2]:
             raise ValueError(f"{what} must be [B, T, H*d] with B, T of x {list(x.shape[:2])}; got {list(g.shape)}")
         if g.shape != grad_outs[0].shape:
-            raise ValueError(f"all grad_outs must have one shape; grad_outs[0] is {list(grad_outs[0].shape)}, {what} {list(g.shape)}")
+            raise ValueError(
+                f"all grad_outs must have one shape; grad_outs[0] is {list(grad_outs[0].shape)}, {what} {list(g.shape)}"
+            )
         named.append((what, g))
     check_same_device(named)
     check_same_dtype(named)
@@ -177,14 +181,15 @@ def per_example_qkv_head_norms(
     P = len(grad_outs)
     if form not in ("auto", "gram", "direct"):
         raise ValueError(f"form must be 'auto', 'gram' or 'direct', got {form!r}")
+    on_triton = _use_triton(backend, x.device)
     if form == "auto":
-        form = _choose_form(T, D, P, H, d)
+        form = _choose_form(T, D, P, H, d, symmetric=on_triton)
     out = prepare_out(out, (P, B, H), x.device)
     if out.numel() == 0:
         return out
     if T == 0 or d == 0 or D == 0:
         return out.zero_()
-    if not _use_triton(backend, x.device):
+    if not on_triton:
         return out.copy_(reference.per_example_head_norms(x, list(grad_outs), H, form))
     if form == "gram":
         return _triton("per_example_gram", x.device).launch(x, list(grad_outs), H, out)

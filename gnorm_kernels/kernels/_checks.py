@@ -59,7 +59,9 @@ def check_same_device(tensors: Iterable[tuple[str, torch.Tensor]]) -> torch.devi
         if first is None:
             first = (name, t)
         elif t.device != first[1].device:
-            raise ValueError(f"all inputs must be on one device: {first[0]} is on {first[1].device}, {name} on {t.device}")
+            raise ValueError(
+                f"all inputs must be on one device: {first[0]} is on {first[1].device}, {name} on {t.device}"
+            )
     if first is None:
         raise ValueError("no tensors given")
     return first[1].device
@@ -131,7 +133,9 @@ def parse_qkv_layers(grads: Sequence[Sequence[torch.Tensor | None]], num_heads: 
 
     A layer with H_l = 0 may give None or [0, D] tensors. All gradients share d, D, dtype and device."""
     if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence):
-        raise TypeError(f"grads must be a [L, 3, H*d, D] tensor or a sequence of (Q, K, V) per layer, got {type(grads).__name__}")
+        raise TypeError(
+            f"grads must be a [L, 3, H*d, D] tensor or a sequence of (Q, K, V) per layer, got {type(grads).__name__}"
+        )
     heads = per_layer_heads(num_heads, len(grads))
     layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = []
     named: list[tuple[str, torch.Tensor]] = []

@@ -18,6 +18,11 @@ import torch
 _ENV = "TRITON_INTERPRET"
 
 
+def use_triton(backend: str, device: torch.device) -> bool:
+    """Whether a (checked) backend name means the Triton kernels for tensors on this device."""
+    return backend == "triton" or (backend == "auto" and device.type == "cuda")
+
+
 def kernel_module(name: str) -> ModuleType:
     """Import `gnorm_kernels.kernels.<name>`, a Triton kernel file, in the right mode."""
     if _ENV not in os.environ and not torch.cuda.is_available():

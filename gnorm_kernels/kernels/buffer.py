@@ -14,7 +14,7 @@ import torch
 from . import reference
 from ._checks import check_backend, check_count, check_tensor, padding_mask, prepare_out
 from ._combine import combine_qkv_norms
-from ._triton import check_device, kernel_module
+from ._triton import check_device, kernel_module, use_triton
 
 _ALIGN = 32  # each parameter's segment starts at a multiple of 32 elements (>= 64 bytes)
 
@@ -23,9 +23,11 @@ class QKVGradientBuffer:
     """One flat gradient buffer for the Q, K, V weights of every layer.
 
     weights: per layer, the (W_Q, W_K, W_V) parameters, each [H_l*head_size, D] (H_l may be 0).
-    All must be leaf tensors requiring grad, of one dtype (float32, float16 or bfloat16; the buffer
-    has that dtype, since a parameter's .grad must) and one device; a parameter may appear once
-    (for ALBERT's shared layer, pass the shared layer once).
+    All must be leaf tensors (Parameters, requiring grad by the time backward runs) of one dtype
+    (float32, float16 or bfloat16: the buffer has that dtype, since a parameter's .grad must) and
+    one device; a parameter may appear only once (for ALBERT's shared layer, pass it once).
+    Float32 parameters give a float32 buffer; half parameters are kept in their own dtype rather
+    than refused, and the norms are still accumulated in float32.
 
     Usage::
 
@@ -46,7 +48,7 @@ class QKVGradientBuffer:
         if self.head_size == 0:
             raise ValueError("head_size must be positive, got 0")
         self.params = self._check_weights(weights)
-        self.num_heads = [head_size_count(layer[0], self.head_size, l) for l, layer in enumerate(self.params)]
+        self.num_heads = [_count_heads(layer[0], self.head_size, l) for l, layer in enumerate(self.params)]
         first = self.params[0][0] if self.params else None
         self.dtype = first.dtype if first is not None else torch.float32
         self.device = first.device if first is not None else torch.device("cpu")
@@ -80,8 +82,10 @@ class QKVGradientBuffer:
                 check_tensor(p, what)
                 if p.dim() != 2:
                     raise ValueError(f"{what} must be 2-D [H*d, D], got shape {list(p.shape)}")
-                if not (p.requires_grad and p.is_leaf):
-                    raise ValueError(f"{what} must be a leaf tensor that requires grad (a Parameter)")
+                if not p.is_leaf:
+                    raise ValueError(
+                        f"{what} must be a leaf tensor (a Parameter): autograd fills .grad only for leaves"
+                    )
                 if id(p) in seen:
                     raise ValueError(f"{what} appears twice; pass each (shared) parameter once")
                 seen.add(id(p))
@@ -93,7 +97,9 @@ class QKVGradientBuffer:
                         f"{what} is {p.dtype}"
                     )
                 elif p.device != first[1].device:
-                    raise ValueError(f"all weights must be on one device: {first[0]} on {first[1].device}, {what} on {p.device}")
+                    raise ValueError(
+                        f"all weights must be on one device: {first[0]} on {first[1].device}, {what} on {p.device}"
+                    )
                 elif p.shape[1] != first[1].shape[1]:
                     raise ValueError(f"{what} has {p.shape[1]} columns, expected {first[1].shape[1]} like {first[0]}")
             if not layer[0].shape == layer[1].shape == layer[2].shape:
@@ -141,8 +147,7 @@ class QKVGradientBuffer:
         self._check_attached()
         L, h_max = len(self.params), max(self.num_heads, default=0)
         out = prepare_out(out, (L, 3, h_max), self.device)
-        use_triton = self.backend == "triton" or (self.backend == "auto" and self.device.type == "cuda")
-        if not use_triton:
+        if not use_triton(self.backend, self.device):
             return reference.qkv_head_norms([tuple(v) for v in self.views], self.num_heads, out)
         module = kernel_module("block_norms")
         check_device(module, self.device)
@@ -168,7 +173,7 @@ class QKVGradientBuffer:
                         f"e.g. by zero_grad() or backward(create_graph=True)); use buf.zero_() between batches"
                     )
 
-    def _block_table(self, module) -> tuple:
+    def _block_table(self, module) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if self._table is None:
             views = [v for layer in self.views for v in layer]
             heads = [h for h in self.num_heads for _ in range(3)]
@@ -183,7 +188,7 @@ class QKVGradientBuffer:
         return self._table
 
 
-def head_size_count(weight: torch.Tensor, d: int, layer: int) -> int:
+def _count_heads(weight: torch.Tensor, d: int, layer: int) -> int:
     """Heads of a [H*d, D] weight, with a clear error when d does not divide its rows."""
     if weight.shape[0] % d:
         raise ValueError(f"layer {layer}: W_Q has {weight.shape[0]} rows, which head_size={d} does not divide")

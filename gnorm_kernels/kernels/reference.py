@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 # Temporaries of the per-example forms are cut into chunks of at most this many float32 elements.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def finite_or_nan(sumsq: torch.Tensor) -> torch.Tensor:
@@ -69,14 +69,15 @@ def per_example_head_norms(
             for h0 in range(0, H, per_chunk):
                 gh = g32[:, :, h0 : h0 + per_chunk]
                 kg = torch.einsum("bthc,bshc->bhts", gh, gh)  # [B, h, T, T]
-                out[p, :, h0 : h0 + per_chunk] = (kg * kx[:, None]).sum(dim=(-1, -2))
+                out[p, :, h0 : h0 + per_chunk] = torch.einsum("bhts,bts->bh", kg, kx)
     elif form == "direct":
         per_chunk = max(1, _CHUNK_ELEMENTS // max(1, H * d * D))
         for p, g in enumerate(grad_outs):
             g32 = g.float()
             for b0 in range(0, B, per_chunk):
                 gb = torch.bmm(g32[b0 : b0 + per_chunk].transpose(1, 2), x32[b0 : b0 + per_chunk])  # [b, H*d, D]
-                out[p, b0 : b0 + per_chunk] = gb.reshape(gb.shape[0], H, d * D).square().sum(-1)
+                blocks = gb.reshape(gb.shape[0], H, d * D)
+                out[p, b0 : b0 + per_chunk] = torch.linalg.vector_norm(blocks, dim=-1).square()
     else:
         raise ValueError(f"form must be 'gram' or 'direct', got {form!r}")
     return finite_or_nan(out)

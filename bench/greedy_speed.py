@@ -1,0 +1,142 @@
+"""Seconds per Greedy-Gnorm step: this package's engine against the paper-literal reference.
+
+A BERT-base shape (12 layers x 12 heads, hidden 768, FFN 3072) with random weights and a fixed
+random calibration set. Three numbers, each the median over a few repeats in one run:
+
+* plain: one forward + backward of the logits' norm through every calibration batch with every
+  parameter requiring grad, the floor of any method that needs a gradient;
+* engine: one step of `greedy_prune` (score every head, choose, prune physically);
+* reference: one step of tests/reference_gnorm.py (one full sweep per layer, masks, full grads).
+
+    .venv/bin/python bench/greedy_speed.py                      # CPU defaults: 2 batches x 4 x 64 tokens
+    .venv/bin/python bench/greedy_speed.py --batches 4 --batch-size 8 --seq-len 128
+
+Goals: reference / engine >= 10, engine / plain <= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from reference_gnorm import reference_gnorm_scores  # noqa: E402
+
+from gnorm_kernels.greedy import greedy_prune  # noqa: E402
+from gnorm_kernels.testing import random_batches  # noqa: E402
+
+
+def bert_base(device: str, attn: str) -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        num_hidden_layers=12, num_attention_heads=12, hidden_size=768, intermediate_size=3072,
+        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn,
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).to(device).eval()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_plain(model, batches, device: str, repeats: int) -> list[float]:
+    """Forward + backward through every batch, all parameters requiring grad."""
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms up and is dropped
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        start = time.perf_counter()
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            model(**inputs).logits.float().norm().backward()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return times[1:]
+
+
+def time_engine(model, batches, repeats: int, aggregation: str) -> list[float]:
+    """Seconds of each greedy step (scoring + choosing + physical pruning); the first is dropped."""
+    t = greedy_prune(model, batches, None, steps=repeats + 1, progress=False,
+                     scorer_options={"aggregation": aggregation})
+    return [s.seconds for s in t.steps[2:]]
+
+
+def time_reference(model, batches, device: str, repeats: int) -> list[float]:
+    """Seconds of each reference step: L sweeps over the batches, then the arg-min."""
+    pruned: set[tuple[int, int]] = set()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        scores = reference_gnorm_scores(model, batches, pruned)
+        flat = torch.where(torch.isnan(scores), torch.inf, scores).argmin().item()
+        pruned.add(divmod(flat, scores.shape[1]))
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed engine steps and plain passes")
+    parser.add_argument("--reference-repeats", type=int, default=2, help="timed reference steps")
+    parser.add_argument("--per-example", action="store_true", help="also time the per-example aggregation")
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    model = bert_base(args.device, args.attn)
+    batches = [
+        {k: v.to(args.device) for k, v in b.items()}
+        for b in random_batches(model, num_batches=args.batches, batch_size=args.batch_size,
+                                seq_len=args.seq_len, seed=0, pad=False)
+    ]
+    setup = (f"BERT-base shape (12x12 heads, hidden 768), random weights, {args.attn} attention; "
+             f"calibration {args.batches} batches x {args.batch_size} x {args.seq_len} tokens; "
+             f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(setup, flush=True)
+
+    plain = time_plain(model, batches, args.device, args.repeats)
+    print(f"plain forward+backward: {statistics.median(plain):.3f} s  {[round(x, 3) for x in plain]}", flush=True)
+    engine = time_engine(model, batches, args.repeats, "per_batch")
+    print(f"engine step:            {statistics.median(engine):.3f} s  {[round(x, 3) for x in engine]}", flush=True)
+    per_example = None
+    if args.per_example:
+        per_example = time_engine(model, batches, args.repeats, "per_example")
+        print(f"engine step (per_example): {statistics.median(per_example):.3f} s  "
+              f"{[round(x, 3) for x in per_example]}", flush=True)
+    reference = time_reference(model, batches, args.device, args.reference_repeats)
+    print(f"reference step:         {statistics.median(reference):.3f} s  {[round(x, 3) for x in reference]}", flush=True)
+
+    e, p, r = statistics.median(engine), statistics.median(plain), statistics.median(reference)
+    print(f"reference / engine = {r / e:.1f}x  (goal >= 10)")
+    print(f"engine / plain     = {e / p:.2f}   (goal <= 1.3)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "setup": setup, "plain_s": plain, "engine_s": engine,
+            "engine_per_example_s": per_example, "reference_s": reference,
+            "speedup": r / e, "engine_over_plain": e / p,
+        }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

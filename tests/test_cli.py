@@ -1,0 +1,146 @@
+"""The `gnorm` command line: prune, compare, ablate, output-folder safety, plugins."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+
+import pytest
+
+from gnorm_kernels.cli import PLUGINS, build_parser, main
+from gnorm_kernels.pruning import load_pruned
+
+SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
+    from gnorm_kernels.data import synthetic_tokenizer
+    from gnorm_kernels.testing import tiny_random_model
+
+    path = tmp_path_factory.mktemp("model")
+    tokenizer = synthetic_tokenizer()
+    model = tiny_random_model("bert", vocab_size=len(tokenizer), initializer_range=0.2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_prune_writes_trajectory_plots_and_a_loadable_pruned_model(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["prune", "--model", model_dir, *SMALL, "--method", "greedy-gnorm", "--ratio", "0.25",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "mask.png", "model", "trajectory.json"]
+    data = json.loads((out / "trajectory.json").read_text())
+    assert data["method"] == "greedy-gnorm" and data["num_heads_total"] == 8 and data["complete"]
+    assert len(data["steps"]) == 3 and all(len(s["pruned"]) == 1 for s in data["steps"][1:])
+    model = load_pruned(out / "model")
+    gone = {tuple(h) for s in data["steps"] for h in s["pruned"]}
+    assert {(int(l), h) for l, hs in model.config.pruned_heads.items() for h in hs} == gone
+    assert "pruned 2 of 8 heads" in capsys.readouterr().out
+    assert not _leftovers(tmp_path)
+
+
+def test_compare_writes_one_plot_one_table_and_every_trajectory(model_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", model_dir, *SMALL, "--methods", "greedy-gnorm,entropy,random",
+                 "--random-seeds", "2", "--out", str(out)]) == 0
+    names = sorted(p.name for p in (out / "trajectories").iterdir())
+    assert names == ["entropy.json", "greedy-gnorm.json", "random-seed0.json", "random-seed1.json"]
+    for f in ("accuracy.png", "masks.png", "table.md"):
+        assert (out / f).stat().st_size > 0
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert [r["method"] for r in rows] == ["greedy-gnorm", "entropy", "random"]
+    assert {"at_25%", "at_50%", "at_75%", "auc", "auc_min", "auc_max"} <= set(rows[0])
+    assert rows[2]["runs"] == "2" and rows[0]["auc_min"] == ""
+    for r in rows:
+        assert 0.0 <= float(r["auc"]) <= 1.0 and 0.0 <= float(r["at_50%"]) <= 1.0
+    printed = capsys.readouterr().out
+    assert "| method |" in printed and "random (median of 2)" in printed
+
+
+def test_ablate_prints_a_layers_by_heads_table(model_dir, capsys):
+    assert main(["ablate", "--model", model_dir, *SMALL]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split() == ["layer", "h0", "h1", "h2", "h3"]
+    assert [line.split()[0] for line in lines[2:]] == ["0", "1"]
+
+
+def test_a_bad_out_fails_before_any_work_and_keeps_earlier_files(model_dir, tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", "/nonexistent/model", *SMALL, "--out", str(a_file)])
+    assert err.value.code == 2 and "is a file" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "trajectory.json").write_text("{}")
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", "/nonexistent/model", *SMALL, "--out", str(earlier)])
+    assert err.value.code == 2 and "--force" in capsys.readouterr().err
+    # a run that fails part way (here: the model cannot be loaded) leaves the old files alone
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", str(tmp_path / "missing"), *SMALL, "--out", str(earlier), "--force"])
+    assert err.value.code == 1 and "could not load" in capsys.readouterr().err
+    assert (earlier / "trajectory.json").read_text() == "{}" and not _leftovers(tmp_path)
+    # with --force a finished run replaces the folder
+    assert main(["prune", "--model", model_dir, *SMALL, "--steps", "1", "--out", str(earlier), "--force"]) == 0
+    assert json.loads((earlier / "trajectory.json").read_text())["steps"][1]["pruned"]
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "magnitude"], "unknown method"),
+    (["--ratio", "1.5"], "--ratio must be in [0, 1]"),
+    (["--calib-size", "0"], "--calib-size must be >= 1"),
+])
+def test_bad_arguments_exit_with_a_clear_message(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", "/nonexistent", "--out", str(tmp_path / "x"), *args])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not _leftovers(tmp_path)
+
+
+def test_too_many_steps_is_reported_without_a_traceback(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", model_dir, *SMALL, "--steps", "9", "--out", str(tmp_path / "x")])
+    assert err.value.code == 1 and "steps=9 is more" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not _leftovers(tmp_path)
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("prune", "compare", "ablate", *PLUGINS):
+        assert command in text
+
+
+@pytest.mark.parametrize("command", sorted(PLUGINS))
+def test_plugin_modules_import_and_register_their_command(command):
+    module = importlib.import_module(PLUGINS[command][0])
+    assert callable(module.add_parser) and callable(module.run)
+    parser = build_parser([command])
+    args = parser.parse_args([command])
+    assert args.command == command and args.handler is module.run
+
+
+def test_an_interrupted_run_leaves_no_partial_output(model_dir, tmp_path, monkeypatch, capsys):
+    import gnorm_kernels.greedy as greedy
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(greedy, "run_method", interrupted)
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", model_dir, *SMALL, "--out", str(tmp_path / "run")])
+    assert err.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not _leftovers(tmp_path)

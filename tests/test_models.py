@@ -1,0 +1,162 @@
+"""The tiny default model (quality, caching, its heads) and loading of local checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from gnorm_kernels import models
+from gnorm_kernels.data import synthetic_tokenizer
+from gnorm_kernels.evaluate import evaluate, single_head_ablation
+from gnorm_kernels.models import TinyRecipe, TrainingStuck, load_model, tiny_cache_path
+
+
+def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+
+
+# --------------------------------------------------------------------------- the tiny model
+
+
+def test_tiny_reaches_95_percent_on_the_test_split(tiny, tiny_test) -> None:
+    assert not tiny.model.training
+    assert tiny.model.config.num_hidden_layers == 4 and tiny.model.config.num_attention_heads == 8
+    assert tiny.model.config.hidden_size == 64 and tiny.model.config.intermediate_size == 256
+    assert evaluate(tiny.model, tiny_test)["accuracy"] >= 0.95
+
+
+def test_tiny_gets_contrast_and_negation_right(tiny) -> None:
+    cases = {
+        "the plot was good but the popcorn was bad": 1,
+        "the popcorn was good but the plot was bad": 0,
+        "the acting was not great": 0,
+        "the acting was never boring": 1,
+        "the ending was awful but the cast was not bad": 1,
+        "the ending was not awful but the cast was bad": 0,
+        "the music was very dull but honestly, the film was superb but my seat was terrible": 1,
+        "the music was superb but the film was hardly clever and my coffee was great": 0,
+    }
+    predicted = logits(tiny.model, tiny.tokenizer, list(cases)).argmax(-1).tolist()
+    assert dict(zip(cases, predicted)) == cases
+
+
+def test_tiny_comes_from_the_cache_without_retraining(tiny, monkeypatch) -> None:
+    folder = tiny_cache_path()
+    info = json.loads((folder / "training.json").read_text())
+    assert info["recipe"] == json.loads(json.dumps(asdict(TinyRecipe())))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("load_model retrained a cached model")
+
+    monkeypatch.setattr(models, "train_tiny", no_training)
+    model, tokenizer = load_model("tiny", progress=False)
+    text = ["the plot was not good but the coffee was great"]
+    assert torch.equal(logits(model, tokenizer, text), logits(tiny.model, tiny.tokenizer, text))
+    assert set(tokenizer(text)) >= {"input_ids", "token_type_ids", "attention_mask"}
+
+
+def test_tiny_heads_are_worth_pruning(tiny, tiny_test) -> None:
+    """One head the model cannot do without, and many it barely uses."""
+    drops = single_head_ablation(tiny.model, tiny_test, progress=False)
+    assert drops.shape == (4, 8)
+    assert drops.max().item() >= 0.05
+    assert (drops < 0.005).float().mean().item() >= 0.30
+
+
+# --------------------------------------------------------------------------- caching mechanics
+
+
+def fake_training(calls: list):
+    from gnorm_kernels.testing import tiny_random_model
+
+    def train(recipe, *, progress=True):
+        calls.append(recipe)
+        tokenizer = synthetic_tokenizer()
+        model = tiny_random_model("bert", vocab_size=len(tokenizer), seed=recipe.seed)
+        return model, tokenizer, {"recipe": asdict(recipe)}
+
+    return train
+
+
+def test_cache_trains_once_per_recipe_and_leaves_no_temporary_folders(tmp_path, monkeypatch) -> None:
+    calls: list = []
+    monkeypatch.setattr(models, "train_tiny", fake_training(calls))
+    first, _ = load_model("tiny", cache=tmp_path, progress=False)
+    second, _ = load_model("tiny", cache=tmp_path, progress=False)
+    assert len(calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    load_model("tiny", cache=tmp_path, recipe=TinyRecipe(seed=7), progress=False)
+    assert len(calls) == 2
+    entries = sorted(p.name for p in tmp_path.iterdir())
+    assert entries == sorted([tiny_cache_path(cache=tmp_path).name, tiny_cache_path(TinyRecipe(seed=7), tmp_path).name])
+
+
+def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
+    def broken(recipe, *, progress=True):
+        raise TrainingStuck("stuck")
+
+    monkeypatch.setattr(models, "train_tiny", broken)
+    with pytest.raises(TrainingStuck):
+        load_model("tiny", cache=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_key_covers_every_setting() -> None:
+    base = TinyRecipe()
+    assert base.key() == TinyRecipe().key()
+    assert len({base.key(), TinyRecipe(seed=base.seed + 1).key(), TinyRecipe(lr=1e-3).key(), TinyRecipe(steps=10).key()}) == 4
+
+
+def test_training_that_stays_at_chance_is_reported() -> None:
+    recipe = TinyRecipe(lr=0.0, warmup_steps=1, steps=10, train_size=640)
+    with pytest.raises(TrainingStuck, match="chance"):
+        models.train_tiny(recipe, progress=False)
+
+
+def test_tiny_rejects_other_label_counts(tmp_path) -> None:
+    with pytest.raises(ValueError, match="2 labels"):
+        load_model("tiny", num_labels=3, cache=tmp_path)
+
+
+# --------------------------------------------------------------------------- local checkpoints
+
+
+def test_local_folder_loads_like_a_hub_checkpoint(tmp_path) -> None:
+    from gnorm_kernels.testing import tiny_random_model
+
+    tokenizer = synthetic_tokenizer()
+    saved = tiny_random_model("bert", vocab_size=len(tokenizer), num_labels=2)
+    saved.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, loaded_tokenizer = load_model(tmp_path, attn_implementation="eager")
+    assert not model.training
+    assert model.config._attn_implementation == "eager"
+    text = ["the film was good", "my seat was not comfortable"]
+    assert torch.allclose(logits(model, loaded_tokenizer, text), logits(saved, tokenizer, text), atol=1e-6)
+
+    relabelled, _ = load_model(str(tmp_path), num_labels=5)
+    assert relabelled.classifier.out_features == 5
+
+
+def test_pruned_folder_goes_through_load_pruned(tmp_path) -> None:
+    from gnorm_kernels.arch import head_layout
+    from gnorm_kernels.pruning import prune_heads, save_pruned
+    from gnorm_kernels.testing import tiny_random_model
+
+    tokenizer = synthetic_tokenizer()
+    model = tiny_random_model("bert", vocab_size=len(tokenizer), num_layers=2, num_heads=4)
+    prune_heads(model, {0: [1], 1: [0, 3]})
+    save_pruned(model, tmp_path, tokenizer)
+    loaded, loaded_tokenizer = load_model(tmp_path)
+    assert head_layout(loaded).pruned_heads() == {0: [1], 1: [0, 3]}
+    text = ["the plot was not bad but the bus was late"]
+    assert torch.allclose(logits(loaded, loaded_tokenizer, text), logits(model, tokenizer, text), atol=1e-6)
+
+
+def test_folder_without_a_checkpoint_says_what_was_expected(tmp_path) -> None:
+    with pytest.raises(OSError, match="config.json"):
+        load_model(tmp_path)
