@@ -52,42 +52,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_plain(model, batches, device: str, repeats: int) -> list[float]:
-    """Forward + backward through every batch, all parameters requiring grad."""
-    times = []
-    for _ in range(repeats + 1):  # the first pass warms up and is dropped
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        start = time.perf_counter()
-        for batch in batches:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            model(**inputs).logits.float().norm().backward()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+def plain_pass(model, batches, device: str) -> float:
+    """Seconds of one forward + backward through every batch, all parameters requiring grad."""
     model.zero_grad(set_to_none=True)
-    return times[1:]
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        model(**inputs).logits.float().norm().backward()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
 
 
-def time_engine(model, batches, repeats: int, aggregation: str) -> list[float]:
-    """Seconds of each greedy step (scoring + choosing + physical pruning); the first is dropped."""
-    t = greedy_prune(model, batches, None, steps=repeats + 1, progress=False,
-                     scorer_options={"aggregation": aggregation})
-    return [s.seconds for s in t.steps[2:]]
+def engine_step(model, batches, aggregation: str) -> float:
+    """Seconds of the first greedy step (scoring + choosing + physical pruning) on the full model."""
+    t = greedy_prune(model, batches, None, steps=1, progress=False, scorer_options={"aggregation": aggregation})
+    return t.steps[1].seconds
 
 
-def time_reference(model, batches, device: str, repeats: int) -> list[float]:
-    """Seconds of each reference step: L sweeps over the batches, then the arg-min."""
-    pruned: set[tuple[int, int]] = set()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        scores = reference_gnorm_scores(model, batches, pruned)
-        flat = torch.where(torch.isnan(scores), torch.inf, scores).argmin().item()
-        pruned.add(divmod(flat, scores.shape[1]))
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+def reference_step(model, batches, device: str) -> float:
+    """Seconds of one paper-literal step on the full model: L sweeps over the batches, then the arg-min."""
+    _sync(device)
+    start = time.perf_counter()
+    scores = reference_gnorm_scores(model, batches)
+    torch.where(torch.isnan(scores), torch.inf, scores).argmin().item()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -95,8 +87,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timed engine steps and plain passes")
-    parser.add_argument("--reference-repeats", type=int, default=2, help="timed reference steps")
+    parser.add_argument("--repeats", type=int, default=5, help="timed engine steps and plain passes")
+    parser.add_argument("--reference-repeats", type=int, default=3, help="timed reference steps")
     parser.add_argument("--per-example", action="store_true", help="also time the per-example aggregation")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,17 +106,27 @@ def main() -> None:
              f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(setup, flush=True)
 
-    plain = time_plain(model, batches, args.device, args.repeats)
-    print(f"plain forward+backward: {statistics.median(plain):.3f} s  {[round(x, 3) for x in plain]}", flush=True)
-    engine = time_engine(model, batches, args.repeats, "per_batch")
-    print(f"engine step:            {statistics.median(engine):.3f} s  {[round(x, 3) for x in engine]}", flush=True)
-    per_example = None
-    if args.per_example:
-        per_example = time_engine(model, batches, args.repeats, "per_example")
-        print(f"engine step (per_example): {statistics.median(per_example):.3f} s  "
-              f"{[round(x, 3) for x in per_example]}", flush=True)
-    reference = time_reference(model, batches, args.device, args.reference_repeats)
-    print(f"reference step:         {statistics.median(reference):.3f} s  {[round(x, 3) for x in reference]}", flush=True)
+    # one untimed round to warm up, then the measurements interleaved, so that a change in the
+    # machine's load during the run affects all of them alike
+    plain_pass(model, batches, args.device)
+    engine_step(model, batches, "per_batch")
+    plain, engine, per_example, reference = [], [], [], []
+    for r in range(max(args.repeats, args.reference_repeats)):
+        if r < args.repeats:
+            plain.append(plain_pass(model, batches, args.device))
+            engine.append(engine_step(model, batches, "per_batch"))
+            if args.per_example:
+                per_example.append(engine_step(model, batches, "per_example"))
+        if r < args.reference_repeats:
+            reference.append(reference_step(model, batches, args.device))
+        print(f"round {r + 1}: plain {plain[-1]:.3f} s, engine {engine[-1]:.3f} s"
+              + (f", per_example {per_example[-1]:.3f} s" if per_example else "")
+              + (f", reference {reference[-1]:.3f} s" if r < args.reference_repeats else ""), flush=True)
+    for name, values in (("plain forward+backward", plain), ("engine step", engine),
+                         ("engine step, per_example", per_example), ("reference step", reference)):
+        if values:
+            print(f"{name + ':':27s} {statistics.median(values):8.3f} s (median of {len(values)})")
+    per_example = per_example or None
 
     e, p, r = statistics.median(engine), statistics.median(plain), statistics.median(reference)
     print(f"reference / engine = {r / e:.1f}x  (goal >= 10)")

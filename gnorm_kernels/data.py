@@ -73,14 +73,18 @@ class Task:
         shuffle: bool = False,
         seed: int = 0,
         group_by_length: bool = False,
+        pool_batches: int = 50,
         epochs: int = 1,
     ) -> list[dict[str, torch.Tensor]]:
         """Tokenise a split into padded batches of model kwargs plus `labels`.
 
         Each batch is padded to its own longest member. `limit` keeps the first
         examples of the split (after shuffling, if asked). `group_by_length` puts
-        examples of similar length together (less padding, faster training) and
-        shuffles the order of the batches. `epochs` > 1 returns that many passes
+        examples of similar length together (less padding, faster training): each
+        run of `pool_batches` batches' worth of shuffled examples is sorted by
+        length and cut into batches, and the batch order is shuffled. Small pools
+        keep batches mixed (long and short reviews differ in difficulty), large
+        pools save the most padding. `epochs` > 1 returns that many passes
         one after the other, each reshuffled when shuffling, tokenised only once.
         """
         if split not in self.splits:
@@ -106,7 +110,7 @@ class Task:
             if shuffle and epoch > 0:
                 rng.shuffle(order)
             if group_by_length:
-                groups = _length_grouped(order, lengths, batch_size, rng)
+                groups = _length_grouped(order, lengths, batch_size, pool_batches, rng)
             else:
                 groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             batches.extend(_collate(encoded, labels, idx, tokenizer) for idx in groups)
@@ -123,11 +127,15 @@ def _encode(examples: Sequence[Example], tokenizer: Any, max_length: int) -> dic
     return {k: list(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def _length_grouped(order: list[int], lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Batches of similar length: sort within large shuffled pools, then shuffle batches."""
+def _length_grouped(
+    order: list[int], lengths: list[int], batch_size: int, pool_batches: int, rng: random.Random
+) -> list[list[int]]:
+    """Batches of similar length: sort within shuffled pools, then shuffle batches."""
+    if pool_batches < 1:
+        raise ValueError(f"pool_batches must be >= 1, got {pool_batches}")
     order = order[:]
     rng.shuffle(order)
-    pool = batch_size * 50
+    pool = batch_size * pool_batches
     groups: list[list[int]] = []
     for start in range(0, len(order), pool):
         chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])

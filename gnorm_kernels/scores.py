@@ -271,23 +271,26 @@ def _batch_norms(
     device = _device(model)
     total = torch.zeros(len(blocks), 3, h_max)
     buffer = QKVGradientBuffer(weights, layout.head_size, backend=backend)
-    with scoring_mode(model, [w for triple in weights for w in triple] + biases), buffer:
-        for i, batch in enumerate(_maybe_progress(batches, progress, "gradient norms")):
-            if not accumulate:
-                buffer.zero_()
-                for b in biases:
-                    b.grad = None
-            value = _objective_value(objective, _logits(model, batch, device), batch, i, per_example=False)
-            value.backward()
-            # accumulated: the norms of the running sum, checked after each batch to name the
-            # first batch that brings a NaN or inf in; the last batch's norms are the result
-            norms = _norms_of(buffer, blocks, layout.head_size, h_max, include_bias)
-            _check_finite(norms, layout, blocks, i)
-            total = norms if accumulate else total + norms
-        if not accumulate:
-            total /= len(batches)
-        for b in biases:
-            b.grad = None
+    bias_grads = [b.grad for b in biases]
+    try:
+        with scoring_mode(model, [w for triple in weights for w in triple] + biases), buffer:
+            for i, batch in enumerate(_maybe_progress(batches, progress, "gradient norms")):
+                if not accumulate:
+                    buffer.zero_()
+                    for b in biases:
+                        b.grad = None
+                value = _objective_value(objective, _logits(model, batch, device), batch, i, per_example=False)
+                value.backward()
+                # accumulated: the norms of the running sum, checked after each batch to name the
+                # first batch that brings a NaN or inf in; the last batch's norms are the result
+                norms = _norms_of(buffer, blocks, layout.head_size, h_max, include_bias)
+                _check_finite(norms, layout, blocks, i)
+                total = norms if accumulate else total + norms
+    finally:
+        for b, grad in zip(biases, bias_grads):
+            b.grad = grad
+    if not accumulate:
+        total /= len(batches)
     for j, block in enumerate(blocks):
         grid[block.index][:, list(block.kept_heads)] = total[j, :, : len(block.kept_heads)]
     return grid

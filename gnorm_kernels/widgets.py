@@ -73,10 +73,7 @@ class HeadToggleGrid:
 
         num_layers, num_heads = self.layout.shape
         self.buttons: dict[Head, Any] = {}
-        header = [w.Label("", layout=w.Layout(width="70px"))] + [
-            w.Label(f"h{h}", layout=w.Layout(width="46px")) for h in range(num_heads)
-        ]
-        rows = [w.HBox(header)]
+        rows = []
         for layer in range(num_layers):
             row = [w.Label(f"layer {layer}", layout=w.Layout(width="70px"))]
             for head in range(num_heads):
@@ -366,7 +363,7 @@ class PruningExplorer:
         sns.heatmap(
             s["mask"].numpy().astype(float), ax=grid_ax, cmap=sns.color_palette(["#d9d9d9", "#2a7ab9"], as_cmap=True),
             vmin=0, vmax=1, cbar=False, linewidths=1, linecolor="white", annot=labels, fmt="",
-            annot_kws={"fontsize": 7, "color": "#444444"}, square=num_heads <= 16,
+            annot_kws={"fontsize": 9, "color": "#444444"}, square=num_heads <= 16,
         )
         grid_ax.set_xlabel("head")
         grid_ax.set_ylabel("layer")

@@ -196,8 +196,14 @@ def _attention(q_sizes, v_sizes, seed=0, impl="grouped"):
 
 
 @pytest.mark.parametrize("impl", ["grouped", "padded"])
-def test_uneven_attention_matches_the_per_head_loop(impl):
+@pytest.mark.parametrize("gather", [False, True], ids=["zero-row-padding", "gathered-padding"])
+def test_uneven_attention_matches_the_per_head_loop(impl, gather, monkeypatch):
+    import gnorm_kernels.grain.attention as attention
+
+    # steer the cost model to each way of producing padded Q/K/V
+    monkeypatch.setattr(attention, "GATHER_MACS_PER_ELEMENT", 0.0 if gather else 1e9)
     att = _attention([3, 0, 8, 1, 8], [2, 5, 8, 1, 7], impl=impl)
+    assert all(g.padded_projection != gather for g in att._plan(3, 9)["groups"])
     x = torch.randn(3, 9, 24, requires_grad=True)
     keep = torch.ones(3, 9, dtype=torch.bool)
     keep[1, 6:] = False
@@ -248,13 +254,13 @@ def test_fused_weight_cache_follows_weight_updates():
 def test_plan_groups_covers_every_head_once_and_splits_outliers():
     q = [64, 2, 3, 2, 1, 2]
     v = [64, 1, 2, 3, 2, 1]
-    padded = plan_groups(q, v, tokens=4096, seq_len=128, impl="padded")
-    assert len(padded) == 1 and (padded[0].query_size, padded[0].value_size) == (64, 64)
-    grouped = plan_groups(q, v, tokens=4096, seq_len=128)
+    padded = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768, impl="padded")
+    assert len(padded) == 1 and padded[0].size == 64
+    grouped = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768)
     assert sorted(h for g in grouped for h in g.heads) == list(range(6))
     big = next(g for g in grouped if 0 in g.heads)
     assert big.heads == (0,)  # the one big head does not inflate the small ones
-    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=4096, seq_len=128)
+    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=4096, seq_len=128, hidden_size=768)
     assert len(similar) == 1
 
 

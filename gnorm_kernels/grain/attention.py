@@ -6,14 +6,17 @@ Linear(D, Σ v_h), and the returned context has Σ v_h columns in the same order
 
 * ``"loop"``: one small attention per head in a Python loop, as GRAIN's released code does. The
   reference, and the slow baseline of the benchmark.
-* ``"padded"``: one fused, unpadded Q/K/V projection for all heads, then every head padded with
-  zeros to the layer's largest query and value sizes and one batched attention call (PyTorch's
+* ``"padded"``: one fused Q/K/V projection for all heads, every head's query, key and value
+  padded with zeros to the layer's largest head size, and one batched attention call (PyTorch's
   fused scaled-dot-product attention). Exact: a zero query dimension adds nothing to a score, a
   zero value dimension is dropped afterwards.
 * ``"grouped"`` (the default): the same, but heads sorted by size are split into groups, each
-  padded only to its own largest head, the split chosen by a small cost model (attention
-  multiply-adds and copies of the padded sizes, plus a fixed cost per group). Similar heads
-  share one call; one big head among many small ones gets its own instead of inflating them.
+  padded only to its own largest head, the split chosen by a small cost model (a fixed cost per
+  group plus the multiply-adds and copies of the padded sizes). Similar heads share one call;
+  one big head among many small ones gets its own instead of inflating them. Per group, the
+  padding is either built into the projection weights (zero rows: Q/K/V come out as views) or
+  made by gathering the packed projection, whichever the model says is cheaper; with a small
+  hidden size zero rows cost little, with a large one gathering wins.
 
 A head with value units but no query units attends uniformly to the unmasked tokens, exactly
 as the masked model does (all its scores are zero). Scores use the original scaling
@@ -36,24 +39,35 @@ __all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup"]
 IMPLEMENTATIONS = ("grouped", "padded", "loop")
 
 # The cost model of `plan_groups`, in multiply-add equivalents. A group costs a fixed amount
-# (one more attention call, its dispatch and small copies: tens of microseconds on a CPU) plus,
-# per head, the attention arithmetic of its padded sizes and the copies that gather its padded
-# Q/K/V. Projections are not in it: they run once, fused and unpadded, whatever the grouping.
+# (one more attention call with its dispatch and copies: tens of microseconds on a CPU), the
+# attention arithmetic of its heads at the padded size, and producing its padded Q/K/V: either
+# by projecting with zero-padded weights (pads cost a full row of multiply-adds each) or by
+# projecting the packed rows and gathering them into the padded layout (a copy of every element,
+# priced per element below). Each group takes the cheaper of the two.
 GROUP_OVERHEAD_MACS = 3.0e6
-COPY_MACS_PER_ELEMENT = 4.0
+GATHER_MACS_PER_ELEMENT = 64.0
 
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """Heads (positions in the packed order) run together, padded to (query_size, value_size)."""
+    """Heads (positions in the packed order) run in one attention call, all padded to `size`.
+
+    Query/key and value share one padded size because the fused CPU attention kernels need
+    equal head sizes for Q, K and V (with unequal ones PyTorch falls back to a slower path).
+    `padded_projection`: the projection itself emits the padded layout (zero weight rows), so the
+    group's Q/K/V are views; otherwise packed rows are projected and gathered.
+    """
 
     heads: tuple[int, ...]
-    query_size: int
-    value_size: int
+    size: int
+    padded_projection: bool = True
 
 
-def _group_cost(n: int, dq: int, dv: int, tokens: int, seq: int) -> float:
-    return GROUP_OVERHEAD_MACS + n * tokens * (seq * (dq + dv) + COPY_MACS_PER_ELEMENT * (2 * dq + dv))
+def _group_cost(n: int, size: int, packed: int, tokens: int, seq: int, hidden: int) -> tuple[float, bool]:
+    attention = n * size * 2 * seq
+    padded = 3 * n * size * hidden
+    gathered = packed * hidden + GATHER_MACS_PER_ELEMENT * 3 * n * size
+    return GROUP_OVERHEAD_MACS + tokens * (attention + min(padded, gathered)), padded <= gathered
 
 
 def plan_groups(
@@ -62,40 +76,42 @@ def plan_groups(
     *,
     tokens: int,
     seq_len: int,
+    hidden_size: int,
     impl: str = "grouped",
 ) -> tuple[HeadGroup, ...]:
     """Split heads into padded groups: one group ("padded") or the cheapest contiguous split of
     the heads sorted by size ("grouped"), found by dynamic programming over the sorted order.
 
-    `tokens` is batch × sequence length: the bigger the batch, the more padding costs against
-    the fixed cost of another group.
+    `tokens` is batch × sequence length: the more tokens, the more padding costs against the
+    fixed cost of another group.
     """
     n = len(query_sizes)
     if n == 0:
         return ()
+    need = [max(1, q, v) for q, v in zip(query_sizes, value_sizes)]
+    packed = [2 * q + v for q, v in zip(query_sizes, value_sizes)]
     if impl == "padded":
-        return (HeadGroup(tuple(range(n)), max(1, max(query_sizes)), max(value_sizes)),)
+        size = max(need)
+        _, pad = _group_cost(n, size, sum(packed), tokens, seq_len, hidden_size)
+        return (HeadGroup(tuple(range(n)), size, pad),)
     if impl != "grouped":
         raise ValueError(f"impl must be 'grouped' or 'padded', got {impl!r}")
-    order = sorted(range(n), key=lambda h: (query_sizes[h] + value_sizes[h], value_sizes[h], h))
+    order = sorted(range(n), key=lambda h: (need[h], h))
     best = [0.0] + [math.inf] * n  # best[i]: cheapest plan for the first i sorted heads
-    cut = [0] * (n + 1)
+    choice: list[tuple[int, bool]] = [(0, True)] * (n + 1)
     for end in range(1, n + 1):
-        dq = dv = 0
+        size = need[order[end - 1]]  # the largest of any run ending here
+        run = 0
         for start in range(end - 1, -1, -1):
-            h = order[start]
-            dq, dv = max(dq, query_sizes[h]), max(dv, value_sizes[h])
-            cost = best[start] + _group_cost(end - start, max(1, dq), dv, tokens, seq_len)
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
+            run += packed[order[start]]
+            cost, pad = _group_cost(end - start, size, run, tokens, seq_len, hidden_size)
+            if best[start] + cost < best[end]:
+                best[end], choice[end] = best[start] + cost, (start, pad)
     groups = []
     end = n
     while end > 0:
-        start = cut[end]
-        members = tuple(sorted(order[start:end]))
-        groups.append(
-            HeadGroup(members, max(1, max(query_sizes[h] for h in members)), max(value_sizes[h] for h in members))
-        )
+        start, pad = choice[end]
+        groups.append(HeadGroup(tuple(sorted(order[start:end])), need[order[end - 1]], pad))
         end = start
     return tuple(reversed(groups))
 
@@ -169,7 +185,7 @@ class UnevenSelfAttention(nn.Module):
             self.query = nn.Linear(hidden_size, sum(query_sizes), **kw)
             self.key = nn.Linear(hidden_size, sum(query_sizes), **kw)
             self.value = nn.Linear(hidden_size, sum(value_sizes), **kw)
-        self._plans: dict[tuple, tuple] = {}
+        self._plans: dict[tuple, dict] = {}
         self._weights_cache: dict = {}
 
     # ------------------------------------------------------------------ description
@@ -210,9 +226,13 @@ class UnevenSelfAttention(nn.Module):
     def _dropout(self) -> float:
         return self.dropout_p if self.training else 0.0
 
-    def _plan(self, batch: int, seq: int) -> tuple:
-        """Groups for this input shape, with the column selectors of their padded Q, K and V."""
-        groups = plan_groups(self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq, impl=self.impl)
+    def _plan(self, batch: int, seq: int) -> dict:
+        """Groups for this input shape; the rows of [Wq; Wk; Wv; 0] that make up the fused
+        projection; per group the selectors of its padded Q, K, V; the columns to unpad."""
+        groups = plan_groups(
+            self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq,
+            hidden_size=self.hidden_size, impl=self.impl,
+        )
         plan = self._plans.get(groups)
         if plan is not None:
             return plan
@@ -221,61 +241,84 @@ class UnevenSelfAttention(nn.Module):
             q_off.append(q_off[-1] + q)
             v_off.append(v_off[-1] + v)
         nq, nv = q_off[-1], v_off[-1]
-        zero = 2 * nq + nv  # the fused projection's last output: always zero, used for padding
-        steps = []
+        zero_row = 2 * nq + nv  # the zero row appended to [Wq; Wk; Wv]
+        parts = ((0, q_off, self.query_sizes), (nq, q_off, self.query_sizes), (2 * nq, v_off, self.value_sizes))
+        rows: list[int] = []
+        columns = []  # per group: the projection columns of its padded q, k, v (-1: a zero)
+        for g in groups:
+            cols_g = []
+            for base, offsets, sizes in parts:
+                cols: list[int] = []
+                for h in g.heads:
+                    own = [base + offsets[h] + j for j in range(sizes[h])]
+                    pad = g.size - sizes[h]
+                    if g.padded_projection:
+                        cols += range(len(rows), len(rows) + g.size)
+                        rows += own + [zero_row] * pad
+                    else:
+                        cols += list(range(len(rows), len(rows) + len(own))) + [-1] * pad
+                        rows += own
+                cols_g.append(cols)
+            columns.append(cols_g)
+        if any(c < 0 for cols_g in columns for cols in cols_g for c in cols):
+            rows.append(zero_row)  # one zero output column for the gathered groups' padding
+        zero_col = len(rows) - 1
+        steps = [(g, *(_Selector([zero_col if c < 0 else c for c in cols]) for cols in cols_g))
+                 for g, cols_g in zip(groups, columns)]
         context_cols = [0] * nv  # where each packed value column lands in the concatenated output
         at = 0
         for g in groups:
-            selectors = []
-            for base, offsets, sizes, width in (
-                (0, q_off, self.query_sizes, g.query_size),
-                (nq, q_off, self.query_sizes, g.query_size),
-                (2 * nq, v_off, self.value_sizes, g.value_size),
-            ):
-                cols: list[int] = []
-                for h in g.heads:
-                    cols += [base + offsets[h] + j for j in range(sizes[h])] + [zero] * (width - sizes[h])
-                selectors.append(_Selector(cols))
             for h in g.heads:
                 for j in range(self.value_sizes[h]):
                     context_cols[v_off[h] + j] = at + j
-                at += g.value_size
-            steps.append((g, *selectors))
-        unpad = None if context_cols == list(range(at)) else _Selector(context_cols)
-        plan = (tuple(steps), unpad)
+                at += g.size
+        plan = {
+            "groups": groups,
+            "steps": steps,
+            "rows": torch.tensor(rows, dtype=torch.long),
+            "unpad": None if context_cols == list(range(at)) else _Selector(context_cols),
+        }
         self._plans[groups] = plan
         return plan
 
-    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[Wq; Wk; Wv; 0]: one projection for every head, plus a zero output for padding.
-        Cached while the weights are unchanged and no gradient is wanted."""
+    def _fused_weights(self, plan: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The plan's fused projection weight and bias, cached while the weights are unchanged
+        and no gradient is wanted."""
         params = [self.query.weight, self.key.weight, self.value.weight]
         biases = [self.query.bias, self.key.bias, self.value.bias]
         tensors = params + [b for b in biases if b is not None]
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         stamp = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
-        if not grad and self._weights_cache.get("stamp") == stamp:
-            return self._weights_cache["weight"], self._weights_cache["bias"]
-        weight = torch.cat([*params, params[0].new_zeros(1, params[0].shape[1])])
-        bias = None if biases[0] is None else torch.cat([*biases, biases[0].new_zeros(1)])
+        key = plan["groups"]
         if not grad:
-            self._weights_cache = {"stamp": stamp, "weight": weight, "bias": bias}
+            if self._weights_cache.get("stamp") != stamp:
+                self._weights_cache = {"stamp": stamp}
+            if key in self._weights_cache:
+                return self._weights_cache[key]
+        rows = plan["rows"].to(params[0].device)
+        weight = torch.cat([*params, params[0].new_zeros(1, params[0].shape[1])]).index_select(0, rows)
+        bias = None
+        if biases[0] is not None:
+            bias = torch.cat([*biases, biases[0].new_zeros(1)]).index_select(0, rows)
+        if not grad:
+            self._weights_cache[key] = (weight, bias)
         return weight, bias
 
     def _forward_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T = x.shape[0], x.shape[1]
-        steps, unpad = self._plan(B, T)
-        weight, bias = self._fused_weights()
+        plan = self._plan(B, T)
+        weight, bias = self._fused_weights(plan)
         qkv = F.linear(x, weight, bias)
         outputs = []
-        for g, take_q, take_k, take_v in steps:
-            n, dq, dv = len(g.heads), g.query_size, g.value_size
-            q = take_q(qkv).view(B, T, n, dq).transpose(1, 2)
-            k = take_k(qkv).view(B, T, n, dq).transpose(1, 2)
-            v = take_v(qkv).view(B, T, n, dv).transpose(1, 2)
+        for g, take_q, take_k, take_v in plan["steps"]:
+            n, size = len(g.heads), g.size
+            q = take_q(qkv).view(B, T, n, size).transpose(1, 2)
+            k = take_k(qkv).view(B, T, n, size).transpose(1, 2)
+            v = take_v(qkv).view(B, T, n, size).transpose(1, 2)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
-            outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
+            outputs.append(out.transpose(1, 2).reshape(B, T, n * size))
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        unpad = plan["unpad"]
         return context if unpad is None else unpad(context)
 
     def _forward_loop(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
