@@ -12,8 +12,10 @@ units with structures of three kinds:
   tends to leave (many small heads).
 
 The random kinds spend --attention-share of their units on attention. Each shrunk model is timed
-with the three uneven-head implementations ("grouped", the default; "padded"; "loop" = one
-attention per head in Python, as GRAIN's released code does).
+with the uneven-head implementations: "grouped" (the default), "padded" (one group per layer),
+"loop" (one attention per head in Python with matmul + softmax, as GRAIN's released code does)
+and "loop-sdpa" (the same loop calling PyTorch's fused attention per head: it separates what the
+grouping buys from what the fused kernel buys).
 
     .venv/bin/python bench/grain_speed.py                       # CPU, batch 32, sequence 128
     .venv/bin/python bench/grain_speed.py --device cuda --batch 128 --seq 512
@@ -115,6 +117,27 @@ def bert_base(device, layers, heads, head_size, ffn):
     return BertForSequenceClassification(config).to(device).eval()
 
 
+def use_impl(model, impl):
+    """Set the attention implementation; "loop-sdpa" is the loop with the fused kernel per head."""
+    import types
+
+    import torch.nn.functional as F
+
+    from gnorm_kernels.grain.attention import UnevenSelfAttention
+    from gnorm_kernels.grain.shrink import set_attention_impl
+
+    def fused(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+
+    set_attention_impl(model, "loop" if impl == "loop-sdpa" else impl)
+    for m in model.modules():
+        if isinstance(m, UnevenSelfAttention):
+            if impl == "loop-sdpa":
+                m._attend = types.MethodType(fused, m)
+            else:
+                m.__dict__.pop("_attend", None)
+
+
 @torch.no_grad()
 def latency(model, inputs, repeats, device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -132,7 +155,7 @@ def latency(model, inputs, repeats, device):
 def main(argv=None) -> None:
     import copy
 
-    from gnorm_kernels.grain.shrink import set_attention_impl, shrink_model
+    from gnorm_kernels.grain.shrink import shrink_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -140,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
     p.add_argument("--styles", nargs="+", default=["grain", "regularised", "scattered"])
-    p.add_argument("--impls", nargs="+", default=["grouped", "padded", "loop"])
+    p.add_argument("--impls", nargs="+", default=["grouped", "padded", "loop", "loop-sdpa"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=12)
@@ -184,7 +207,7 @@ def main(argv=None) -> None:
             enc = sum(q.numel() for q in model.bert.encoder.parameters())
             times = {}
             for impl in args.impls:
-                set_attention_impl(model, impl)
+                use_impl(model, impl)
                 times[impl] = latency(model, inputs, args.repeats, device)
             ratio = f"{times['loop'] / times['grouped']:.2f}x" if "loop" in times and "grouped" in times else "n/a"
             print(

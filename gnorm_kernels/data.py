@@ -167,11 +167,11 @@ def _collate(encoded: dict[str, list[list[int]]], labels: list[int], idx: list[i
 
 FILM_NOUNS = (
     "film", "movie", "plot", "acting", "script", "ending", "soundtrack", "cast",
-    "story", "dialogue", "pacing", "visuals", "director", "humor", "music", "lead",
+    "story", "dialogue", "pacing", "director", "humor", "music",
 )
 OTHER_NOUNS = (
     "popcorn", "weather", "seat", "parking", "cinema", "ticket", "crowd", "coffee",
-    "drive", "snacks", "traffic", "usher", "friend", "dinner", "bus", "sandwich",
+    "drive", "snacks", "traffic", "friend", "dinner", "bus",
 )
 VERBS = ("was", "is", "felt", "seemed")
 NEGATORS = ("not", "never", "hardly")
@@ -184,6 +184,9 @@ NEGATIVE = (
     "bad", "awful", "terrible", "boring", "dull", "weak", "poor", "bland",
     "messy", "clumsy", "tedious", "horrible", "flat", "predictable",
 )
+# adjectives that fit the popcorn or the weather but not a film
+OTHER_POSITIVE = ("tasty", "comfortable", "friendly", "quiet", "cozy")
+OTHER_NEGATIVE = ("cold", "stale", "crowded", "noisy", "rude")
 OPENERS = (
     "honestly ,", "overall ,", "frankly ,", "admittedly ,", "i think", "i thought",
     "in the end ,", "at first", "for me ,",
@@ -198,13 +201,14 @@ P_INTENSIFIER = 0.35
 P_AND = 0.15
 P_FILM_SEGMENT = 0.6
 P_TRAILING_OTHER = 0.4  # the review ends with a segment about something else
+P_OTHER_ADJECTIVE = 0.5  # a clause about something else uses an adjective of its own
 SEGMENT_COUNT_WEIGHTS = {1: 15, 2: 35, 3: 30, 4: 20}
 
 
 def synthetic_vocabulary() -> list[str]:
     """The synthetic grammar's words (special tokens first, then sorted words)."""
     words = {"the", "my", "but", "and"}
-    for group in (FILM_NOUNS, OTHER_NOUNS, VERBS, NEGATORS, INTENSIFIERS, POSITIVE, NEGATIVE):
+    for group in (FILM_NOUNS, OTHER_NOUNS, VERBS, NEGATORS, INTENSIFIERS, POSITIVE, NEGATIVE, OTHER_POSITIVE, OTHER_NEGATIVE):
         words.update(group)
     for opener in OPENERS:
         words.update(opener.split())
@@ -228,7 +232,10 @@ def _clause(rng: random.Random, about_film: bool, polarity: int) -> list[str]:
     if rng.random() < P_INTENSIFIER:
         words.append(rng.choice(INTENSIFIERS))
     positive_word = bool(polarity) != negated
-    words.append(rng.choice(POSITIVE if positive_word else NEGATIVE))
+    if not about_film and rng.random() < P_OTHER_ADJECTIVE:
+        words.append(rng.choice(OTHER_POSITIVE if positive_word else OTHER_NEGATIVE))
+    else:
+        words.append(rng.choice(POSITIVE if positive_word else NEGATIVE))
     return words
 
 

@@ -65,11 +65,12 @@ def _hard_masks(layout, seed=1):
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_shrunk_model_matches_masked_model(family, attn):
-    model = _model(family, attn)
+@pytest.mark.parametrize("seq_len", [11, 70], ids=["short", "long"])  # matmul / fused attention
+def test_shrunk_model_matches_masked_model(family, attn, seq_len):
+    model = _model(family, attn, max_position_embeddings=80)
     layout = unit_layout(model)
     masks = _hard_masks(layout)
-    batch = _inputs(random_batches(model, batch_size=5, seq_len=11)[0])
+    batch = _inputs(random_batches(model, batch_size=5, seq_len=seq_len)[0])
     with torch.no_grad():
         dense = model(**batch).logits
         with mask_units(model, masks):
@@ -197,19 +198,22 @@ def _attention(q_sizes, v_sizes, seed=0, impl="grouped"):
 
 @pytest.mark.parametrize("impl", ["grouped", "padded"])
 @pytest.mark.parametrize("gather", [False, True], ids=["zero-row-padding", "gathered-padding"])
-def test_uneven_attention_matches_the_per_head_loop(impl, gather, monkeypatch):
+@pytest.mark.parametrize("seq", [9, 70], ids=["short-matmul", "long-fused"])
+def test_uneven_attention_matches_the_per_head_loop(impl, gather, seq, monkeypatch):
     import gnorm_kernels.grain.attention as attention
 
     # steer the cost model to each way of producing padded Q/K/V
-    monkeypatch.setattr(attention, "GATHER_MACS_PER_ELEMENT", 0.0 if gather else 1e9)
+    cpu = attention.COST_MODELS["cpu"]
+    steered = attention.CostModel(cpu.group_overhead, 0.0 if gather else 1e9, cpu.fused_min_seq_len)
+    monkeypatch.setitem(attention.COST_MODELS, "cpu", steered)
     att = _attention([3, 0, 8, 1, 8], [2, 5, 8, 1, 7], impl=impl)
-    assert all(g.padded_projection != gather for g in att._plan(3, 9)["groups"])
-    x = torch.randn(3, 9, 24, requires_grad=True)
-    keep = torch.ones(3, 9, dtype=torch.bool)
+    assert all(g.padded_projection != gather for g in att._plan(3, seq)["groups"])
+    x = torch.randn(3, seq, 24, requires_grad=True)
+    keep = torch.ones(3, seq, dtype=torch.bool)
     keep[1, 6:] = False
     keep[2, 3:] = False
-    bool_mask = keep[:, None, None, :].expand(3, 1, 9, 9)
-    float_mask = torch.zeros(3, 1, 9, 9).masked_fill(~bool_mask, torch.finfo(torch.float32).min)
+    bool_mask = keep[:, None, None, :].expand(3, 1, seq, seq)
+    float_mask = torch.zeros(3, 1, seq, seq).masked_fill(~bool_mask, torch.finfo(torch.float32).min)
     ref_att = copy.deepcopy(att)
     ref_att.impl = "loop"
     for mask in (None, bool_mask, float_mask):

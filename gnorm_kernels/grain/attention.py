@@ -18,6 +18,9 @@ Linear(D, Σ v_h), and the returned context has Σ v_h columns in the same order
   made by gathering the packed projection, whichever the model says is cheaper; with a small
   hidden size zero rows cost little, with a large one gathering wins.
 
+On CPU, short sequences use batched matmul and softmax instead of the fused kernel, which is
+faster there. The cost model's constants are per device kind (`COST_MODELS`).
+
 A head with value units but no query units attends uniformly to the unmasked tokens, exactly
 as the masked model does (all its scores are zero). Scores use the original scaling
 1/sqrt(d) of the unpruned model.
@@ -34,18 +37,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup"]
+__all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup", "CostModel", "COST_MODELS"]
 
 IMPLEMENTATIONS = ("grouped", "padded", "loop")
 
-# The cost model of `plan_groups`, in multiply-add equivalents. A group costs a fixed amount
-# (one more attention call with its dispatch and copies: tens of microseconds on a CPU), the
-# attention arithmetic of its heads at the padded size, and producing its padded Q/K/V: either
-# by projecting with zero-padded weights (pads cost a full row of multiply-adds each) or by
-# projecting the packed rows and gathering them into the padded layout (a copy of every element,
-# priced per element below). Each group takes the cheaper of the two.
-GROUP_OVERHEAD_MACS = 3.0e6
-GATHER_MACS_PER_ELEMENT = 64.0
+@dataclass(frozen=True)
+class CostModel:
+    """What `plan_groups` weighs, in multiply-add equivalents, for one kind of device.
+
+    A group costs `group_overhead` (one more attention call: dispatch, launch, small copies), the
+    attention arithmetic of its heads at the padded size, and producing its padded Q/K/V: either
+    by projecting with zero-padded weights (each pad costs a full row of multiply-adds) or by
+    projecting the packed rows and gathering them into the padded layout (`gather_per_element`
+    for every element). Each group takes the cheaper of the two. Below `fused_min_seq_len` tokens
+    plain batched matmul + softmax replaces the fused attention kernel, whose blocking costs more
+    than it saves on short rows.
+    """
+
+    group_overhead: float
+    gather_per_element: float
+    fused_min_seq_len: int
+
+
+COST_MODELS: dict[str, CostModel] = {
+    # measured on a 2-core CPU (bench/grain_speed.py and the notes in bench/RESULTS.md)
+    "cpu": CostModel(group_overhead=3.0e6, gather_per_element=64.0, fused_min_seq_len=64),
+    # not measured yet (no GPU was available): launches are ~10 µs against ~100 TFLOP/s of
+    # arithmetic, so another group costs far more multiply-adds than on a CPU
+    "cuda": CostModel(group_overhead=2.0e8, gather_per_element=512.0, fused_min_seq_len=0),
+}
+
+
+def cost_model(device_type: str) -> CostModel:
+    return COST_MODELS.get(device_type, COST_MODELS["cpu"])
 
 
 @dataclass(frozen=True)
@@ -63,11 +87,13 @@ class HeadGroup:
     padded_projection: bool = True
 
 
-def _group_cost(n: int, size: int, packed: int, tokens: int, seq: int, hidden: int) -> tuple[float, bool]:
+def _group_cost(
+    n: int, size: int, packed: int, tokens: int, seq: int, hidden: int, costs: CostModel
+) -> tuple[float, bool]:
     attention = n * size * 2 * seq
     padded = 3 * n * size * hidden
-    gathered = packed * hidden + GATHER_MACS_PER_ELEMENT * 3 * n * size
-    return GROUP_OVERHEAD_MACS + tokens * (attention + min(padded, gathered)), padded <= gathered
+    gathered = packed * hidden + costs.gather_per_element * 3 * n * size
+    return costs.group_overhead + tokens * (attention + min(padded, gathered)), padded <= gathered
 
 
 def plan_groups(
@@ -78,6 +104,7 @@ def plan_groups(
     seq_len: int,
     hidden_size: int,
     impl: str = "grouped",
+    device_type: str = "cpu",
 ) -> tuple[HeadGroup, ...]:
     """Split heads into padded groups: one group ("padded") or the cheapest contiguous split of
     the heads sorted by size ("grouped"), found by dynamic programming over the sorted order.
@@ -88,11 +115,12 @@ def plan_groups(
     n = len(query_sizes)
     if n == 0:
         return ()
+    costs = cost_model(device_type)
     need = [max(1, q, v) for q, v in zip(query_sizes, value_sizes)]
     packed = [2 * q + v for q, v in zip(query_sizes, value_sizes)]
     if impl == "padded":
         size = max(need)
-        _, pad = _group_cost(n, size, sum(packed), tokens, seq_len, hidden_size)
+        _, pad = _group_cost(n, size, sum(packed), tokens, seq_len, hidden_size, costs)
         return (HeadGroup(tuple(range(n)), size, pad),)
     if impl != "grouped":
         raise ValueError(f"impl must be 'grouped' or 'padded', got {impl!r}")
@@ -104,7 +132,7 @@ def plan_groups(
         run = 0
         for start in range(end - 1, -1, -1):
             run += packed[order[start]]
-            cost, pad = _group_cost(end - start, size, run, tokens, seq_len, hidden_size)
+            cost, pad = _group_cost(end - start, size, run, tokens, seq_len, hidden_size, costs)
             if best[start] + cost < best[end]:
                 best[end], choice[end] = best[start] + cost, (start, pad)
     groups = []
@@ -226,12 +254,12 @@ class UnevenSelfAttention(nn.Module):
     def _dropout(self) -> float:
         return self.dropout_p if self.training else 0.0
 
-    def _plan(self, batch: int, seq: int) -> dict:
+    def _plan(self, batch: int, seq: int, device_type: str = "cpu") -> dict:
         """Groups for this input shape; the rows of [Wq; Wk; Wv; 0] that make up the fused
         projection; per group the selectors of its padded Q, K, V; the columns to unpad."""
         groups = plan_groups(
             self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq,
-            hidden_size=self.hidden_size, impl=self.impl,
+            hidden_size=self.hidden_size, impl=self.impl, device_type=device_type,
         )
         plan = self._plans.get(groups)
         if plan is not None:
@@ -306,25 +334,37 @@ class UnevenSelfAttention(nn.Module):
 
     def _forward_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T = x.shape[0], x.shape[1]
-        plan = self._plan(B, T)
+        plan = self._plan(B, T, x.device.type)
         weight, bias = self._fused_weights(plan)
         qkv = F.linear(x, weight, bias)
+        fused = T >= cost_model(x.device.type).fused_min_seq_len
+        additive = None if fused else _additive(mask, x.dtype)
         outputs = []
         for g, take_q, take_k, take_v in plan["steps"]:
             n, size = len(g.heads), g.size
             q = take_q(qkv).view(B, T, n, size).transpose(1, 2)
             k = take_k(qkv).view(B, T, n, size).transpose(1, 2)
             v = take_v(qkv).view(B, T, n, size).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
+            if fused:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
+            else:
+                out = self._attend(q, k, v, additive)
             outputs.append(out.transpose(1, 2).reshape(B, T, n * size))
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         unpad = plan["unpad"]
         return context if unpad is None else unpad(context)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q kᵀ · scaling + mask) v, written out (mask additive, broadcast over heads)."""
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        if mask is not None:
+            scores = scores + mask
+        probs = F.dropout(torch.softmax(scores, dim=-1), p=self._dropout(), training=self.training)
+        return torch.matmul(probs, v)
+
     def _forward_loop(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q_all, k_all, v_all = self.query(x), self.key(x), self.value(x)
-        if mask is not None and mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
+        mask = _additive(mask, x.dtype)
         if mask is not None:
             mask = mask[:, 0]  # [B, T_q or 1, T_k]: the same for every head
         outputs = []
@@ -333,9 +373,12 @@ class UnevenSelfAttention(nn.Module):
             q, k = q_all[..., q_at : q_at + dq], k_all[..., q_at : q_at + dq]
             v = v_all[..., v_at : v_at + dv]
             q_at, v_at = q_at + dq, v_at + dv
-            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
-            if mask is not None:
-                scores = scores + mask
-            probs = F.dropout(torch.softmax(scores, dim=-1), p=self._dropout(), training=self.training)
-            outputs.append(torch.matmul(probs, v))
+            outputs.append(self._attend(q, k, v, mask))
         return torch.cat(outputs, dim=-1)
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean keep-mask as an additive one (0 keep, most negative drop); others unchanged."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gnorm_kernels.grain.attention import IMPLEMENTATIONS
 from gnorm_kernels.grain.distill import Distiller, separated_backward
 from gnorm_kernels.grain.importance import READS, ImportanceEMA, select_units, structure_regularize, taylor_importance
 from gnorm_kernels.grain.schedule import DensitySchedule
@@ -48,6 +49,7 @@ class GrainReport:
     teacher_latency_s: float | None = None
     masked_vs_shrunk: float | None = None  # max |logit difference| on one batch
     history: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def encoder_fraction(self) -> float:
@@ -76,6 +78,7 @@ class GrainReport:
             "masked_vs_shrunk": self.masked_vs_shrunk,
             "steps": self.steps,
             "train_seconds": self.train_seconds,
+            "settings": self.settings,
             "structure": self.structure.to_dict(),
         }
 
@@ -211,15 +214,20 @@ def grain_prune(
     schedule = DensitySchedule(float(density), int(steps), prune_start, prune_end)
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1) or None, got {dropout}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {list(IMPLEMENTATIONS)}, got {impl!r}")
+    settings = dict(
+        steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, dropout=dropout,
+        temperature=temperature, alpha=alpha, beta=beta, structure_regularization=structure_regularization,
+        reads=reads, prune_start=prune_start, prune_end=prune_end, impl=impl, seed=seed,
+    )
 
     student = copy.deepcopy(student_in)
     layout = unit_layout(student)
     own_dropout = _set_dropout(student, dropout)
     masks = Units.full(layout)
-    torch.manual_seed(seed)
     device = next(student.parameters()).device
     distiller = Distiller(teacher, layout.hidden_size, layout.num_layers, temperature=temperature).to(device)
     params = [p for p in student.parameters() if p.requires_grad] + list(distiller.parameters())
@@ -235,39 +243,42 @@ def grain_prune(
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"GRAIN to density {density:g}", disable=not progress, mininterval=1.0)
-    try:
-        for step in bar:
-            batch = data[order[step]]
-            optimizer.zero_grad(set_to_none=True)
-            with mask_units(student, masks, layout):
-                loss_ce, loss_hidden, _ = distiller.losses(student, batch)
-                read = (lambda: taylor_importance(layout, reads=reads)) if step < schedule.end_step else (lambda: None)
-                scores = separated_backward(loss_ce, loss_hidden, read)
-            if scores is not None:
-                ema.update(scores)
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if schedule.pruning(step):
-                ranked = ema.value
-                if structure_regularization:
-                    ranked = structure_regularize(ranked, masks, alpha)
-                masks = select_units(ranked, masks, schedule(step))
-            if step % 25 == 0 or step == steps - 1:
-                record = {
-                    "step": step,
-                    "target_density": schedule(step),
-                    "density": masks.density(),
-                    "loss_ce": loss_ce.item(),
-                    "loss_hidden": loss_hidden.item(),
-                    "lr": scheduler.get_last_lr()[0],
-                }
-                history.append(record)
-                bar.set_postfix(density=f"{record['density']:.3f}", ce=f"{record['loss_ce']:.4f}", hid=f"{record['loss_hidden']:.4f}")
-    finally:
-        bar.close()
-        teacher.train(teacher_was_training)
+    # dropout is seeded; the caller's random state is left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        try:
+            for step in bar:
+                batch = data[order[step]]
+                optimizer.zero_grad(set_to_none=True)
+                with mask_units(student, masks, layout):
+                    loss_ce, loss_hidden, _ = distiller.losses(student, batch)
+                    read = (lambda: taylor_importance(layout, reads=reads)) if step < schedule.end_step else (lambda: None)
+                    scores = separated_backward(loss_ce, loss_hidden, read)
+                if scores is not None:
+                    ema.update(scores)
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+                scheduler.step()
+                if schedule.pruning(step):
+                    ranked = ema.value
+                    if structure_regularization:
+                        ranked = structure_regularize(ranked, masks, alpha)
+                    masks = select_units(ranked, masks, schedule(step))
+                if step % 25 == 0 or step == steps - 1:
+                    record = {
+                        "step": step,
+                        "target_density": schedule(step),
+                        "density": masks.density(),
+                        "loss_ce": loss_ce.item(),
+                        "loss_hidden": loss_hidden.item(),
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                    history.append(record)
+                    bar.set_postfix(density=f"{record['density']:.3f}", ce=f"{record['loss_ce']:.4f}", hid=f"{record['loss_hidden']:.4f}")
+        finally:
+            bar.close()
+            teacher.train(teacher_was_training)
     train_seconds = time.perf_counter() - start
 
     # ---- shrink for real, and check it against the masked model on one batch
@@ -292,6 +303,7 @@ def grain_prune(
         structure=structure,
         masked_vs_shrunk=float((masked_logits - shrunk_logits).abs().max()),
         history=history,
+        settings=settings,
     )
     if eval_data is not None:
         from gnorm_kernels.evaluate import evaluate
