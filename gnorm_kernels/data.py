@@ -173,6 +173,7 @@ OTHER_NOUNS = (
     "popcorn", "weather", "seat", "parking", "cinema", "ticket", "crowd", "coffee",
     "drive", "snacks", "traffic", "friend", "dinner", "bus",
 )
+PERSONAL_NOUNS = ("seat", "ticket", "coffee", "drive", "snacks", "friend", "dinner")  # "my seat"
 VERBS = ("was", "is", "felt", "seemed")
 NEGATORS = ("not", "never", "hardly")
 INTENSIFIERS = ("very", "really", "truly", "quite", "so", "extremely", "incredibly", "rather", "pretty")
@@ -192,22 +193,22 @@ OPENERS = (
     "in the end ,", "at first", "for me ,",
 )
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-MAX_WORDS = 38  # + [CLS] and [SEP] = 40 tokens
+MAX_WORDS = 38  # + [CLS] and [SEP] = 40 tokens (the settings below stay under 34)
 
-# How often each construction appears (per clause, per segment).
-P_OPENER = 0.25
-P_NEGATION = 0.4
+# How often each construction appears. These settings are what the tiny model's
+# recipe was tuned on; reviews with more segments or more negation take longer to learn.
+P_OPENER = 0.15  # a clause starts with "honestly," "i think" ...
+P_NEGATION = 0.3
 P_INTENSIFIER = 0.35
-P_AND = 0.15
-P_FILM_SEGMENT = 0.6
-P_TRAILING_OTHER = 0.4  # the review ends with a segment about something else
+P_FILM_SEGMENT = 0.6  # a segment before the last one is about the film
+P_TRAILING_OTHER = 0.3  # the review ends with a segment about something else
 P_OTHER_ADJECTIVE = 0.5  # a clause about something else uses an adjective of its own
-SEGMENT_COUNT_WEIGHTS = {1: 15, 2: 35, 3: 30, 4: 20}
+SEGMENT_COUNT_WEIGHTS = {1: 30, 2: 40, 3: 30}
 
 
 def synthetic_vocabulary() -> list[str]:
     """The synthetic grammar's words (special tokens first, then sorted words)."""
-    words = {"the", "my", "but", "and"}
+    words = {"the", "my", "but"}
     for group in (FILM_NOUNS, OTHER_NOUNS, VERBS, NEGATORS, INTENSIFIERS, POSITIVE, NEGATIVE, OTHER_POSITIVE, OTHER_NEGATIVE):
         words.update(group)
     for opener in OPENERS:
@@ -223,7 +224,8 @@ def _clause(rng: random.Random, about_film: bool, polarity: int) -> list[str]:
     if about_film:
         words += ["the", rng.choice(FILM_NOUNS)]
     else:
-        words += [rng.choice(("the", "the", "my")), rng.choice(OTHER_NOUNS)]
+        noun = rng.choice(OTHER_NOUNS)
+        words += [rng.choice(("the", "my")) if noun in PERSONAL_NOUNS else "the", noun]
     verb = rng.choice(VERBS)
     words.append(verb)
     negated = rng.random() < P_NEGATION
@@ -236,14 +238,6 @@ def _clause(rng: random.Random, about_film: bool, polarity: int) -> list[str]:
         words.append(rng.choice(OTHER_POSITIVE if positive_word else OTHER_NEGATIVE))
     else:
         words.append(rng.choice(POSITIVE if positive_word else NEGATIVE))
-    return words
-
-
-def _segment(rng: random.Random, about_film: bool, polarity: int) -> list[str]:
-    """A clause, or two clauses of one kind and polarity joined by "and"."""
-    words = _clause(rng, about_film, polarity)
-    if rng.random() < P_AND:
-        words += ["and"] + _clause(rng, about_film, polarity if about_film else rng.randint(0, 1))
     return words
 
 
@@ -272,7 +266,7 @@ def synthetic_review(rng: random.Random) -> Example:
                 polarity = rng.randint(0, 1)
             if words:
                 words.append("but")
-            words += _segment(rng, about_film, polarity)
+            words += _clause(rng, about_film, polarity)
         if len(words) <= MAX_WORDS:
             text = " ".join(words).replace(" ,", ",")
             return Example(text=text, text_pair=None, label=label)

@@ -40,6 +40,7 @@ class TinyRecipe:
     warmup_steps: int = 300
     steps: int = 2_200
     batch_size: int = 64
+    length_pool: int = 4  # batches sorted by length together (see Task.batches)
     grad_clip: float = 1.0
     min_accuracy: float = 0.9
 
@@ -92,6 +93,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
         shuffle=True,
         seed=recipe.seed,
         group_by_length=True,
+        pool_batches=recipe.length_pool,
         epochs=epochs,
         max_length=recipe.max_positions,
     )[: recipe.steps]
