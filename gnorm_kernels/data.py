@@ -216,6 +216,18 @@ def synthetic_vocabulary() -> list[str]:
     return list(SPECIAL_TOKENS) + sorted(words)
 
 
+def synthetic_fingerprint() -> str:
+    """A short hash of the grammar (vocabulary and settings): changes when the data would."""
+    import hashlib
+
+    settings = [
+        synthetic_vocabulary(), FILM_NOUNS, OTHER_NOUNS, PERSONAL_NOUNS, VERBS, NEGATORS, INTENSIFIERS,
+        POSITIVE, NEGATIVE, OTHER_POSITIVE, OTHER_NEGATIVE, OPENERS, MAX_WORDS, P_OPENER, P_NEGATION,
+        P_INTENSIFIER, P_FILM_SEGMENT, P_TRAILING_OTHER, P_OTHER_ADJECTIVE, sorted(SEGMENT_COUNT_WEIGHTS.items()),
+    ]
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
+
+
 def _clause(rng: random.Random, about_film: bool, polarity: int) -> list[str]:
     """One clause with the given polarity (1 positive, 0 negative)."""
     words: list[str] = []

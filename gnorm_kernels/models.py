@@ -45,7 +45,11 @@ class TinyRecipe:
     min_accuracy: float = 0.9
 
     def key(self) -> str:
-        payload = json.dumps({"recipe": asdict(self), "version": RECIPE_VERSION}, sort_keys=True)
+        from gnorm_kernels.data import synthetic_fingerprint
+
+        payload = json.dumps(
+            {"recipe": asdict(self), "version": RECIPE_VERSION, "grammar": synthetic_fingerprint()}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

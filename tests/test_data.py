@@ -106,7 +106,7 @@ def test_bag_of_words_cannot_solve_the_task(small: Task) -> None:
         opt.step()
     train_acc = (linear(x).argmax(-1) == y).float().mean().item()
     test_acc = (linear(xt).argmax(-1) == yt).float().mean().item()
-    assert train_acc < 0.9 and test_acc < 0.9, (train_acc, test_acc)
+    assert train_acc < 0.75 and test_acc < 0.75, (train_acc, test_acc)
 
 
 # --------------------------------------------------------------------------- tokenizer and batches

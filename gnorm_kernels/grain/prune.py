@@ -163,7 +163,7 @@ def grain_prune(
     eval_data: Sequence[Batch] | None = None,
     epochs: float = 1.0,
     steps: int | None = None,
-    lr: float = 1e-4,
+    lr: float = 3e-5,
     weight_decay: float = 0.0,
     warmup: float = 0.05,
     grad_clip: float | None = 1.0,
@@ -186,7 +186,9 @@ def grain_prune(
 
     `data` are the training batches (model kwargs; labels are not used: the teacher supplies
     the targets), `eval_data` optional held-out batches for accuracy. Training runs for `steps`
-    optimiser steps, or `epochs` passes over `data`. Neither model passed in is modified: the
+    optimiser steps, or `epochs` passes over `data`; AdamW at `lr` (GRAIN's 3e-5 for BERT-base;
+    a small model trained at a high rate wants more, e.g. 1e-3 for the tiny default), linear
+    warm-up over `warmup` of the steps, then linear decay. Neither model passed in is modified: the
     student is copied first. Returns the shrunk student (eval mode) and a `GrainReport`.
 
     `dropout` is the student's dropout while it trains (GRAIN fine-tunes BERT with its usual 0.1;
