@@ -40,6 +40,14 @@ _EXPORTS = {
     "greedy_prune": "greedy",
     "static_prune": "greedy",
     "Trajectory": "greedy",
+    "run_method": "greedy",
+    "get_method": "scores",
+    "METHODS": "scores",
+    "qkv_gradient_norms": "scores",
+    # plots
+    "plot_accuracy_curves": "viz",
+    "plot_head_grid": "viz",
+    "plot_rank_changes": "viz",
     # kernels
     "head_block_norms": "kernels",
     "qkv_head_norms": "kernels",

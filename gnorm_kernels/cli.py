@@ -116,7 +116,7 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--min-heads-per-layer", type=int, default=0, help="never prune a layer below this (default 0)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N steps (default 1; the last step always)")
     p.add_argument("--objective", default="logits_norm", choices=("logits_norm", "loss"),
-                   help="what the gradient-based scores differentiate (default logits_norm: no labels needed)")
+                   help="what Gnorm differentiates (default logits_norm: no labels needed)")
     p.add_argument("--aggregation", default="per_batch", choices=("per_batch", "per_example", "accumulated"),
                    help="how Gnorm averages gradient norms over the calibration set (default per_batch)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"),

@@ -20,6 +20,9 @@ __all__ = [
     "Task",
     "load_task",
     "synthetic_task",
+    "synthetic_review",
+    "synthetic_vocabulary",
+    "synthetic_fingerprint",
     "synthetic_tokenizer",
     "word_level_tokenizer",
     "task_from_glue",
@@ -144,7 +147,9 @@ def _length_grouped(
     return groups
 
 
-def _collate(encoded: dict[str, list[list[int]]], labels: list[int], idx: list[int], tokenizer: Any) -> dict[str, torch.Tensor]:
+def _collate(
+    encoded: dict[str, list[list[int]]], labels: list[int], idx: list[int], tokenizer: Any
+) -> dict[str, torch.Tensor]:
     width = max(len(encoded["input_ids"][i]) for i in idx)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -209,7 +214,10 @@ SEGMENT_COUNT_WEIGHTS = {1: 30, 2: 40, 3: 30}
 def synthetic_vocabulary() -> list[str]:
     """The synthetic grammar's words (special tokens first, then sorted words)."""
     words = {"the", "my", "but"}
-    for group in (FILM_NOUNS, OTHER_NOUNS, VERBS, NEGATORS, INTENSIFIERS, POSITIVE, NEGATIVE, OTHER_POSITIVE, OTHER_NEGATIVE):
+    groups = (
+        FILM_NOUNS, OTHER_NOUNS, VERBS, NEGATORS, INTENSIFIERS, POSITIVE, NEGATIVE, OTHER_POSITIVE, OTHER_NEGATIVE
+    )
+    for group in groups:
         words.update(group)
     for opener in OPENERS:
         words.update(opener.split())
@@ -576,5 +584,7 @@ def load_task(name: str | os.PathLike, *, seed: int = 0, **options: Any) -> Task
     if path.suffix.lower() in FILE_EXTENSIONS or path.is_file():
         return task_from_file(path, seed=seed, **options)
     if path.suffix:
-        raise ValueError(f"unknown task {text!r}: extension {path.suffix!r} is not supported; expected {ACCEPTED_FORMS}")
+        raise ValueError(
+            f"unknown task {text!r}: extension {path.suffix!r} is not supported; expected {ACCEPTED_FORMS}"
+        )
     raise ValueError(f"unknown task {text!r}; expected {ACCEPTED_FORMS}")

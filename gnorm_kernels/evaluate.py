@@ -49,7 +49,9 @@ def _matthews(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _predict(
+    model: torch.nn.Module, batches: Iterable[Batch], progress: bool
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     device = _model_device(model)
     preds, golds = [], []
     loss_sum = 0.0

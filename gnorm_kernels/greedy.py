@@ -14,6 +14,7 @@ run would have ended.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -370,6 +371,16 @@ def _as_map(heads: Sequence[Head]) -> dict[int, list[int]]:
     return out
 
 
+def _fingerprint(batches: Sequence[Batch]) -> str:
+    """A short hash of the batches' token ids and masks, so a resumed run can check its data."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in ("input_ids", "attention_mask"):
+            if key in batch:
+                digest.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _describe(value: Any) -> Any:
     """A JSON-friendly, run-to-run stable description of a setting (callables by name)."""
     if callable(value):
@@ -458,6 +469,7 @@ def _drive(
         "metric": metric,
         "calibration_batches": len(calibration),
         "calibration_examples": sum(int(b["input_ids"].shape[0]) for b in calibration),
+        "calibration_fingerprint": _fingerprint(calibration),
         "evaluation_examples": None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation),
     }
     initially_pruned = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()]

@@ -83,7 +83,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     """
     from transformers import BertConfig, BertForSequenceClassification
 
-    from gnorm_kernels.data import synthetic_task, synthetic_tokenizer
+    from gnorm_kernels.data import synthetic_fingerprint, synthetic_task, synthetic_tokenizer
     from gnorm_kernels.evaluate import evaluate
 
     recipe = recipe or TinyRecipe()
@@ -162,6 +162,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     info = {
         "recipe": asdict(recipe),
         "recipe_version": RECIPE_VERSION,
+        "grammar": synthetic_fingerprint(),
         "train_seconds": round(seconds, 2),
         "torch_threads": torch.get_num_threads(),
         "calibration_accuracy": calibration["accuracy"],

@@ -92,7 +92,10 @@ def plot_accuracy_curves(
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    if len(groups) > 3:  # many curves: keep the legend off them
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+    else:
+        ax.legend(loc="best", fontsize="small")
     return fig
 
 

@@ -272,7 +272,11 @@ def fake_glue(columns: tuple[str, ...], names: list[str], test_split: str = "val
     import datasets
 
     features = datasets.Features(
-        {**{c: datasets.Value("string") for c in columns}, "label": datasets.ClassLabel(names=names), "idx": datasets.Value("int32")}
+        {
+            **{c: datasets.Value("string") for c in columns},
+            "label": datasets.ClassLabel(names=names),
+            "idx": datasets.Value("int32"),
+        }
     )
 
     def split(prefix: str, n: int, labels=None):

@@ -191,6 +191,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, driver
     assert driver(model, calib, test, checkpoint=ckpt, progress=False).order == whole.order
     with pytest.raises(ValueError, match="different run"):
         driver(model, calib, test, checkpoint=ckpt, heads_per_step=2, progress=False)
+    other = random_batches(model, num_batches=2, seed=5)  # same shapes, other tokens
+    with pytest.raises(ValueError, match="calibration_fingerprint"):
+        driver(model, other, test, checkpoint=ckpt, progress=False)
 
 
 def test_albert_units_are_shared_heads():
@@ -241,3 +244,32 @@ def test_nan_gradient_error_names_the_step_and_the_batch():
 
     with pytest.raises(NonFiniteGradientError, match=r"step 3: .*calibration batch 1"):
         greedy_prune(model, calib, scorer_options={"objective": objective}, progress=False)
+
+
+def test_figures_from_trajectories():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
+
+    model = _model()
+    calib, test = _data(model)
+    greedy = greedy_prune(model, calib, test, progress=False)
+    seeds = [run_method("random", model, calib, test, seed=s, progress=False) for s in range(3)]
+    fig = plot_accuracy_curves([greedy, *seeds])
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and ax.get_xlabel() == "heads pruned" and ax.get_ylabel() == "accuracy"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["greedy-gnorm", "random (median of 3)"]
+    assert any(isinstance(c, PolyCollection) for c in ax.collections)  # the random band
+    grids = [plot_head_grid(greedy.mask_at(0.5), kind="mask"), plot_head_grid(greedy.steps[3].scores),
+             plot_head_grid(torch.randn(2, 4), kind="ablation")]
+    for f in grids:
+        assert f.axes[0].get_xlabel() == "head" and f.axes[0].get_ylabel() == "layer"
+    ranks = plot_rank_changes(greedy)
+    assert ranks.axes[0].get_xlabel() == "greedy step"
+    with pytest.raises(ValueError, match="greedy trajectory"):
+        plot_rank_changes(seeds[0])
+    with pytest.raises(ValueError, match="kind"):
+        plot_head_grid(greedy.mask_at(0.5), kind="heat")
+    plt.close("all")

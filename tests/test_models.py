@@ -38,7 +38,7 @@ def test_tiny_gets_contrast_and_negation_right(tiny) -> None:
         "the ending was awful but the cast was not bad": 1,
         "the ending was not awful but the cast was bad": 0,
         "the music was very dull but honestly, the film was superb but my seat was terrible": 1,
-        "the music was superb but the film was hardly clever and my coffee was great": 0,
+        "the music was superb but the film was hardly clever but my coffee was great": 0,
     }
     predicted = logits(tiny.model, tiny.tokenizer, list(cases)).argmax(-1).tolist()
     assert dict(zip(cases, predicted)) == cases
@@ -105,10 +105,16 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cache_key_covers_every_setting() -> None:
+def test_cache_key_covers_every_setting(monkeypatch) -> None:
+    from gnorm_kernels import data
+
     base = TinyRecipe()
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "P_NEGATION", data.P_NEGATION + 0.1)
+        assert TinyRecipe().key() != base.key()  # the grammar is part of the key
     assert base.key() == TinyRecipe().key()
-    assert len({base.key(), TinyRecipe(seed=base.seed + 1).key(), TinyRecipe(lr=1e-3).key(), TinyRecipe(steps=10).key()}) == 4
+    others = [TinyRecipe(seed=base.seed + 1), TinyRecipe(lr=1e-3), TinyRecipe(steps=10), TinyRecipe(length_pool=8)]
+    assert len({base.key(), *(r.key() for r in others)}) == 5
 
 
 def test_training_that_stays_at_chance_is_reported() -> None:
@@ -153,7 +159,7 @@ def test_pruned_folder_goes_through_load_pruned(tmp_path) -> None:
     save_pruned(model, tmp_path, tokenizer)
     loaded, loaded_tokenizer = load_model(tmp_path)
     assert head_layout(loaded).pruned_heads() == {0: [1], 1: [0, 3]}
-    text = ["the plot was not bad but the bus was late"]
+    text = ["the plot was not bad but the bus was noisy"]
     assert torch.allclose(logits(loaded, loaded_tokenizer, text), logits(model, tokenizer, text), atol=1e-6)
 
 
