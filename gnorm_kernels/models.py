@@ -26,7 +26,7 @@ RECIPE_VERSION = 1
 class TinyRecipe:
     """Everything that determines the tiny model; its hash names the cache folder."""
 
-    seed: int = 0
+    seed: int = 2  # pinned: reaches 99% and has one crucial head (see tests/test_models.py)
     data_seed: int = 0
     train_size: int = 40_000
     layers: int = 4

@@ -71,7 +71,9 @@ def _select(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     elif bias is not None:
         bias = bias.detach().clone()
     out_f, in_f = weight.shape
-    new = skip_init(nn.Linear, in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with warnings.catch_warnings():  # a zero-width Linear (an emptied layer) is expected here
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = skip_init(nn.Linear, in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
