@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
     p.add_argument("--styles", nargs="+", default=["grain", "regularised", "scattered"])
-    p.add_argument("--impls", nargs="+", default=["grouped", "padded", "loop", "loop-sdpa"])
+    p.add_argument("--impls", nargs="+", default=["auto", "grouped", "padded", "loop", "loop-sdpa"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=12)

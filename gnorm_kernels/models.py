@@ -7,8 +7,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,8 @@ def _ensure_tiny(recipe: TinyRecipe, cache: Path | None, progress: bool) -> Path
     base = target.parent
     base.mkdir(parents=True, exist_ok=True)
     model, tokenizer, info = train_tiny(recipe, progress=progress)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=base))
+    tmp = base / f".{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -34,7 +34,7 @@ from gnorm_kernels.grain.distill import distill_layers
 from gnorm_kernels.pruning import prune_heads
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
-IMPLS = ("grouped", "padded", "loop")
+IMPLS = ("auto", "grouped", "padded", "loop")
 
 
 def _model(family="bert", attn="eager", **kw):
@@ -259,13 +259,17 @@ def test_plan_groups_covers_every_head_once_and_splits_outliers():
     q = [64, 2, 3, 2, 1, 2]
     v = [64, 1, 2, 3, 2, 1]
     padded = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768, impl="padded")
-    assert len(padded) == 1 and padded[0].size == 64
+    assert len(padded) == 1 and padded[0].query_size == padded[0].value_size == 64
     grouped = plan_groups(q, v, tokens=4096, seq_len=128, hidden_size=768)
     assert sorted(h for g in grouped for h in g.heads) == list(range(6))
     big = next(g for g in grouped if 0 in g.heads)
     assert big.heads == (0,)  # the one big head does not inflate the small ones
-    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=4096, seq_len=128, hidden_size=768)
-    assert len(similar) == 1
+    # with few tokens the fixed cost of a call dominates: similar heads share one padded call
+    similar = plan_groups([8, 7, 8], [8, 8, 6], tokens=256, seq_len=16, hidden_size=64)
+    assert len(similar) == 1 and similar[0].query_size == similar[0].value_size == 8
+    # identical heads run together unpadded, with their own query and value sizes
+    same = plan_groups([4, 4, 4], [6, 6, 6], tokens=4096, seq_len=128, hidden_size=768)
+    assert [(g.heads, g.query_size, g.value_size) for g in same] == [((0, 1, 2), 4, 6)]
 
 
 def test_uneven_attention_rejects_bad_sizes():

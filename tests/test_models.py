@@ -109,9 +109,10 @@ def test_cache_key_covers_every_setting(monkeypatch) -> None:
     from gnorm_kernels import data
 
     base = TinyRecipe()
+    base_key = base.key()
     with monkeypatch.context() as patch:
         patch.setattr(data, "P_NEGATION", data.P_NEGATION + 0.1)
-        assert TinyRecipe().key() != base.key()  # the grammar is part of the key
+        assert TinyRecipe().key() != base_key  # the grammar is part of the key
     assert base.key() == TinyRecipe().key()
     others = [TinyRecipe(seed=base.seed + 1), TinyRecipe(lr=1e-3), TinyRecipe(steps=10), TinyRecipe(length_pool=8)]
     assert len({base.key(), *(r.key() for r in others)}) == 5

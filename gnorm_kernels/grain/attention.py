@@ -2,24 +2,27 @@
 
 Weights are stored packed, head after head: ``query``/``key`` are Linear(D, Σ q_h), ``value`` is
 Linear(D, Σ v_h), and the returned context has Σ v_h columns in the same order, ready for the
-(shrunk) output projection. Three ways to run it:
+(shrunk) output projection. Ways to run it:
 
 * ``"loop"``: one small attention per head in a Python loop, as GRAIN's released code does. The
   reference, and the slow baseline of the benchmark.
 * ``"padded"``: one fused Q/K/V projection for all heads, every head's query, key and value
-  padded with zeros to the layer's largest head size, and one batched attention call (PyTorch's
-  fused scaled-dot-product attention). Exact: a zero query dimension adds nothing to a score, a
-  zero value dimension is dropped afterwards.
-* ``"grouped"`` (the default): the same, but heads sorted by size are split into groups, each
-  padded only to its own largest head, the split chosen by a small cost model (a fixed cost per
-  group plus the multiply-adds and copies of the padded sizes). Similar heads share one call;
-  one big head among many small ones gets its own instead of inflating them. Per group, the
-  padding is either built into the projection weights (zero rows: Q/K/V come out as views) or
-  made by gathering the packed projection, whichever the model says is cheaper; with a small
-  hidden size zero rows cost little, with a large one gathering wins.
+  padded with zeros to the layer's largest head size, and one batched attention call. Exact: a
+  zero query dimension adds nothing to a score, a zero value dimension is dropped afterwards.
+* ``"grouped"``: the same, but heads sorted by size are split into groups, each padded only to
+  its own largest head, the split chosen by a small cost model (a fixed cost per group plus the
+  multiply-adds and copies of the padded sizes). Similar heads share one call; one big head
+  among many small ones gets its own instead of inflating them. Per group, the padding is
+  either built into the projection weights (zero rows: Q/K/V come out as views) or made by
+  gathering the packed projection, whichever the model says is cheaper.
+* ``"auto"`` (the default): at the first gradient-free call for each input shape, time the
+  candidates (`AUTO_CANDIDATES`: the groupings above with PyTorch's fused attention kernel or
+  with plain batched matmul + softmax, and the loop) and keep the fastest. Which one wins
+  depends on the machine, the batch and the sequence length more than any fixed rule captures.
+  With gradients on (training) it uses "grouped".
 
-On CPU, short sequences use batched matmul and softmax instead of the fused kernel, which is
-faster there. The cost model's constants are per device kind (`COST_MODELS`).
+The cost model's constants are per device kind (`COST_MODELS`); on CPU, short sequences use
+batched matmul and softmax rather than the fused kernel, which is faster there.
 
 A head with value units but no query units attends uniformly to the unmasked tokens, exactly
 as the masked model does (all its scores are zero). Scores use the original scaling
@@ -29,6 +32,7 @@ as the masked model does (all its scores are zero). Scores use the original scal
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,7 +43,11 @@ from torch import nn
 
 __all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup", "CostModel", "COST_MODELS"]
 
-IMPLEMENTATIONS = ("grouped", "padded", "loop")
+IMPLEMENTATIONS = ("auto", "grouped", "padded", "loop")
+
+# What "auto" times at the first gradient-free call for each input shape: (grouping, kernel).
+# Kernel None lets the cost model choose between the fused kernel and matmul + softmax.
+AUTO_CANDIDATES = (("grouped", None), ("grouped", "math"), ("grouped", "fused"), ("padded", None), ("loop", None))
 
 @dataclass(frozen=True)
 class CostModel:
@@ -74,26 +82,30 @@ def cost_model(device_type: str) -> CostModel:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """Heads (positions in the packed order) run in one attention call, all padded to `size`.
+    """Heads (positions in the packed order) run in one attention call.
 
-    Query/key and value share one padded size because the fused CPU attention kernels need
-    equal head sizes for Q, K and V (with unequal ones PyTorch falls back to a slower path).
-    `padded_projection`: the projection itself emits the padded layout (zero weight rows), so the
-    group's Q/K/V are views; otherwise packed rows are projected and gathered.
+    Either every head has exactly `query_size` query/key and `value_size` value dimensions (an
+    exact group: no padding, and heads stored side by side come out of the projection as views),
+    or all are padded to one size (`query_size == value_size`), since the fused attention
+    kernels want equal head sizes for Q, K and V. `padded_projection`: the padding is built into
+    the projection (zero weight rows, so Q/K/V are views) rather than gathered afterwards.
     """
 
     heads: tuple[int, ...]
-    size: int
-    padded_projection: bool = True
+    query_size: int
+    value_size: int
+    padded_projection: bool = False
 
 
-def _group_cost(
-    n: int, size: int, packed: int, tokens: int, seq: int, hidden: int, costs: CostModel
-) -> tuple[float, bool]:
+def _padded_cost(n: int, size: int, packed: int, tokens: int, seq: int, hidden: int, costs: CostModel) -> tuple[float, bool]:
     attention = n * size * 2 * seq
     padded = 3 * n * size * hidden
     gathered = packed * hidden + costs.gather_per_element * 3 * n * size
     return costs.group_overhead + tokens * (attention + min(padded, gathered)), padded <= gathered
+
+
+def _exact_cost(n: int, q: int, v: int, tokens: int, seq: int, hidden: int, costs: CostModel) -> float:
+    return costs.group_overhead + tokens * n * ((q + v) * seq + (2 * q + v) * hidden)
 
 
 def plan_groups(
@@ -106,8 +118,9 @@ def plan_groups(
     impl: str = "grouped",
     device_type: str = "cpu",
 ) -> tuple[HeadGroup, ...]:
-    """Split heads into padded groups: one group ("padded") or the cheapest contiguous split of
-    the heads sorted by size ("grouped"), found by dynamic programming over the sorted order.
+    """Split heads into groups: one padded group ("padded"), or the cheapest contiguous split of
+    the heads sorted by size ("grouped"), found by dynamic programming over the sorted order;
+    a run of identical heads may also run unpadded.
 
     `tokens` is batch × sequence length: the more tokens, the more padding costs against the
     fixed cost of another group.
@@ -116,30 +129,39 @@ def plan_groups(
     if n == 0:
         return ()
     costs = cost_model(device_type)
-    need = [max(1, q, v) for q, v in zip(query_sizes, value_sizes)]
-    packed = [2 * q + v for q, v in zip(query_sizes, value_sizes)]
+    sizes = list(zip(query_sizes, value_sizes))
+    need = [max(1, q, v) for q, v in sizes]
+    packed = [2 * q + v for q, v in sizes]
     if impl == "padded":
         size = max(need)
-        _, pad = _group_cost(n, size, sum(packed), tokens, seq_len, hidden_size, costs)
-        return (HeadGroup(tuple(range(n)), size, pad),)
+        _, pad = _padded_cost(n, size, sum(packed), tokens, seq_len, hidden_size, costs)
+        return (HeadGroup(tuple(range(n)), size, size, pad),)
     if impl != "grouped":
         raise ValueError(f"impl must be 'grouped' or 'padded', got {impl!r}")
-    order = sorted(range(n), key=lambda h: (need[h], h))
+    order = sorted(range(n), key=lambda h: (need[h], sum(sizes[h]), sizes[h][1], h))
     best = [0.0] + [math.inf] * n  # best[i]: cheapest plan for the first i sorted heads
-    choice: list[tuple[int, bool]] = [(0, True)] * (n + 1)
+    choice: list[tuple[int, HeadGroup | None]] = [(0, None)] * (n + 1)
     for end in range(1, n + 1):
         size = need[order[end - 1]]  # the largest of any run ending here
-        run = 0
+        last = sizes[order[end - 1]]
+        run, identical = 0, True
         for start in range(end - 1, -1, -1):
             run += packed[order[start]]
-            cost, pad = _group_cost(end - start, size, run, tokens, seq_len, hidden_size, costs)
+            identical = identical and sizes[order[start]] == last
+            members = tuple(sorted(order[start:end]))
+            cost, pad = _padded_cost(end - start, size, run, tokens, seq_len, hidden_size, costs)
+            group = HeadGroup(members, size, size, pad)
+            if identical:
+                exact = _exact_cost(end - start, *last, tokens, seq_len, hidden_size, costs)
+                if exact <= cost:
+                    cost, group = exact, HeadGroup(members, *last, False)
             if best[start] + cost < best[end]:
-                best[end], choice[end] = best[start] + cost, (start, pad)
+                best[end], choice[end] = best[start] + cost, (start, group)
     groups = []
     end = n
     while end > 0:
-        start, pad = choice[end]
-        groups.append(HeadGroup(tuple(sorted(order[start:end])), need[order[end - 1]], pad))
+        start, group = choice[end]
+        groups.append(group)
         end = start
     return tuple(reversed(groups))
 
@@ -184,7 +206,7 @@ class UnevenSelfAttention(nn.Module):
         *,
         scaling: float,
         heads: Sequence[int] | None = None,
-        impl: str = "grouped",
+        impl: str = "auto",
         dropout: float = 0.0,
         bias: bool = True,
         device: torch.device | str | None = None,
@@ -214,6 +236,7 @@ class UnevenSelfAttention(nn.Module):
             self.key = nn.Linear(hidden_size, sum(query_sizes), **kw)
             self.value = nn.Linear(hidden_size, sum(value_sizes), **kw)
         self._plans: dict[tuple, dict] = {}
+        self._tuned: dict[tuple, tuple[str, str | None]] = {}
         self._weights_cache: dict = {}
 
     # ------------------------------------------------------------------ description
@@ -247,19 +270,58 @@ class UnevenSelfAttention(nn.Module):
             raise NotImplementedError("uneven-head attention supports encoder self-attention only (no cache, no cross-attention)")
         if self.num_heads == 0:
             return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
-        if self.impl == "loop":
-            return self._forward_loop(hidden_states, attention_mask), None
-        return self._forward_grouped(hidden_states, attention_mask), None
+        impl, kernel = self.impl, None
+        if impl == "auto":
+            impl, kernel = self._tuned_choice(hidden_states, attention_mask)
+        return self._run(impl, kernel, hidden_states, attention_mask), None
+
+    def _run(self, impl: str, kernel: str | None, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if impl == "loop":
+            return self._forward_loop(x, mask)
+        return self._forward_grouped(x, mask, impl, kernel)
+
+    def _tuned_choice(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[str, str | None]:
+        """The fastest of `AUTO_CANDIDATES` for this input shape, timed once per shape.
+
+        Timing happens only without gradients (inference); while training, the cost model's
+        grouping is used.
+        """
+        key = (x.shape[0], x.shape[1], x.device.type, x.dtype, None if mask is None else mask.dtype)
+        choice = self._tuned.get(key)
+        if choice is not None:
+            return choice
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return ("grouped", None)
+        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+        timings = {}
+        for candidate in AUTO_CANDIDATES:
+            self._run(*candidate, x, mask)  # warm-up: builds plans and fused weights
+            best = math.inf
+            for _ in range(2):
+                sync()
+                start = time.perf_counter()
+                self._run(*candidate, x, mask)
+                sync()
+                best = min(best, time.perf_counter() - start)
+            timings[candidate] = best
+        choice = min(timings, key=timings.get)
+        self._tuned[key] = choice
+        return choice
+
+    @property
+    def tuned(self) -> dict:
+        """What "auto" chose so far: {(batch, seq, device, dtype, mask dtype): (grouping, kernel)}."""
+        return dict(self._tuned)
 
     def _dropout(self) -> float:
         return self.dropout_p if self.training else 0.0
 
-    def _plan(self, batch: int, seq: int, device_type: str = "cpu") -> dict:
+    def _plan(self, batch: int, seq: int, device_type: str = "cpu", grouping: str = "grouped") -> dict:
         """Groups for this input shape; the rows of [Wq; Wk; Wv; 0] that make up the fused
         projection; per group the selectors of its padded Q, K, V; the columns to unpad."""
         groups = plan_groups(
             self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq,
-            hidden_size=self.hidden_size, impl=self.impl, device_type=device_type,
+            hidden_size=self.hidden_size, impl=grouping, device_type=device_type,
         )
         plan = self._plans.get(groups)
         if plan is not None:
@@ -272,25 +334,25 @@ class UnevenSelfAttention(nn.Module):
         zero_row = 2 * nq + nv  # the zero row appended to [Wq; Wk; Wv]
         parts = ((0, q_off, self.query_sizes), (nq, q_off, self.query_sizes), (2 * nq, v_off, self.value_sizes))
         rows: list[int] = []
-        columns = []  # per group: the projection columns of its padded q, k, v (-1: a zero)
+        columns = []  # per group: the projection columns of its q, k, v (-1: a zero)
         for g in groups:
             cols_g = []
-            for base, offsets, sizes in parts:
+            for (base, offsets, sizes), width in zip(parts, (g.query_size, g.query_size, g.value_size)):
                 cols: list[int] = []
                 for h in g.heads:
                     own = [base + offsets[h] + j for j in range(sizes[h])]
-                    pad = g.size - sizes[h]
+                    pad = width - sizes[h]
                     if g.padded_projection:
-                        cols += range(len(rows), len(rows) + g.size)
+                        cols += range(len(rows), len(rows) + width)
                         rows += own + [zero_row] * pad
                     else:
                         cols += list(range(len(rows), len(rows) + len(own))) + [-1] * pad
                         rows += own
                 cols_g.append(cols)
             columns.append(cols_g)
-        if any(c < 0 for cols_g in columns for cols in cols_g for c in cols):
-            rows.append(zero_row)  # one zero output column for the gathered groups' padding
+        rows.append(zero_row)  # a zero output column for the gathered groups' padding
         zero_col = len(rows) - 1
+        rows += [zero_row] * (-len(rows) % 8)  # a multiple of 8 outputs suits the matrix kernels
         steps = [(g, *(_Selector([zero_col if c < 0 else c for c in cols]) for cols in cols_g))
                  for g, cols_g in zip(groups, columns)]
         context_cols = [0] * nv  # where each packed value column lands in the concatenated output
@@ -299,7 +361,7 @@ class UnevenSelfAttention(nn.Module):
             for h in g.heads:
                 for j in range(self.value_sizes[h]):
                     context_cols[v_off[h] + j] = at + j
-                at += g.size
+                at += g.value_size
         plan = {
             "groups": groups,
             "steps": steps,
@@ -332,24 +394,28 @@ class UnevenSelfAttention(nn.Module):
             self._weights_cache[key] = (weight, bias)
         return weight, bias
 
-    def _forward_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward_grouped(
+        self, x: torch.Tensor, mask: torch.Tensor | None, grouping: str = "grouped", kernel: str | None = None
+    ) -> torch.Tensor:
         B, T = x.shape[0], x.shape[1]
-        plan = self._plan(B, T, x.device.type)
+        plan = self._plan(B, T, x.device.type, grouping)
         weight, bias = self._fused_weights(plan)
         qkv = F.linear(x, weight, bias)
-        fused = T >= cost_model(x.device.type).fused_min_seq_len
+        fused = T >= cost_model(x.device.type).fused_min_seq_len if kernel is None else kernel == "fused"
         additive = None if fused else _additive(mask, x.dtype)
         outputs = []
         for g, take_q, take_k, take_v in plan["steps"]:
-            n, size = len(g.heads), g.size
-            q = take_q(qkv).view(B, T, n, size).transpose(1, 2)
-            k = take_k(qkv).view(B, T, n, size).transpose(1, 2)
-            v = take_v(qkv).view(B, T, n, size).transpose(1, 2)
-            if fused:
+            n, dq, dv = len(g.heads), g.query_size, g.value_size
+            q = take_q(qkv).view(B, T, n, dq).transpose(1, 2)
+            k = take_k(qkv).view(B, T, n, dq).transpose(1, 2)
+            v = take_v(qkv).view(B, T, n, dv).transpose(1, 2)
+            if fused and dq == dv:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
             else:
+                if additive is None:
+                    additive = _additive(mask, x.dtype)
                 out = self._attend(q, k, v, additive)
-            outputs.append(out.transpose(1, 2).reshape(B, T, n * size))
+            outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         unpad = plan["unpad"]
         return context if unpad is None else unpad(context)

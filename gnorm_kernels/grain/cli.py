@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--temperature", type=float, default=8.0, help="distillation temperature τ (default 8)")
     p.add_argument("--alpha", type=float, default=0.3, help="structure regulariser α (default 0.3)")
     p.add_argument("--no-structure-reg", action="store_true", help="rank value units without the structure regulariser")
-    p.add_argument("--impl", choices=("grouped", "padded", "loop"), default="grouped",
-                   help="attention implementation of the shrunk model (default grouped)")
+    p.add_argument("--impl", choices=("auto", "grouped", "padded", "loop"), default="auto",
+                   help="attention implementation of the shrunk model (default auto: the fastest, timed per shape)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     p.add_argument("--train-size", type=int, default=None, help="training examples used (default: all)")
     p.add_argument("--eval-size", type=int, default=None, help="test examples used for evaluation (default: all)")

@@ -175,7 +175,7 @@ def grain_prune(
     reads: str = "official",
     prune_start: float = 0.2,
     prune_end: float = 0.4,
-    impl: str = "grouped",
+    impl: str = "auto",
     metric: str = "accuracy",
     latency_batches: Sequence[Batch] | None = None,
     measure_speed: bool = True,

@@ -266,7 +266,7 @@ def _shrunk_layer(block: UnitBlock, layer: LayerStructure, layout: UnitLayout, i
     ]
 
 
-def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: str = "grouped") -> nn.Module:
+def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: str = "auto") -> nn.Module:
     """Remove every unit the structure does not keep, in place; returns `model`.
 
     `structure` may also be the masks it comes from. All replacement modules are built before
@@ -296,7 +296,7 @@ def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: s
 
 
 def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Switch every uneven-head attention of a shrunk model to `impl` ("grouped", "padded", "loop")."""
+    """Switch every uneven-head attention of a shrunk model to `impl` ("auto", "grouped", "padded", "loop")."""
     modules = [m for m in model.modules() if isinstance(m, UnevenSelfAttention)]
     if not modules:
         raise ValueError("the model has no uneven-head attention modules; shrink it with shrink_model first")
@@ -328,7 +328,7 @@ def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None)
     return path
 
 
-def load_grain(path: str | os.PathLike, *, impl: str = "grouped", device: str | torch.device = "cpu") -> nn.Module:
+def load_grain(path: str | os.PathLike, *, impl: str = "auto", device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by `save_grain`: architecture from config, shrunk as recorded,
     weights loaded strictly. Returns it in eval mode."""
     import transformers
