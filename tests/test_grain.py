@@ -229,6 +229,24 @@ def test_uneven_attention_matches_the_per_head_loop(impl, gather, seq, monkeypat
         torch.testing.assert_close(g, r, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("seq", [9, 70])
+def test_every_auto_candidate_matches_the_loop_and_auto_remembers_its_choice(seq):
+    from gnorm_kernels.grain.attention import AUTO_CANDIDATES
+
+    att = _attention([4, 4, 0, 6, 8], [6, 6, 3, 6, 8], impl="auto").eval()
+    x = torch.randn(2, seq, 24)
+    keep = torch.ones(2, seq, dtype=torch.bool)
+    keep[1, 5:] = False
+    mask = torch.zeros(2, 1, seq, seq).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ref = att._run("loop", "math", x, mask)
+        for candidate in AUTO_CANDIDATES:
+            torch.testing.assert_close(att._run(*candidate, x, mask), ref, atol=1e-5, rtol=1e-5)
+        out, _ = att(x, mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert list(att.tuned.values())[0] in AUTO_CANDIDATES
+
+
 def test_uneven_attention_honours_padding():
     att = _attention([4, 2], [3, 6])
     x = torch.randn(2, 7, 24)

@@ -635,6 +635,31 @@ def test_triton_backend_turns_on_the_interpreter_without_a_gpu():
     assert done.returncode == 0, done.stderr
 
 
+def test_interpreter_works_after_transformers_imported_triton():
+    """torch/transformers import triton before the interpreter can be switched on; the kernels
+    must still run (triton.language's own jit helpers such as tl.zeros are re-wrapped)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    done = run_python(
+        """
+        import sys, torch
+        from transformers import BertModel
+        assert "triton.language" in sys.modules
+        from gnorm_kernels.kernels import head_block_norms, per_example_head_norms
+        from gnorm_kernels.kernels.reference import per_example_head_norms as ref
+        g = torch.randn(2, 3, 16, 8)
+        out = head_block_norms(g, 4, backend="triton")
+        assert torch.allclose(out, g.reshape(2, 3, 4, 32).norm(dim=-1), rtol=1e-5)
+        x, d = torch.randn(2, 5, 8), torch.randn(2, 5, 12)
+        for form in ("gram", "direct"):
+            got = per_example_head_norms(x, d, 3, backend="triton", form=form)
+            assert torch.allclose(got, ref(x, [d], 3, "direct")[0], rtol=1e-4), form
+        """,
+        env,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_kernels_compile_for_the_gpu():
     """Without a GPU, compile every kernel to PTX for sm_90 (Triton's own compiler and ptxas).
 

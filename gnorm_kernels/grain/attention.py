@@ -45,9 +45,18 @@ __all__ = ["UnevenSelfAttention", "IMPLEMENTATIONS", "plan_groups", "HeadGroup",
 
 IMPLEMENTATIONS = ("auto", "grouped", "padded", "loop")
 
-# What "auto" times at the first gradient-free call for each input shape: (grouping, kernel).
-# Kernel None lets the cost model choose between the fused kernel and matmul + softmax.
-AUTO_CANDIDATES = (("grouped", None), ("grouped", "math"), ("grouped", "fused"), ("padded", None), ("loop", None))
+# What "auto" times at the first gradient-free call for each input shape: (grouping, kernel),
+# the kernel being PyTorch's fused attention ("fused", where query and value sizes agree) or
+# matmul + softmax written out ("math").
+AUTO_CANDIDATES = (
+    ("grouped", "fused"),
+    ("grouped", "math"),
+    ("padded", "fused"),
+    ("padded", "math"),
+    ("loop", "math"),
+    ("loop", "fused"),
+)
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -267,7 +276,9 @@ class UnevenSelfAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         if kwargs.get("encoder_hidden_states") is not None or kwargs.get("past_key_values") is not None:
-            raise NotImplementedError("uneven-head attention supports encoder self-attention only (no cache, no cross-attention)")
+            raise NotImplementedError(
+                "uneven-head attention supports encoder self-attention only (no cache, no cross-attention)"
+            )
         if self.num_heads == 0:
             return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
         impl, kernel = self.impl, None
@@ -277,20 +288,21 @@ class UnevenSelfAttention(nn.Module):
 
     def _run(self, impl: str, kernel: str | None, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if impl == "loop":
-            return self._forward_loop(x, mask)
+            return self._forward_loop(x, mask, kernel or "math")
         return self._forward_grouped(x, mask, impl, kernel)
 
     def _tuned_choice(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[str, str | None]:
         """The fastest of `AUTO_CANDIDATES` for this input shape, timed once per shape.
 
-        Timing happens only without gradients (inference); while training, the cost model's
-        grouping is used.
+        Timing happens only in eval mode without gradients (inference); otherwise the cost
+        model's grouping is used.
         """
         key = (x.shape[0], x.shape[1], x.device.type, x.dtype, None if mask is None else mask.dtype)
         choice = self._tuned.get(key)
         if choice is not None:
             return choice
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if grad or self.training:
             return ("grouped", None)
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
         timings = {}
@@ -401,24 +413,39 @@ class UnevenSelfAttention(nn.Module):
         plan = self._plan(B, T, x.device.type, grouping)
         weight, bias = self._fused_weights(plan)
         qkv = F.linear(x, weight, bias)
-        fused = T >= cost_model(x.device.type).fused_min_seq_len if kernel is None else kernel == "fused"
-        additive = None if fused else _additive(mask, x.dtype)
+        fused = self._use_fused(T, x.device.type, kernel)
+        additive = None
         outputs = []
         for g, take_q, take_k, take_v in plan["steps"]:
             n, dq, dv = len(g.heads), g.query_size, g.value_size
-            q = take_q(qkv).view(B, T, n, dq).transpose(1, 2)
-            k = take_k(qkv).view(B, T, n, dq).transpose(1, 2)
-            v = take_v(qkv).view(B, T, n, dv).transpose(1, 2)
+            q, k, v = take_q(qkv), take_k(qkv), take_v(qkv)
+            if n == 1:  # one head: [B, T, d] views, no head axis to move
+                if additive is None and mask is not None:
+                    additive = _additive(mask, x.dtype)[:, 0]
+                outputs.append(self._head(q, k, v, mask, additive, fused))
+                continue
+            q = q.view(B, T, n, dq).transpose(1, 2)
+            k = k.view(B, T, n, dq).transpose(1, 2)
+            v = v.view(B, T, n, dv).transpose(1, 2)
             if fused and dq == dv:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
             else:
-                if additive is None:
-                    additive = _additive(mask, x.dtype)
-                out = self._attend(q, k, v, additive)
+                out = self._attend(q, k, v, _additive(mask, x.dtype))
             outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         unpad = plan["unpad"]
         return context if unpad is None else unpad(context)
+
+    def _use_fused(self, seq: int, device_type: str, kernel: str | None) -> bool:
+        if kernel is None:
+            return seq >= cost_model(device_type).fused_min_seq_len
+        return kernel == "fused"
+
+    def _head(self, q, k, v, mask, additive, fused: bool) -> torch.Tensor:
+        """One head on [B, T, d] tensors; `additive` is the mask as [B, T, T] additive (or None)."""
+        if fused and q.shape[-1] == v.shape[-1] and q.shape[-1] > 0:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, dropout_p=self._dropout(), scale=self.scaling)
+        return self._attend(q, k, v, additive)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(q kᵀ · scaling + mask) v, written out (mask additive, broadcast over heads)."""
@@ -428,18 +455,21 @@ class UnevenSelfAttention(nn.Module):
         probs = F.dropout(torch.softmax(scores, dim=-1), p=self._dropout(), training=self.training)
         return torch.matmul(probs, v)
 
-    def _forward_loop(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward_loop(self, x: torch.Tensor, mask: torch.Tensor | None, kernel: str | None = "math") -> torch.Tensor:
+        """Head after head (GRAIN's own way); kernel "math" writes attention out as matmul +
+        softmax, "fused" calls the fused kernel per head where query and value sizes agree."""
         q_all, k_all, v_all = self.query(x), self.key(x), self.value(x)
-        mask = _additive(mask, x.dtype)
-        if mask is not None:
-            mask = mask[:, 0]  # [B, T_q or 1, T_k]: the same for every head
+        additive = _additive(mask, x.dtype)
+        if additive is not None:
+            additive = additive[:, 0]  # [B, T_q or 1, T_k]: the same for every head
+        fused = kernel == "fused"
         outputs = []
         q_at = v_at = 0
         for dq, dv in zip(self.query_sizes, self.value_sizes):
             q, k = q_all[..., q_at : q_at + dq], k_all[..., q_at : q_at + dq]
             v = v_all[..., v_at : v_at + dv]
             q_at, v_at = q_at + dq, v_at + dv
-            outputs.append(self._attend(q, k, v, mask))
+            outputs.append(self._head(q, k, v, mask, additive, fused))
         return torch.cat(outputs, dim=-1)
 
 

@@ -28,9 +28,34 @@ def kernel_module(name: str) -> ModuleType:
     if _ENV not in os.environ and not torch.cuda.is_available():
         os.environ[_ENV] = "1"
     try:
+        if os.environ.get(_ENV, "0") not in ("", "0"):
+            _interpret_language_helpers()
         return importlib.import_module(f"{__package__}.{name}")
     except ImportError as err:
         raise RuntimeError(f"backend='triton' needs the triton package, which failed to import: {err}") from err
+
+
+def _interpret_language_helpers() -> None:
+    """Make triton.language's own `@jit` helpers (tl.zeros, tl.sum, ...) runnable by the interpreter.
+
+    They are decorated when `triton.language` is first imported, and torch and transformers import
+    it early, before TRITON_INTERPRET can be set here. Decorated for the GPU, they refuse to run
+    inside an interpreted kernel ("Cannot call @triton.jit'd outside of the scope of a kernel").
+    This re-wraps them as the interpreter's functions; it runs only in interpreter mode, where no
+    GPU kernel of this process can need them.
+    """
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    namespaces = [vars(tl), vars(tl.standard), vars(tl.core), vars(tl.math)]
+    for namespace in namespaces:
+        for attr, value in list(namespace.items()):
+            if isinstance(value, JITFunction):
+                namespace[attr] = InterpretedFunction(value.fn)
+    for attr, value in list(vars(tl.core.tensor).items()):  # tensor methods such as x.sum()
+        if isinstance(value, JITFunction):
+            setattr(tl.core.tensor, attr, InterpretedFunction(value.fn))
 
 
 def check_device(module: ModuleType, device: torch.device) -> None:
