@@ -14,6 +14,10 @@ import pytest
 import torch
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes tens of seconds (many evaluations of the tiny model)")
+
+
 class TinySetup(NamedTuple):
     model: Any
     tokenizer: Any

@@ -59,9 +59,16 @@ def test_tiny_comes_from_the_cache_without_retraining(tiny, monkeypatch) -> None
     assert set(tokenizer(text)) >= {"input_ids", "token_type_ids", "attention_mask"}
 
 
-def test_tiny_heads_are_worth_pruning(tiny, tiny_test) -> None:
-    """One head the model cannot do without, and many it barely uses."""
-    drops = single_head_ablation(tiny.model, tiny_test, progress=False)
+@pytest.mark.slow
+def test_tiny_heads_are_worth_pruning(tiny) -> None:
+    """One head the model cannot do without, and many it barely uses.
+
+    33 evaluations, so it runs on the first 1,000 test reviews; on the full test
+    split the pinned model loses 17.9 points without head (0, 3) and under 0.5
+    points without 28 of its 32 heads.
+    """
+    batches = tiny.task.batches("test", tiny.tokenizer, batch_size=500, limit=1000)
+    drops = single_head_ablation(tiny.model, batches, progress=False)
     assert drops.shape == (4, 8)
     assert drops.max().item() >= 0.05
     assert (drops < 0.005).float().mean().item() >= 0.30

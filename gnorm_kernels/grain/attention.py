@@ -330,13 +330,19 @@ class UnevenSelfAttention(nn.Module):
 
     def _plan(self, batch: int, seq: int, device_type: str = "cpu", grouping: str = "grouped") -> dict:
         """Groups for this input shape; the rows of [Wq; Wk; Wv; 0] that make up the fused
-        projection; per group the selectors of its padded Q, K, V; the columns to unpad."""
+        projection; per group the selectors of its padded Q, K, V; the columns to unpad.
+        Cached per shape (and per grouping, so shapes that group alike share one plan)."""
+        shape_key = (batch, seq, device_type, grouping)
+        plan = self._plans.get(shape_key)
+        if plan is not None:
+            return plan
         groups = plan_groups(
             self.query_sizes, self.value_sizes, tokens=batch * seq, seq_len=seq,
             hidden_size=self.hidden_size, impl=grouping, device_type=device_type,
         )
         plan = self._plans.get(groups)
         if plan is not None:
+            self._plans[shape_key] = plan
             return plan
         q_off, v_off = [0], [0]
         for q, v in zip(self.query_sizes, self.value_sizes):
@@ -380,7 +386,7 @@ class UnevenSelfAttention(nn.Module):
             "rows": torch.tensor(rows, dtype=torch.long),
             "unpad": None if context_cols == list(range(at)) else _Selector(context_cols),
         }
-        self._plans[groups] = plan
+        self._plans[groups] = self._plans[shape_key] = plan
         return plan
 
     def _fused_weights(self, plan: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
