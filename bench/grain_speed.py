@@ -210,7 +210,8 @@ def main(argv=None) -> None:
                 times[impl] = latency(model, inputs, args.repeats, device)
             ratio = f"{times['loop'] / times['auto']:.2f}x" if "loop" in times and "auto" in times else "n/a"
             print(
-                f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | {enc / enc_dense:.1%} | "
+                f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | "
+                f"{enc / enc_dense:.1%} | "
                 + " | ".join(f"{1000 * times[i]:.1f}" for i in args.impls)
                 + f" | {t_dense / times['auto']:.2f}x | {ratio} |",
                 flush=True,

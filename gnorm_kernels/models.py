@@ -1,4 +1,10 @@
-"""Models: the offline "tiny" default (trained here, cached), hub ids and local folders."""
+"""Models: the offline "tiny" default (trained here, cached), hub ids and local folders.
+
+The tiny model is a 4-layer, 8-head BERT trained on the synthetic film-review task
+(`gnorm_kernels.data.synthetic_task`). Training is deterministic for one recipe on
+one platform and CPU thread count; torch picks the thread count from the machine,
+so a machine with more cores trains a slightly different model from the same seed.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ RECIPE_VERSION = 1
 class TinyRecipe:
     """Everything that determines the tiny model; its hash names the cache folder."""
 
-    seed: int = 2  # pinned: reaches 99% and has one crucial head (see tests/test_models.py)
+    seed: int = 2  # pinned: ~97% test accuracy and one head worth 18 points (2 CPU threads)
     data_seed: int = 0
     train_size: int = 40_000
     layers: int = 4

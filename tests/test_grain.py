@@ -465,7 +465,9 @@ def test_grain_prune_end_to_end_on_a_tiny_model():
 def test_grain_prune_without_dropout_a_copied_student_matches_its_teacher_exactly():
     teacher = _model("bert", num_layers=2)
     data = random_batches(teacher, num_batches=2)
-    _, report = grain_prune(teacher, None, data, density=1.0, steps=1, dropout=None, progress=False, measure_speed=False)
+    _, report = grain_prune(
+        teacher, None, data, density=1.0, steps=1, dropout=None, progress=False, measure_speed=False
+    )
     assert report.history[0]["loss_hidden"] == 0.0  # hence GRAIN's default: train the student with dropout
 
 

@@ -13,7 +13,13 @@ and the entry point `grain_prune(teacher, student, data, density=...)` in `prune
 """
 
 from gnorm_kernels.grain.attention import UnevenSelfAttention, plan_groups
-from gnorm_kernels.grain.distill import Distiller, HiddenStateMaps, hidden_state_mse, separated_backward, soft_cross_entropy
+from gnorm_kernels.grain.distill import (
+    Distiller,
+    HiddenStateMaps,
+    hidden_state_mse,
+    separated_backward,
+    soft_cross_entropy,
+)
 from gnorm_kernels.grain.importance import ImportanceEMA, select_units, structure_regularize, taylor_importance
 from gnorm_kernels.grain.prune import GrainReport, grain_prune
 from gnorm_kernels.grain.schedule import DensitySchedule

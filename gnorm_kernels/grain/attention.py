@@ -106,7 +106,9 @@ class HeadGroup:
     padded_projection: bool = False
 
 
-def _padded_cost(n: int, size: int, packed: int, tokens: int, seq: int, hidden: int, costs: CostModel) -> tuple[float, bool]:
+def _padded_cost(
+    n: int, size: int, packed: int, tokens: int, seq: int, hidden: int, costs: CostModel
+) -> tuple[float, bool]:
     attention = n * size * 2 * seq
     padded = 3 * n * size * hidden
     gathered = packed * hidden + costs.gather_per_element * 3 * n * size
@@ -434,7 +436,9 @@ class UnevenSelfAttention(nn.Module):
             k = k.view(B, T, n, dq).transpose(1, 2)
             v = v.view(B, T, n, dv).transpose(1, 2)
             if fused and dq == dv:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling
+                )
             else:
                 out = self._attend(q, k, v, _additive(mask, x.dtype))
             outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
@@ -450,7 +454,9 @@ class UnevenSelfAttention(nn.Module):
     def _head(self, q, k, v, mask, additive, fused: bool) -> torch.Tensor:
         """One head on [B, T, d] tensors; `additive` is the mask as [B, T, T] additive (or None)."""
         if fused and q.shape[-1] == v.shape[-1] and q.shape[-1] > 0:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, dropout_p=self._dropout(), scale=self.scaling)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=additive, dropout_p=self._dropout(), scale=self.scaling
+            )
         return self._attend(q, k, v, additive)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

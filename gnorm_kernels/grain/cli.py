@@ -35,13 +35,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "latency against the dense model."
         ),
     )
-    p.add_argument("--density", type=float, default=0.2, help="fraction of encoder units to keep, in (0, 1] (default 0.2)")
-    p.add_argument("--model", default="tiny", help='teacher: "tiny" (trained here on first use), a hub id or a local folder')
-    p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
+    p.add_argument("--density", type=float, default=0.2,
+                   help="fraction of encoder units to keep, in (0, 1] (default 0.2)")
+    p.add_argument("--model", default="tiny",
+                   help='teacher: "tiny" (trained here on first use), a hub id or a local folder')
+    p.add_argument("--task", default="synthetic",
+                   help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimiser steps (default {DEFAULT_STEPS})")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"AdamW learning rate (default {DEFAULT_LR['tiny']:g} for the tiny model, {PAPER_LR:g} otherwise)")
+                   help=f"AdamW learning rate (default {DEFAULT_LR['tiny']:g} for the tiny model, "
+                        f"{PAPER_LR:g} otherwise)")
     p.add_argument("--temperature", type=float, default=8.0, help="distillation temperature τ (default 8)")
     p.add_argument("--alpha", type=float, default=0.3, help="structure regulariser α (default 0.3)")
     p.add_argument("--no-structure-reg", action="store_true", help="rank value units without the structure regulariser")

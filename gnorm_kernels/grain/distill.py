@@ -29,7 +29,9 @@ __all__ = [
 T = TypeVar("T")
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0) -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0
+) -> torch.Tensor:
     """Mean over the batch of −Σ softmax(teacher/τ) · log softmax(student/τ)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -99,7 +101,9 @@ def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> di
 class Distiller(nn.Module):
     """Teacher outputs and the two GRAIN losses for one batch. Its parameters are the hidden maps."""
 
-    def __init__(self, teacher: nn.Module, student_size: int, num_layers: int, *, temperature: float = 8.0, every: int = 2) -> None:
+    def __init__(
+        self, teacher: nn.Module, student_size: int, num_layers: int, *, temperature: float = 8.0, every: int = 2
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -107,7 +111,9 @@ class Distiller(nn.Module):
         self.temperature = temperature
         self.maps = HiddenStateMaps(distill_layers(num_layers, every), student_size, int(teacher.config.hidden_size))
 
-    def losses(self, student: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(
+        self, student: nn.Module, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_CE, L_Hidden, student logits) for `batch`; the teacher runs without gradients."""
         teacher = self.teacher[0]
         device = next(student.parameters()).device
@@ -116,7 +122,9 @@ class Distiller(nn.Module):
             t_out = teacher(**inputs, output_hidden_states=True)
         s_out = student(**inputs, output_hidden_states=True)
         loss_ce = soft_cross_entropy(s_out.logits, t_out.logits, self.temperature)
-        loss_hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, inputs.get("attention_mask"), self.maps)
+        loss_hidden = hidden_state_mse(
+            s_out.hidden_states, t_out.hidden_states, inputs.get("attention_mask"), self.maps
+        )
         return loss_ce, loss_hidden, s_out.logits
 
 

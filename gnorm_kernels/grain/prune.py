@@ -94,7 +94,8 @@ class GrainReport:
             [
                 f"GRAIN at density {self.density_target:g}: {self.steps} steps in {self.train_seconds:.0f} s",
                 f"  units kept          {pct(self.density)} of the prunable encoder weights",
-                f"  encoder parameters  {self.encoder_params:,} of {self.encoder_params_dense:,} ({pct(self.encoder_fraction)})",
+                f"  encoder parameters  {self.encoder_params:,} of {self.encoder_params_dense:,} "
+                f"({pct(self.encoder_fraction)})",
                 f"  heads with values   {self.heads_kept} of {self.heads_total}",
                 f"  accuracy            {pct(self.accuracy)} (teacher {pct(self.teacher_accuracy)})",
                 f"  latency per batch   {ms(self.latency_s)} (teacher {ms(self.teacher_latency_s)}; speed-up {speed})",
@@ -254,7 +255,8 @@ def grain_prune(
                 optimizer.zero_grad(set_to_none=True)
                 with mask_units(student, masks, layout):
                     loss_ce, loss_hidden, _ = distiller.losses(student, batch)
-                    read = (lambda: taylor_importance(layout, reads=reads)) if step < schedule.end_step else (lambda: None)
+                    collect = step < schedule.end_step  # importance matters until the structure is final
+                    read = (lambda: taylor_importance(layout, reads=reads)) if collect else (lambda: None)
                     scores = separated_backward(loss_ce, loss_hidden, read)
                 if scores is not None:
                     ema.update(scores)
@@ -277,7 +279,10 @@ def grain_prune(
                         "lr": scheduler.get_last_lr()[0],
                     }
                     history.append(record)
-                    bar.set_postfix(density=f"{record['density']:.3f}", ce=f"{record['loss_ce']:.4f}", hid=f"{record['loss_hidden']:.4f}")
+                    bar.set_postfix(
+                        density=f"{record['density']:.3f}", ce=f"{record['loss_ce']:.4f}",
+                        hid=f"{record['loss_hidden']:.4f}",
+                    )
         finally:
             bar.close()
             teacher.train(teacher_was_training)

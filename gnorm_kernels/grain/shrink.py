@@ -100,7 +100,11 @@ class GrainStructure:
             "head_size": self.head_size,
             "ffn_size": self.ffn_size,
             "layers": [
-                {"query": [list(q) for q in layer.query], "value": [list(v) for v in layer.value], "ffn": list(layer.ffn)}
+                {
+                    "query": [list(q) for q in layer.query],
+                    "value": [list(v) for v in layer.value],
+                    "ffn": list(layer.ffn),
+                }
                 for layer in self.layers
             ],
         }
@@ -116,12 +120,16 @@ class GrainStructure:
                 ffn = tuple(int(j) for j in layer["ffn"])
                 if len(query) != H or len(value) != H:
                     raise ValueError(f"layer {i} lists {len(query)} query and {len(value)} value heads, expected {H}")
-                for name, dims, bound in (*(("query", q, d) for q in query), *(("value", v, d) for v in value), ("ffn", ffn, F)):
-                    if any(not 0 <= j < bound for j in dims) or len(set(dims)) != len(dims) or list(dims) != sorted(dims):
-                        raise ValueError(f"layer {i}: {name} indices must be sorted, distinct and in [0, {bound}), got {list(dims)}")
+                for q in query:
+                    _check_indices(i, "query", q, d)
+                for v in value:
+                    _check_indices(i, "value", v, d)
+                _check_indices(i, "ffn", ffn, F)
                 layers.append(LayerStructure(query, value, ffn))
         except (KeyError, TypeError) as err:
-            raise ValueError(f"not a GRAIN structure (expected num_heads, head_size, ffn_size, layers): {err}") from None
+            raise ValueError(
+                f"not a GRAIN structure (expected num_heads, head_size, ffn_size, layers): {err}"
+            ) from None
         return cls(H, d, F, tuple(layers))
 
     def scaled(self, num_layers: int, num_heads: int, head_size: int, ffn_size: int) -> "GrainStructure":
@@ -182,11 +190,20 @@ class GrainStructure:
         return [[(len(layer.query[h]), len(layer.value[h])) for h in layer.heads()] for layer in self.layers]
 
     def describe(self) -> str:
-        lines = [f"density {self.density():.3f}: {sum(self.heads_per_layer())} heads of {self.num_layers * self.num_heads}"]
+        heads = f"{sum(self.heads_per_layer())} heads of {self.num_layers * self.num_heads}"
+        lines = [f"density {self.density():.3f}: {heads}"]
         for i, layer in enumerate(self.layers):
             heads = " ".join(f"h{h}:{len(layer.query[h])}/{len(layer.value[h])}" for h in layer.heads()) or "(none)"
             lines.append(f"  layer {i}: ffn {len(layer.ffn)}/{self.ffn_size}, heads (q/v) {heads}")
         return "\n".join(lines)
+
+
+def _check_indices(layer: int, name: str, dims: tuple[int, ...], bound: int) -> None:
+    """Kept indices must be sorted, distinct and on the grid."""
+    if any(not 0 <= j < bound for j in dims) or len(set(dims)) != len(dims) or list(dims) != sorted(dims):
+        raise ValueError(
+            f"layer {layer}: {name} indices must be sorted, distinct and in [0, {bound}), got {list(dims)}"
+        )
 
 
 # --------------------------------------------------------------------------- shrinking
@@ -229,7 +246,9 @@ def _owner(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
     raise RuntimeError("module not found in the model")
 
 
-def _shrunk_layer(block: UnitBlock, layer: LayerStructure, layout: UnitLayout, impl: str) -> list[tuple[nn.Module, nn.Module]]:
+def _shrunk_layer(
+    block: UnitBlock, layer: LayerStructure, layout: UnitLayout, impl: str
+) -> list[tuple[nn.Module, nn.Module]]:
     """New modules for one layer, as (old module, replacement) pairs; the model is not touched."""
     att = block.attention
     d = layout.head_size
@@ -238,7 +257,9 @@ def _shrunk_layer(block: UnitBlock, layer: LayerStructure, layout: UnitLayout, i
     heads = sorted(layer.heads(), key=lambda h: (len(layer.query[h]) + len(layer.value[h]), len(layer.value[h]), h))
     missing = [h for h in heads if h not in position]
     if missing:
-        raise ValueError(f"layer {block.index}: heads {missing} are kept by the structure but already pruned from the model")
+        raise ValueError(
+            f"layer {block.index}: heads {missing} are kept by the structure but already pruned from the model"
+        )
     q_rows = [position[h] * d + j for h in heads for j in layer.query[h]]
     v_rows = [position[h] * d + j for h in heads for j in layer.value[h]]
     old_self = att.attention
@@ -340,7 +361,9 @@ def load_grain(path: str | os.PathLike, *, impl: str = "auto", device: str | tor
     config = transformers.AutoConfig.from_pretrained(path)
     data = getattr(config, CONFIG_KEY, None)
     if not data:
-        raise ValueError(f"{path} holds no GRAIN structure (no {CONFIG_KEY!r} in config.json); use load_pruned or load_model")
+        raise ValueError(
+            f"{path} holds no GRAIN structure (no {CONFIG_KEY!r} in config.json); use load_pruned or load_model"
+        )
     structure = GrainStructure.from_dict(data)
     pruned = getattr(config, "pruned_heads", None)
     config.pruned_heads = {}
@@ -364,7 +387,8 @@ def load_grain(path: str | os.PathLike, *, impl: str = "auto", device: str | tor
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise RuntimeError(
-            f"checkpoint {path} does not match its recorded GRAIN structure: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"checkpoint {path} does not match its recorded GRAIN structure: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(device).eval()
 
