@@ -138,17 +138,28 @@ def use_impl(model, impl):
 
 
 @torch.no_grad()
-def latency(model, inputs, repeats, device):
+def interleaved_latency(variants, inputs, repeats, device):
+    """Median seconds per forward of each variant, timed round-robin: every round runs each
+    variant once, so load from other processes falls on all of them alike.
+
+    `variants` maps a name to (model, impl or None); the first call of each is an untimed
+    warm-up (it builds plans and, for "auto", times the candidates)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model(**inputs)  # warm-up (plans and fused weights are built here)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
+    for model, impl in variants.values():
+        if impl is not None:
+            use_impl(model, impl)
         model(**inputs)
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (model, impl) in variants.items():
+            if impl is not None:
+                use_impl(model, impl)
+            sync()
+            start = time.perf_counter()
+            model(**inputs)
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -184,18 +195,15 @@ def main(argv=None) -> None:
     inputs = {"input_ids": ids, "attention_mask": mask}
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, seq {args.seq}")
-    t_dense = latency(dense, inputs, args.repeats, device)
-    print(f"dense: {1000 * t_dense:.1f} ms")
-    print("| density | structure | heads kept | encoder params | " + " | ".join(f"{i} ms" for i in args.impls)
-          + " | speed-up vs dense (auto) | auto vs loop |")
-    print("|---" * (6 + len(args.impls)) + "|")
     enc_dense = sum(q.numel() for q in dense.bert.encoder.parameters())
+    rows = []
+    variants = {"dense": (dense, None)}
     for density in args.densities:
         for style in args.styles:
             if style == "grain":
                 structure = grain_structure(density, args.layers, args.heads, args.head_size, args.ffn)
                 if structure is None:
-                    print(f"| {density:g} | grain | (no recorded structure in {STRUCTURES.name}) |")
+                    print(f"(no recorded GRAIN structure for density {density:g} in {STRUCTURES.name})")
                     continue
             else:
                 structure = random_structure(
@@ -203,20 +211,25 @@ def main(argv=None) -> None:
                     attention_share=args.attention_share, style=style, seed=args.seed,
                 )
             model = shrink_model(copy.deepcopy(dense), structure)
-            enc = sum(q.numel() for q in model.bert.encoder.parameters())
-            times = {}
+            rows.append((density, style, structure, sum(q.numel() for q in model.bert.encoder.parameters())))
             for impl in args.impls:
-                use_impl(model, impl)
-                times[impl] = latency(model, inputs, args.repeats, device)
-            ratio = f"{times['loop'] / times['auto']:.2f}x" if "loop" in times and "auto" in times else "n/a"
-            print(
-                f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | "
-                f"{enc / enc_dense:.1%} | "
-                + " | ".join(f"{1000 * times[i]:.1f}" for i in args.impls)
-                + f" | {t_dense / times['auto']:.2f}x | {ratio} |",
-                flush=True,
-            )
-            del model
+                variants[(density, style, impl)] = (model, impl)
+    times = interleaved_latency(variants, inputs, args.repeats, device)
+    t_dense = times["dense"]
+    print(f"dense: {1000 * t_dense:.1f} ms (median of {args.repeats}, timed round-robin with the rest)")
+    print("| density | structure | heads kept | encoder params | " + " | ".join(f"{i} ms" for i in args.impls)
+          + " | speed-up vs dense (auto) | loop / auto |")
+    print("|---" * (6 + len(args.impls)) + "|")
+    for density, style, structure, enc in rows:
+        t = {impl: times[(density, style, impl)] for impl in args.impls}
+        ratio = f"{t['loop'] / t['auto']:.2f}x" if "loop" in t and "auto" in t else "n/a"
+        speed = f"{t_dense / t['auto']:.2f}x" if "auto" in t else "n/a"
+        print(
+            f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | "
+            f"{enc / enc_dense:.1%} | " + " | ".join(f"{1000 * t[i]:.1f}" for i in args.impls)
+            + f" | {speed} | {ratio} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
