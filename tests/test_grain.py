@@ -177,6 +177,12 @@ def test_structure_round_trips_through_dict_and_masks():
         GrainStructure.from_dict(bad)
 
 
+def test_a_shrunk_model_cannot_be_shrunk_again():
+    model = shrink_model(_model("bert"), Units.full(unit_layout(_model("bert"))))
+    with pytest.raises(ValueError, match="already GRAIN-shrunk"):
+        unit_layout(model)
+
+
 def test_shrink_refuses_a_structure_of_another_shape():
     model = _model("bert")
     other = GrainStructure.from_masks(Units.full(unit_layout(_model("bert", num_layers=2))))

@@ -30,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="GRAIN: prune attention and FFN units with distillation, then shrink",
         description=(
             "Distil a student (a copy of the model) from the model while pruning its query units, value "
-            "units and FFN neurons to the target density on GRAIN's schedule (distil 20%%, cubic ramp to "
-            "40%%, distil the rest); then shrink it and report accuracy, encoder parameters kept and CPU "
+            "units and FFN neurons to the target density on GRAIN's schedule (distil 20%, cubic ramp to "
+            "40%, distil the rest); then shrink it and report accuracy, encoder parameters kept and CPU "
             "latency against the dense model."
         ),
     )

@@ -82,6 +82,13 @@ class UnitLayout:
 
 def unit_layout(model: nn.Module) -> UnitLayout:
     """Locate the query/value units and FFN neurons of a BERT-style encoder."""
+    from gnorm_kernels.grain.attention import UnevenSelfAttention
+
+    if isinstance(model, nn.Module) and any(isinstance(m, UnevenSelfAttention) for m in model.modules()):
+        raise ValueError(
+            "this model is already GRAIN-shrunk (its heads have uneven sizes); units are defined on a dense "
+            "or head-pruned model: start from the unshrunk model, or rebuild one from its structure"
+        )
     layout = head_layout(model)
     if layout.family not in FFN_PATHS or layout.shared_across_depth:
         raise ValueError(
