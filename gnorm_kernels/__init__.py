@@ -59,6 +59,9 @@ _EXPORTS = {
     "per_example_qkv_head_norms": "kernels",
     "combine_qkv_norms": "kernels",
     "QKVGradientBuffer": "kernels",
+    # widgets
+    "head_toggle_grid": "widgets",
+    "pruning_explorer": "widgets",
     # intra-attention pruning
     "grain_prune": "grain",
 }
