@@ -169,6 +169,17 @@ def head_layout(model: nn.Module) -> HeadLayout:
     blocks = []
     for index, (layer, depths) in enumerate(family.layers(base)):
         attention = _get(layer, family.attention)
+        if not hasattr(attention, "attention_head_size"):
+            if hasattr(attention, "query_sizes"):  # gnorm_kernels.grain's UnevenSelfAttention
+                raise ValueError(
+                    "this model is GRAIN-shrunk: its heads have uneven query/key and value sizes, so head "
+                    "masking, head scores and head pruning (all defined on whole heads of one size) do not "
+                    "apply to it; inspect it with gnorm_kernels.grain.grain_structure_of(model)"
+                )
+            raise ValueError(
+                f"layer {index}: the attention module {type(attention).__name__} has no attention_head_size; "
+                f"the {family.name} family expects the transformers module at {family.attention!r}"
+            )
         blocks.append(
             AttentionBlock(
                 index=index,

@@ -205,11 +205,13 @@ def _ensure_tiny(recipe: TinyRecipe, cache: Path | None, progress: bool) -> Path
     return target
 
 
-def _has_pruned_heads(folder: Path) -> bool:
+def _is_shrunk_checkpoint(folder: Path) -> bool:
+    """True when the folder's config records pruned heads or a GRAIN structure."""
     config = folder / "config.json"
     if not config.is_file():
         return False
-    return bool(json.loads(config.read_text()).get("pruned_heads"))
+    data = json.loads(config.read_text())
+    return bool(data.get("pruned_heads") or data.get("grain_structure"))
 
 
 def load_model(
@@ -228,7 +230,8 @@ def load_model(
     (about a minute and a half on 2 cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder for `AutoModelForSequenceClassification`; a folder
-    whose config records pruned heads goes through `gnorm_kernels.pruning.load_pruned`.
+    whose config records pruned heads or a GRAIN structure goes through
+    `gnorm_kernels.pruning.load_pruned` (which hands GRAIN folders to `grain.load_grain`).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -243,10 +246,10 @@ def load_model(
         folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
         model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    elif Path(name).is_dir() and _has_pruned_heads(Path(name)):
+    elif Path(name).is_dir() and _is_shrunk_checkpoint(Path(name)):
         from gnorm_kernels.pruning import load_pruned
 
-        model = load_pruned(name, attn_implementation=attn_implementation)
+        model = load_pruned(name, attn_implementation=attn_implementation)  # GRAIN folders too
         tokenizer = AutoTokenizer.from_pretrained(name)
     else:
         folder = Path(name)

@@ -204,28 +204,51 @@ def load_pruned(
     recorded, then its weights loaded strictly. Returns the model in eval mode.
 
     `attn_implementation` ("eager", "sdpa") is a run-time choice that checkpoints do not record;
-    None keeps the transformers default.
+    None keeps the transformers default. A folder written by `gnorm_kernels.grain.save_grain`
+    (its config records a ``grain_structure``) is handed to `gnorm_kernels.grain.load_grain`.
     """
-    import transformers
-    from safetensors.torch import load_file
-
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder: no config.json in it")
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = read_config(path)
+    if getattr(config, "grain_structure", None):
+        from gnorm_kernels.grain.shrink import load_grain
+
+        return load_grain(path, device=device, attn_implementation=attn_implementation)
     pruned = getattr(config, "pruned_heads", None) or {}
     config.pruned_heads = {}
+    model = model_from_config(config, attn_implementation)
+    prune_heads(model, {int(k): v for k, v in pruned.items()})
+    load_weights(model, path, "its recorded architecture")
+    return model.to(device).eval()
+
+
+def read_config(path: Path):
+    """The transformers config of a checkpoint folder (a clear error when it is not one)."""
+    import transformers
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder: no config.json in it")
+    return transformers.AutoConfig.from_pretrained(path)
+
+
+def model_from_config(config, attn_implementation: str | None = None) -> nn.Module:
+    """A freshly initialised model of the class the config names (its first ``architectures``
+    entry; the bare model when it names none)."""
+    import transformers
+
     architectures = getattr(config, "architectures", None) or []
     model_cls = getattr(transformers, architectures[0], None) if architectures else None
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         if model_cls is None:
-            model = transformers.AutoModel.from_config(config, **kwargs)
-        else:
-            model = model_cls._from_config(config, **kwargs)
-    prune_heads(model, {int(k): v for k, v in pruned.items()})
+            return transformers.AutoModel.from_config(config, **kwargs)
+        return model_cls._from_config(config, **kwargs)
+
+
+def load_weights(model: nn.Module, path: Path, what: str) -> None:
+    """Load every ``*.safetensors`` file of `path` into `model`, strictly: any key missing
+    (other than tied weights) or unexpected is an error naming `what` the model was built as."""
+    from safetensors.torch import load_file
 
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -239,12 +262,10 @@ def load_pruned(
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise RuntimeError(
-            f"checkpoint {path} does not match its recorded architecture: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"checkpoint {path} does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    return model.to(device).eval()
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

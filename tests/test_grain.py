@@ -154,6 +154,37 @@ def test_save_and_load_grain_round_trip(tmp_path, family):
     assert GrainStructure.from_dict(loaded.config.grain_structure) == GrainStructure.from_masks(masks)
 
 
+def test_grain_folders_load_through_load_pruned_and_load_model(tmp_path):
+    from gnorm_kernels.data import synthetic_tokenizer
+    from gnorm_kernels.models import load_model
+    from gnorm_kernels.pruning import load_pruned
+
+    tokenizer = synthetic_tokenizer()
+    model = _model("bert", vocab_size=len(tokenizer))
+    masks = _hard_masks(unit_layout(model), seed=3)
+    batch = _inputs(random_batches(model, batch_size=3)[0])
+    with torch.no_grad(), mask_units(model, masks):
+        masked = model(**batch).logits
+    save_grain(shrink_model(copy.deepcopy(model), masks), tmp_path / "ckpt", tokenizer)
+    via_pruned = load_pruned(tmp_path / "ckpt")
+    via_model, loaded_tokenizer = load_model(tmp_path / "ckpt")
+    assert len(loaded_tokenizer) == len(tokenizer)
+    for loaded in (via_pruned, via_model):
+        assert GrainStructure.from_dict(loaded.config.grain_structure) == GrainStructure.from_masks(masks)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**batch).logits, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_head_tools_refuse_a_shrunk_model_clearly():
+    from gnorm_kernels.arch import head_layout
+
+    model = _model("bert")
+    shrunk = shrink_model(copy.deepcopy(model), _hard_masks(unit_layout(model), seed=2))
+    for call in (lambda: head_layout(shrunk), lambda: prune_heads(shrunk, {0: [0]})):
+        with pytest.raises(ValueError, match="GRAIN-shrunk"):
+            call()
+
+
 def test_load_grain_refuses_plain_checkpoints(tmp_path):
     model = _model("bert")
     model.save_pretrained(tmp_path)

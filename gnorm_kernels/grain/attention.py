@@ -332,7 +332,7 @@ class UnevenSelfAttention(nn.Module):
 
     def _plan(self, batch: int, seq: int, device_type: str = "cpu", grouping: str = "grouped") -> dict:
         """Groups for this input shape; the rows of [Wq; Wk; Wv; 0] that make up the fused
-        projection; per group the selectors of its padded Q, K, V; the columns to unpad.
+        projection; per group the selectors of its padded Q, K, V and where its output goes in the context.
         Cached per shape (and per grouping, so shapes that group alike share one plan)."""
         shape_key = (batch, seq, device_type, grouping)
         plan = self._plans.get(shape_key)
@@ -375,25 +375,30 @@ class UnevenSelfAttention(nn.Module):
         rows += [zero_row] * (-len(rows) % 8)  # a multiple of 8 outputs suits the matrix kernels
         steps = [(g, *(_Selector([zero_col if c < 0 else c for c in cols]) for cols in cols_g))
                  for g, cols_g in zip(groups, columns)]
-        context_cols = [0] * nv  # where each packed value column lands in the concatenated output
-        at = 0
+        # where each group's output goes in the packed context: one slice when its heads are
+        # stored side by side with no padding, else one slice per head (dropping the padding)
+        writes = []
         for g in groups:
-            for h in g.heads:
-                for j in range(self.value_sizes[h]):
-                    context_cols[v_off[h] + j] = at + j
-                at += g.value_size
+            exact = all(self.value_sizes[h] == g.value_size for h in g.heads)
+            side_by_side = list(g.heads) == list(range(g.heads[0], g.heads[0] + len(g.heads)))
+            if exact and side_by_side:
+                writes.append((slice(v_off[g.heads[0]], v_off[g.heads[-1] + 1]),))
+            else:
+                writes.append(tuple(slice(v_off[h], v_off[h + 1]) for h in g.heads))
         plan = {
             "groups": groups,
             "steps": steps,
             "rows": torch.tensor(rows, dtype=torch.long),
-            "unpad": None if context_cols == list(range(at)) else _Selector(context_cols),
+            "writes": writes,
+            "query_rows": torch.tensor(rows, dtype=torch.long) < nq,
+            "width": nv,
         }
         self._plans[groups] = self._plans[shape_key] = plan
         return plan
 
     def _fused_weights(self, plan: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The plan's fused projection weight and bias, cached while the weights are unchanged
-        and no gradient is wanted."""
+        """The plan's fused projection weight and bias (query rows pre-multiplied by the score
+        scaling), cached while the weights are unchanged and no gradient is wanted."""
         params = [self.query.weight, self.key.weight, self.value.weight]
         biases = [self.query.bias, self.key.bias, self.value.bias]
         tensors = params + [b for b in biases if b is not None]
@@ -406,10 +411,13 @@ class UnevenSelfAttention(nn.Module):
             if key in self._weights_cache:
                 return self._weights_cache[key]
         rows = plan["rows"].to(params[0].device)
+        # the score scaling is folded into the query rows: q·k then needs no rescaling
+        scale = torch.where(plan["query_rows"], self.scaling, 1.0).to(params[0].device, params[0].dtype)
         weight = torch.cat([*params, params[0].new_zeros(1, params[0].shape[1])]).index_select(0, rows)
+        weight = weight * scale[:, None]
         bias = None
         if biases[0] is not None:
-            bias = torch.cat([*biases, biases[0].new_zeros(1)]).index_select(0, rows)
+            bias = torch.cat([*biases, biases[0].new_zeros(1)]).index_select(0, rows) * scale
         if not grad:
             self._weights_cache[key] = (weight, bias)
         return weight, bias
@@ -420,48 +428,56 @@ class UnevenSelfAttention(nn.Module):
         B, T = x.shape[0], x.shape[1]
         plan = self._plan(B, T, x.device.type, grouping)
         weight, bias = self._fused_weights(plan)
-        qkv = F.linear(x, weight, bias)
+        qkv = F.linear(x, weight, bias)  # queries already scaled
         fused = self._use_fused(T, x.device.type, kernel)
         additive = None
-        outputs = []
-        for g, take_q, take_k, take_v in plan["steps"]:
+        context = x.new_empty(B, T, plan["width"])
+        for (g, take_q, take_k, take_v), writes in zip(plan["steps"], plan["writes"]):
             n, dq, dv = len(g.heads), g.query_size, g.value_size
             q, k, v = take_q(qkv), take_k(qkv), take_v(qkv)
             if n == 1:  # one head: [B, T, d] views, no head axis to move
                 if additive is None and mask is not None:
                     additive = _additive(mask, x.dtype)[:, 0]
-                outputs.append(self._head(q, k, v, mask, additive, fused))
+                out = self._head(q, k, v, mask, additive, fused, scale=1.0)
+                context[..., writes[0]] = out[..., : writes[0].stop - writes[0].start]
                 continue
             q = q.view(B, T, n, dq).transpose(1, 2)
             k = k.view(B, T, n, dq).transpose(1, 2)
             v = v.view(B, T, n, dv).transpose(1, 2)
             if fused and dq == dv:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=self.scaling
-                )
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout(), scale=1.0)
             else:
-                out = self._attend(q, k, v, _additive(mask, x.dtype))
-            outputs.append(out.transpose(1, 2).reshape(B, T, n * dv))
-        context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-        unpad = plan["unpad"]
-        return context if unpad is None else unpad(context)
+                out = self._attend(q, k, v, _additive(mask, x.dtype), scale=1.0)
+            out = out.transpose(1, 2)  # [B, T, n, dv]
+            if len(writes) == 1:  # heads side by side, unpadded: one copy
+                context[..., writes[0]] = out.flatten(2)
+            else:
+                for i, where in enumerate(writes):
+                    context[..., where] = out[:, :, i, : where.stop - where.start]
+        return context
 
     def _use_fused(self, seq: int, device_type: str, kernel: str | None) -> bool:
         if kernel is None:
             return seq >= cost_model(device_type).fused_min_seq_len
         return kernel == "fused"
 
-    def _head(self, q, k, v, mask, additive, fused: bool) -> torch.Tensor:
-        """One head on [B, T, d] tensors; `additive` is the mask as [B, T, T] additive (or None)."""
+    def _head(self, q, k, v, mask, additive, fused: bool, scale: float | None = None) -> torch.Tensor:
+        """One head on [B, T, d] tensors; `additive` is the mask as [B, T, T] additive (or None).
+        `scale` multiplies the scores (default: the module's scaling)."""
+        scale = self.scaling if scale is None else scale
         if fused and q.shape[-1] == v.shape[-1] and q.shape[-1] > 0:
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=additive, dropout_p=self._dropout(), scale=self.scaling
-            )
-        return self._attend(q, k, v, additive)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, dropout_p=self._dropout(), scale=scale)
+        return self._attend(q, k, v, additive, scale)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """softmax(q kᵀ · scaling + mask) v, written out (mask additive, broadcast over heads)."""
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None
+    ) -> torch.Tensor:
+        """softmax(q kᵀ · scale + mask) v, written out (mask additive, broadcast over heads)."""
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        if scale is None:
+            scores = scores * self.scaling
+        elif scale != 1.0:
+            scores = scores * scale
         if mask is not None:
             scores = scores + mask
         probs = F.dropout(torch.softmax(scores, dim=-1), p=self._dropout(), training=self.training)

@@ -15,7 +15,6 @@ recorded and loads the weights strictly.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ from torch import nn
 
 from gnorm_kernels.grain.attention import IMPLEMENTATIONS, UnevenSelfAttention
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
+from gnorm_kernels.pruning import _owner, _select, load_weights, model_from_config, read_config
 
 __all__ = [
     "LayerStructure",
@@ -209,41 +209,12 @@ def _check_indices(layer: int, name: str, dims: tuple[int, ...], bound: int) -> 
 # --------------------------------------------------------------------------- shrinking
 
 
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    out_f, in_f = weight.shape
-    with warnings.catch_warnings():  # an emptied FFN or attention has zero-width projections
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        new = nn.Linear(in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.weight.requires_grad_(old.weight.requires_grad)
-    if bias is not None:
-        new.bias.requires_grad_(old.bias.requires_grad)
-    return new
-
-
 def _rows(linear: nn.Linear, index: list[int]) -> nn.Linear:
-    idx = torch.tensor(index, dtype=torch.long, device=linear.weight.device)
-    w = linear.weight.detach().index_select(0, idx)
-    b = None if linear.bias is None else linear.bias.detach().index_select(0, idx)
-    return _linear_like(linear, w, b)
+    return _select(linear, torch.tensor(index, dtype=torch.long), 0)
 
 
 def _cols(linear: nn.Linear, index: list[int]) -> nn.Linear:
-    idx = torch.tensor(index, dtype=torch.long, device=linear.weight.device)
-    w = linear.weight.detach().index_select(1, idx)
-    b = None if linear.bias is None else linear.bias.detach().clone()
-    return _linear_like(linear, w, b)
-
-
-def _owner(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
-    for module in root.modules():
-        for name, child in module.named_children():
-            if child is target:
-                return module, name
-    raise RuntimeError("module not found in the model")
+    return _select(linear, torch.tensor(index, dtype=torch.long), 1)
 
 
 def _shrunk_layer(
@@ -349,16 +320,18 @@ def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None)
     return path
 
 
-def load_grain(path: str | os.PathLike, *, impl: str = "auto", device: str | torch.device = "cpu") -> nn.Module:
+def load_grain(
+    path: str | os.PathLike,
+    *,
+    impl: str = "auto",
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> nn.Module:
     """Rebuild a model saved by `save_grain`: architecture from config, shrunk as recorded,
-    weights loaded strictly. Returns it in eval mode."""
-    import transformers
-    from safetensors.torch import load_file
-
+    weights loaded strictly. Returns it in eval mode. `load_pruned` and `load_model` route
+    GRAIN folders here too."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder: no config.json in it")
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = read_config(path)
     data = getattr(config, CONFIG_KEY, None)
     if not data:
         raise ValueError(
@@ -367,38 +340,9 @@ def load_grain(path: str | os.PathLike, *, impl: str = "auto", device: str | tor
     structure = GrainStructure.from_dict(data)
     pruned = getattr(config, "pruned_heads", None)
     config.pruned_heads = {}
-    architectures = getattr(config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    model = model_cls(config) if model_cls is not None else transformers.AutoModel.from_config(config)
+    model = model_from_config(config, attn_implementation)
     shrink_model(model, structure, impl=impl)
     if pruned:
-        config.pruned_heads = pruned
-    state: dict[str, torch.Tensor] = {}
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {path}")
-    for f in files:
-        state.update(load_file(str(f)))
-    keys = set(model.state_dict())
-    prefix = getattr(model, "base_model_prefix", "")
-    state = {(k if k in keys or f"{prefix}.{k}" not in keys else f"{prefix}.{k}"): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = _tied_keys(model)
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint {path} does not match its recorded GRAIN structure: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        model.config.pruned_heads = pruned
+    load_weights(model, path, "its recorded GRAIN structure")
     return model.to(device).eval()
-
-
-def _tied_keys(model: nn.Module) -> set[str]:
-    seen: set[int] = set()
-    tied = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            tied.add(name)
-        seen.add(id(tensor))
-    return tied
-
