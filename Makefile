@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/gnorm compare --model tiny --task synthetic --methods $(DEMO_METHODS) --out $(DEMO_OUT) --force
 
 test: setup
-	$(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 $(NOTEBOOKS)
+	$(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,21 @@ def _is_shrunk_checkpoint(folder: Path) -> bool:
     return bool(data.get("pruned_heads") or data.get("grain_structure"))
 
 
+@contextmanager
+def _progress_bars(show: bool):
+    """transformers' loading bars off while loading, when `show` is False."""
+    from transformers.utils import logging as hf_logging
+
+    if show or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str | os.PathLike = "tiny",
     *,
@@ -232,6 +248,7 @@ def load_model(
     local checkpoint folder for `AutoModelForSequenceClassification`; a folder
     whose config records pruned heads or a GRAIN structure goes through
     `gnorm_kernels.pruning.load_pruned` (which hands GRAIN folders to `grain.load_grain`).
+    `progress=False` silences the training bar and transformers' loading bars.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -239,36 +256,37 @@ def load_model(
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    if name == "tiny":
-        recipe = recipe or TinyRecipe()
-        if num_labels not in (None, 2):
-            raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")
-        folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    elif Path(name).is_dir() and _is_shrunk_checkpoint(Path(name)):
-        from gnorm_kernels.pruning import load_pruned
+    with _progress_bars(progress):
+        if name == "tiny":
+            recipe = recipe or TinyRecipe()
+            if num_labels not in (None, 2):
+                raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")
+            folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
+            model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        elif Path(name).is_dir() and _is_shrunk_checkpoint(Path(name)):
+            from gnorm_kernels.pruning import load_pruned
 
-        model = load_pruned(name, attn_implementation=attn_implementation)  # GRAIN folders too
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    else:
-        folder = Path(name)
-        if folder.is_dir() and not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
-                f"found {sorted(p.name for p in folder.iterdir())}"
-            )
-        if num_labels is not None:
-            kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+            model = load_pruned(name, attn_implementation=attn_implementation)  # GRAIN folders too
             tokenizer = AutoTokenizer.from_pretrained(name)
-        except OSError as err:
-            where = "a local folder" if folder.exists() else "not a local folder, and the hub could not provide it"
-            raise OSError(
-                f"could not load {name!r} ({where}); expected \"tiny\", a hub id, or a folder with config.json, "
-                f"weights and tokenizer files: {err}"
-            ) from err
+        else:
+            folder = Path(name)
+            if folder.is_dir() and not (folder / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
+                    f"found {sorted(p.name for p in folder.iterdir())}"
+                )
+            if num_labels is not None:
+                kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(name)
+            except OSError as err:
+                where = "a local folder" if folder.exists() else "not a local folder, and the hub could not provide it"
+                raise OSError(
+                    f"could not load {name!r} ({where}); expected \"tiny\", a hub id, or a folder with config.json, "
+                    f"weights and tokenizer files: {err}"
+                ) from err
     model.to(device)
     model.eval()
     return model, tokenizer

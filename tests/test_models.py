@@ -59,6 +59,17 @@ def test_tiny_comes_from_the_cache_without_retraining(tiny, monkeypatch) -> None
     assert set(tokenizer(text)) >= {"input_ids", "token_type_ids", "attention_mask"}
 
 
+def test_progress_false_silences_the_loading_bars(tiny, capfd) -> None:
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    load_model("tiny", progress=False)
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err
+    assert hf_logging.is_progress_bar_enabled()  # the global setting is restored
+
+
 @pytest.mark.slow
 def test_tiny_heads_are_worth_pruning(tiny) -> None:
     """One head the model cannot do without, and many it barely uses.
