@@ -59,6 +59,22 @@ def test_tiny_comes_from_the_cache_without_retraining(tiny, monkeypatch) -> None
     assert set(tokenizer(text)) >= {"input_ids", "token_type_ids", "attention_mask"}
 
 
+def test_training_runs_on_the_recipe_thread_count_and_restores_it(monkeypatch) -> None:
+    seen = {}
+
+    def stop_at_the_loop(*args, **kwargs):
+        seen["threads"] = torch.get_num_threads()
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(models, "_train_loop", stop_at_the_loop)
+    before = torch.get_num_threads()
+    recipe = TinyRecipe(threads=before + 1, train_size=2_000)
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        models.train_tiny(recipe, progress=False)
+    assert seen["threads"] == before + 1
+    assert torch.get_num_threads() == before
+
+
 def test_progress_false_silences_the_loading_bars(tiny, capfd) -> None:
     from transformers.utils import logging as hf_logging
 
