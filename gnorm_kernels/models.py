@@ -240,8 +240,8 @@ def _is_shrunk_checkpoint(folder: Path) -> bool:
 
 
 @contextmanager
-def _progress_bars(show: bool):
-    """transformers' loading bars off while loading, when `show` is False."""
+def progress_bars(show: bool):
+    """transformers' progress bars (loading, saving) off inside the block when `show` is False."""
     from transformers.utils import logging as hf_logging
 
     if show or not hf_logging.is_progress_bar_enabled():
@@ -280,7 +280,7 @@ def load_model(
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    with _progress_bars(progress):
+    with progress_bars(progress):
         if name == "tiny":
             recipe = recipe or TinyRecipe()
             if num_labels not in (None, 2):

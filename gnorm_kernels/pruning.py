@@ -185,10 +185,18 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Pa
     The pruned-head map travels in ``config.json`` as ``pruned_heads``; `load_pruned` rebuilds
     the shapes from it. The tokenizer is saved beside the weights when one is given.
     """
-    path = Path(path)
     _write_config(model)
+    return write_checkpoint(model, path, tokenizer)
+
+
+def write_checkpoint(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
+    """Write model (safetensors + config.json, quietly) and tokenizer, if any, into `path`."""
+    from gnorm_kernels.models import progress_bars
+
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    with progress_bars(False):  # no "Writing model shards" bar
+        model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

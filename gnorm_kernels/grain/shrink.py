@@ -24,7 +24,7 @@ from torch import nn
 
 from gnorm_kernels.grain.attention import IMPLEMENTATIONS, UnevenSelfAttention
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
-from gnorm_kernels.pruning import _owner, _select, load_weights, model_from_config, read_config
+from gnorm_kernels.pruning import _owner, _select, load_weights, model_from_config, read_config, write_checkpoint
 
 __all__ = [
     "LayerStructure",
@@ -310,14 +310,8 @@ def grain_structure_of(model: nn.Module) -> GrainStructure:
 
 def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Save a shrunk model as safetensors; the structure travels in config.json."""
-    structure = grain_structure_of(model)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.config.grain_structure = structure.to_dict()
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return path
+    model.config.grain_structure = grain_structure_of(model).to_dict()  # checked and normalised
+    return write_checkpoint(model, path, tokenizer)
 
 
 def load_grain(
