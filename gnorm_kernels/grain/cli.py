@@ -137,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
         print(report)
         print(report.structure.describe())
         if out is not None:
-            print(f"saved to {Path(args.out) / 'model'} (reload with gnorm_kernels.grain.load_grain)")
+            print(f"saved to {Path(args.out) / 'model'} (reload with gnorm_kernels.load_model or gnorm_kernels.grain.load_grain)")
     return 0
