@@ -17,7 +17,10 @@ implementations: "auto" (the default: the fastest of the ways below, timed per l
 call, which is the untimed warm-up here), "grouped" (heads batched by size, cost-model groups),
 "padded" (one padded group per layer), "loop" (one attention per head in Python with matmul +
 softmax, as GRAIN's released code does) and "loop-sdpa" (the same loop calling PyTorch's fused
-attention per head: it separates what batching buys from what the fused kernel buys).
+attention per head: it separates what batching buys from what the fused kernel buys). Beside each,
+its "uniform" twin (`uniform_twin`: the same layers with every kept head of a layer one size, about
+the same parameter count) shows what the unevenness itself costs: GRAIN's paper finds its loop
+slower than uniform models of the same size.
 
     .venv/bin/python bench/grain_speed.py                       # CPU, batch 32, sequence 128
     .venv/bin/python bench/grain_speed.py --device cuda --batch 128 --seq 512
@@ -89,6 +92,26 @@ def random_structure(num_layers, num_heads, head_size, ffn_size, density, *, att
             value[h] = tuple(sorted(rng.sample(range(head_size), nv)))
         layers.append(LayerStructure(tuple(query), tuple(value), tuple(sorted(rng.sample(range(ffn_size), n_ffn)))))
     return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
+
+
+def uniform_twin(structure):
+    """The same layers with every kept head of a layer made one size: the layer's query and value
+    dimensions shared evenly over the same number of heads (rounded), FFN unchanged. What a model
+    of (almost) the same size costs when its heads are not uneven: the paper's comparison."""
+    from gnorm_kernels.grain.shrink import GrainStructure, LayerStructure
+
+    layers = []
+    for layer in structure.layers:
+        heads = layer.heads()
+        if not heads:
+            layers.append(layer)
+            continue
+        q = round(sum(len(layer.query[h]) for h in heads) / len(heads))
+        v = max(1, round(sum(len(layer.value[h]) for h in heads) / len(heads)))
+        query = tuple(tuple(range(q)) if h in heads else () for h in range(structure.num_heads))
+        value = tuple(tuple(range(v)) if h in heads else () for h in range(structure.num_heads))
+        layers.append(LayerStructure(query, value, layer.ffn))
+    return GrainStructure(structure.num_heads, structure.head_size, structure.ffn_size, tuple(layers))
 
 
 STRUCTURES = Path(__file__).with_name("grain_structures_tiny.json")
@@ -211,23 +234,28 @@ def main(argv=None) -> None:
                     attention_share=args.attention_share, style=style, seed=args.seed,
                 )
             model = shrink_model(copy.deepcopy(dense), structure)
-            rows.append((density, style, structure, sum(q.numel() for q in model.bert.encoder.parameters())))
+            twin = shrink_model(copy.deepcopy(dense), uniform_twin(structure))
+            enc = sum(q.numel() for q in model.bert.encoder.parameters())
+            enc_twin = sum(q.numel() for q in twin.bert.encoder.parameters())
+            rows.append((density, style, structure, enc, enc_twin))
             for impl in args.impls:
                 variants[(density, style, impl)] = (model, impl)
+            variants[(density, style, "uniform")] = (twin, "auto")
     times = interleaved_latency(variants, inputs, args.repeats, device)
     t_dense = times["dense"]
     print(f"dense: {1000 * t_dense:.1f} ms (median of {args.repeats}, timed round-robin with the rest)")
     print("| density | structure | heads kept | encoder params | " + " | ".join(f"{i} ms" for i in args.impls)
-          + " | speed-up vs dense (auto) | loop / auto |")
-    print("|---" * (6 + len(args.impls)) + "|")
-    for density, style, structure, enc in rows:
-        t = {impl: times[(density, style, impl)] for impl in args.impls}
+          + " | uniform ms (params) | speed-up vs dense (auto) | loop / auto | auto / uniform |")
+    print("|---" * (8 + len(args.impls)) + "|")
+    for density, style, structure, enc, enc_twin in rows:
+        t = {impl: times[(density, style, impl)] for impl in [*args.impls, "uniform"]}
         ratio = f"{t['loop'] / t['auto']:.2f}x" if "loop" in t and "auto" in t else "n/a"
         speed = f"{t_dense / t['auto']:.2f}x" if "auto" in t else "n/a"
+        uneven = f"{t['auto'] / t['uniform']:.2f}x" if "auto" in t else "n/a"
         print(
             f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | "
             f"{enc / enc_dense:.1%} | " + " | ".join(f"{1000 * t[i]:.1f}" for i in args.impls)
-            + f" | {speed} | {ratio} |",
+            + f" | {1000 * t['uniform']:.1f} ({enc_twin / enc_dense:.1%}) | {speed} | {ratio} | {uneven} |",
             flush=True,
         )
 
