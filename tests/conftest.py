@@ -43,3 +43,17 @@ def tiny_calibration(tiny: TinySetup) -> list[dict[str, torch.Tensor]]:
 def tiny_test(tiny: TinySetup) -> list[dict[str, torch.Tensor]]:
     """The test split of the synthetic task in batches of 256."""
     return tiny.task.batches("test", tiny.tokenizer, batch_size=256)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
+    from gnorm_kernels.data import synthetic_tokenizer
+    from gnorm_kernels.testing import tiny_random_model
+
+    path = tmp_path_factory.mktemp("model")
+    tokenizer = synthetic_tokenizer()
+    model = tiny_random_model("bert", vocab_size=len(tokenizer), initializer_range=0.2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

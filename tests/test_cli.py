@@ -14,20 +14,6 @@ from gnorm_kernels.pruning import load_pruned
 SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
-    from gnorm_kernels.data import synthetic_tokenizer
-    from gnorm_kernels.testing import tiny_random_model
-
-    path = tmp_path_factory.mktemp("model")
-    tokenizer = synthetic_tokenizer()
-    model = tiny_random_model("bert", vocab_size=len(tokenizer), initializer_range=0.2)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _leftovers(parent):
     return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 

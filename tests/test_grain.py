@@ -554,19 +554,6 @@ def _two_layer_masks(layout):
     return masks
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
-    from gnorm_kernels.data import synthetic_tokenizer
-
-    path = tmp_path_factory.mktemp("grain_model")
-    tokenizer = synthetic_tokenizer()
-    model = tiny_random_model("bert", vocab_size=len(tokenizer), initializer_range=0.2)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_cli_grain_prunes_reports_and_saves_a_reloadable_model(model_dir, tmp_path, capsys):
     import json
 
