@@ -2,35 +2,72 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# Every direct and transitive dependency at the versions the tests ran with; `make lock` refreshes it.
+CONSTRAINTS ?= constraints.txt
+EXTRAS ?= all,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP_INSTALL := -m pip install --quiet --constraint $(CONSTRAINTS)
+# No target below reaches the hub: the tiny model and the synthetic task are made here.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DEMO_OUT ?= runs/demo
 DEMO_METHODS ?= greedy-gnorm,static-gnorm,inverse-gnorm,entropy,inverse-entropy,taylor,random
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_OUT ?= runs/browser
 
-.PHONY: setup demo test test-fast notebooks lab bench clean
+.PHONY: setup lock freeze demo test test-fast test-browser notebooks lab bench clean
 
 setup: $(STAMP)
 
 # torch goes first, pinned: a looser requirement with no torch installed pulls a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python $(PIP_INSTALL) --upgrade pip
+	$(BIN)/python $(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(BIN)/python $(PIP_INSTALL) -e ".[$(EXTRAS)]"
 	touch $@
 
+# Re-resolve pyproject.toml's requirements in a fresh virtual environment (in a temporary folder)
+# and write what got installed to $(CONSTRAINTS): run it after changing a requirement, then `make test`.
+lock:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install --quiet "$(TORCH_SPEC)"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet ".[$(EXTRAS)]"; \
+	$(MAKE) --no-print-directory freeze FREEZE_PYTHON="$$tmp/venv/bin/python" > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" $(CONSTRAINTS); \
+	echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pins"
+
+# Print a virtual environment's distributions as constraints (the package itself left out; local
+# version labels such as torch's +cpu dropped, so the same file serves machines without that build).
+FREEZE_PYTHON ?= $(BIN)/python
+freeze:
+	@echo "# Pins of every distribution that \`pip install -e \".[$(EXTRAS)]\"\` installs (with $(TORCH_SPEC) first),"
+	@echo "# on $$($(FREEZE_PYTHON) -c 'import platform, sys; print(f"python {sys.version_info[0]}.{sys.version_info[1]}, {sys.platform} {platform.machine()}")')."
+	@echo "# Used by \`make setup\` as a pip constraints file. Refresh with \`make lock\`; do not edit by hand."
+	@$(FREEZE_PYTHON) -m pip freeze --all --exclude gnorm-kernels | grep -v '^#' | grep -v '^-e ' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'
+
 demo: setup
-	$(BIN)/gnorm compare --model tiny --task synthetic --methods $(DEMO_METHODS) --out $(DEMO_OUT) --force
+	$(OFFLINE) $(BIN)/gnorm compare --model tiny --task synthetic --methods $(DEMO_METHODS) --out $(DEMO_OUT) --force
 
 test: setup
-	$(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
+	$(OFFLINE) $(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
 
 test-fast: setup
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(OFFLINE) $(BIN)/python -m pytest tests -m "not slow"
+
+# JupyterLab in headless Chromium: notebooks 01 and 03 run (on copies) and their widgets are clicked.
+# Uses Debian's chromium (installed here when missing); screenshots go to $(BROWSER_OUT).
+test-browser: setup $(CHROMIUM)
+	$(OFFLINE) GNORM_CHROMIUM=$(CHROMIUM) GNORM_BROWSER_OUT=$(BROWSER_OUT) $(BIN)/python -m pytest tests/browser -v
+
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
 notebooks: setup
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
+	$(OFFLINE) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
