@@ -1,7 +1,9 @@
 """Where the attention heads of a model live.
 
-`head_layout(model)` is the only place in the package that knows module paths. Each supported
-model family is one `Family` entry in a registry; `register_family` adds another.
+`head_layout(model)` is the only place in the package that knows module paths, attribute names
+and head-count config keys. Each supported model family is one `Family` entry in a registry;
+`register_family` adds another. Everything else (pruning, scores, GRAIN, evaluation) reads the
+modules it needs from the `HeadLayout` it returns, or from `stack_module`.
 
 Conventions used everywhere else:
 
@@ -16,6 +18,7 @@ Conventions used everywhere else:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,8 +29,10 @@ __all__ = [
     "AttentionBlock",
     "Family",
     "HeadLayout",
+    "family_of",
     "head_layout",
     "register_family",
+    "stack_module",
     "supported_families",
 ]
 
@@ -39,6 +44,7 @@ class AttentionBlock:
     """One self-attention block: the modules that hold its heads."""
 
     index: int  # row on the head grid
+    layer: nn.Module  # the layer module holding this block (attention + FFN)
     attention: nn.Module  # the module whose forward splits Q/K/V into heads
     query: nn.Linear
     key: nn.Linear
@@ -47,6 +53,9 @@ class AttentionBlock:
     depths: tuple[int, ...]  # encoder depths at which this block runs (several for ALBERT)
     num_heads: int  # heads before any pruning
     head_size: int
+    ffn: tuple[nn.Linear, nn.Linear] | None  # the layer's feed-forward pair (W1, W2), None if unknown
+    head_count_attrs: tuple[str, ...]  # attention-module attributes that count its heads
+    width_attrs: tuple[str, ...]  # attention-module attributes that hold heads x head size
 
     @property
     def kept_heads(self) -> tuple[int, ...]:
@@ -72,8 +81,15 @@ class HeadLayout:
         return (self.num_layers, self.num_heads)
 
     @property
-    def num_units(self) -> int:
+    def num_heads_total(self) -> int:
+        """Heads on the grid (layers x heads), pruned ones included."""
         return self.num_layers * self.num_heads
+
+    @property
+    def num_units(self) -> int:
+        """Deprecated name of `num_heads_total` (GRAIN's units are neurons, not heads)."""
+        warnings.warn("HeadLayout.num_units is deprecated; use num_heads_total", DeprecationWarning, stacklevel=2)
+        return self.num_heads_total
 
     def kept_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Bool [L, H]: True where the head is still physically present."""
@@ -99,19 +115,24 @@ class HeadLayout:
         shared = " (one shared block per layer group, reused at every depth)" if self.shared_across_depth else ""
         return (
             f"{self.family}: {self.num_layers} layers x {self.num_heads} heads of size {self.head_size}"
-            f"{shared}; {self.num_kept_heads} of {self.num_units} heads present"
+            f"{shared}; {self.num_kept_heads} of {self.num_heads_total} heads present"
         )
 
 
 @dataclass(frozen=True)
 class Family:
-    """How to find the attention heads of one model family.
+    """How to find the attention heads (and feed-forward layers) of one model family.
 
     `layers(base_model)` returns, for every distinct attention block, the module that holds it
-    (the encoder layer) and the encoder depths at which it runs. The remaining fields are dotted
-    paths inside that layer module. `empty_forward` replaces the attention module's forward once
-    all its heads are pruned (transformers' head split cannot reshape a zero-width tensor); it must
-    return what the original forward returns, with the attention contributing only its output bias.
+    (the layer) and the depths at which it runs. `stack` is the dotted path, inside the base model,
+    of the module that holds every layer (what "encoder-only" parameter counts measure). The other
+    paths are dotted paths inside that layer module; `ffn` names the feed-forward pair (W1, W2) or
+    is None. `num_heads(config)` reads the head count from the config; `head_count_attrs` and
+    `width_attrs` are the attention-module attributes that the forward reads for the number of heads
+    and for heads x head size (pruning updates them). `empty_forward` replaces the attention
+    module's forward once all its heads are pruned (transformers' head split cannot reshape a
+    zero-width tensor); it must return what the original forward returns, with the attention
+    contributing only its output bias.
     """
 
     name: str
@@ -124,6 +145,11 @@ class Family:
     output: str
     num_heads: Callable[[object], int]
     empty_forward: Callable[..., tuple]
+    stack: str = "encoder"
+    ffn: tuple[str, str] | None = None
+    head_size_attr: str = "attention_head_size"
+    head_count_attrs: tuple[str, ...] = ("num_attention_heads",)
+    width_attrs: tuple[str, ...] = ("all_head_size",)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -139,7 +165,8 @@ def supported_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def _family_of(model: nn.Module) -> Family:
+def family_of(model: nn.Module) -> Family:
+    """The registry entry that describes `model` (raises for unsupported models)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for family in _FAMILIES.values():
         if model_type in family.model_types:
@@ -162,27 +189,25 @@ def head_layout(model: nn.Module) -> HeadLayout:
     """Describe the attention heads of a BERT-family model (bare or inside a task head class)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module (a transformers model), got {type(model).__name__}")
-    family = _family_of(model)
+    family = family_of(model)
     base = getattr(model, "base_model", model)
     config = model.config
-    num_heads = family.num_heads(config)
+    num_heads = int(family.num_heads(config))
     blocks = []
     for index, (layer, depths) in enumerate(family.layers(base)):
         attention = _get(layer, family.attention)
-        if not hasattr(attention, "attention_head_size"):
-            if hasattr(attention, "query_sizes"):  # gnorm_kernels.grain's UnevenSelfAttention
-                raise ValueError(
-                    "this model is GRAIN-shrunk: its heads have uneven query/key and value sizes, so head "
-                    "masking, head scores and head pruning (all defined on whole heads of one size) do not "
-                    "apply to it; inspect it with gnorm_kernels.grain.grain_structure_of(model)"
-                )
+        refusal = getattr(attention, "head_tools_refusal", None)
+        if refusal:  # a module that replaced whole-head attention says why head tools do not apply
+            raise ValueError(refusal)
+        if not hasattr(attention, family.head_size_attr):
             raise ValueError(
-                f"layer {index}: the attention module {type(attention).__name__} has no attention_head_size; "
+                f"layer {index}: the attention module {type(attention).__name__} has no {family.head_size_attr}; "
                 f"the {family.name} family expects the transformers module at {family.attention!r}"
             )
         blocks.append(
             AttentionBlock(
                 index=index,
+                layer=layer,
                 attention=attention,
                 query=_get(layer, family.query),
                 key=_get(layer, family.key),
@@ -190,7 +215,10 @@ def head_layout(model: nn.Module) -> HeadLayout:
                 output=_get(layer, family.output),
                 depths=tuple(depths),
                 num_heads=num_heads,
-                head_size=int(attention.attention_head_size),
+                head_size=int(getattr(attention, family.head_size_attr)),
+                ffn=None if family.ffn is None else (_get(layer, family.ffn[0]), _get(layer, family.ffn[1])),
+                head_count_attrs=family.head_count_attrs,
+                width_attrs=family.width_attrs,
             )
         )
     if not blocks:
@@ -204,6 +232,14 @@ def head_layout(model: nn.Module) -> HeadLayout:
         shared_across_depth=any(len(b.depths) > 1 for b in blocks),
         blocks=tuple(blocks),
     )
+
+
+def stack_module(model: nn.Module) -> nn.Module:
+    """The module holding every transformer layer of `model` (BERT's ``encoder``, DistilBERT's
+    ``transformer``): what encoder-only parameter counts and timings measure."""
+    family = family_of(model)
+    return _get(getattr(model, "base_model", model), family.stack)
+
 
 
 # --------------------------------------------------------------------------- families
@@ -251,11 +287,13 @@ def _bert_like(name: str, *model_types: str) -> Family:
         name=name,
         model_types=model_types,
         layers=_encoder_layers,
+        stack="encoder",
         attention="attention.self",
         query="attention.self.query",
         key="attention.self.key",
         value="attention.self.value",
         output="attention.output.dense",
+        ffn=("intermediate.dense", "output.dense"),
         num_heads=lambda config: int(config.num_attention_heads),
         empty_forward=_empty_context_forward,
     )
@@ -270,11 +308,13 @@ register_family(
         name="albert",
         model_types=("albert",),
         layers=_albert_layers,
+        stack="encoder",
         attention="attention",
         query="attention.query",
         key="attention.key",
         value="attention.value",
         output="attention.dense",
+        ffn=("ffn", "ffn_output"),
         num_heads=lambda config: int(config.num_attention_heads),
         empty_forward=_empty_albert_forward,
     )
@@ -284,17 +324,16 @@ register_family(
         name="distilbert",
         model_types=("distilbert",),
         layers=lambda base: [(layer, (i,)) for i, layer in enumerate(base.transformer.layer)],
+        stack="transformer",
         attention="attention",
         query="attention.q_lin",
         key="attention.k_lin",
         value="attention.v_lin",
         output="attention.out_lin",
+        ffn=("ffn.lin1", "ffn.lin2"),
         num_heads=lambda config: int(config.n_heads),
         empty_forward=_empty_distilbert_forward,
+        head_count_attrs=("n_heads",),
+        width_attrs=(),
     )
 )
-
-
-def family_of(model: nn.Module) -> Family:
-    """The registry entry that describes `model` (raises for unsupported models)."""
-    return _family_of(model)

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gnorm_kernels.arch import head_layout, stack_module
+from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.modes import model_mode
+
 __all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation", "METRICS"]
 
 METRICS = ("accuracy", "f1", "matthews")
@@ -80,12 +84,8 @@ def evaluate(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, training=False):
         pred, gold, loss_sum = _predict(model, batches, progress)
-    finally:
-        model.train(was_training)
     configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
     num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
     result = {
@@ -107,10 +107,10 @@ def parameter_count(model: torch.nn.Module, *, encoder_only: bool = False) -> in
     (no embeddings, pooler or classifier), the part that head pruning shrinks."""
     module = model
     if encoder_only:
-        base = getattr(model, "base_model", model)
-        module = getattr(base, "encoder", None)
-        if module is None:
-            raise ValueError(f"encoder_only=True needs a model with base_model.encoder; got {type(model).__name__}")
+        try:
+            module = stack_module(model)
+        except ValueError as err:
+            raise ValueError(f"encoder_only=True needs a model whose encoder stack is known: {err}") from None
     return sum(p.numel() for p in module.parameters())
 
 
@@ -137,10 +137,8 @@ def measure_latency(
     device = _model_device(model)
     inputs = [_inputs(b, device) for b in batches]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
     times: list[float] = []
-    try:
+    with model_mode(model, training=False):
         for _ in range(warmup):
             for x in inputs:
                 model(**x)
@@ -151,8 +149,6 @@ def measure_latency(
                 model(**x)
                 sync()
                 times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     examples = sum(int(x["input_ids"].shape[0]) for x in inputs) / len(inputs)
     median = statistics.median(times)
     return {
@@ -176,8 +172,6 @@ def single_head_ablation(
     Drops are in the metric's own units (accuracy 0.05 = 5 points); positive
     means the model got worse without that head. Heads already pruned are NaN.
     """
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.masking import mask_heads
 
     layout = head_layout(model)
     present = layout.kept_mask()

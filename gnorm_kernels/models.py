@@ -1,9 +1,9 @@
 """Models: the offline "tiny" default (trained here, cached), hub ids and local folders.
 
 The tiny model is a 4-layer, 8-head BERT trained on the synthetic film-review task
-(`gnorm_kernels.data.synthetic_task`). Training is deterministic for one recipe on
-one platform and CPU thread count; torch picks the thread count from the machine,
-so a machine with more cores trains a slightly different model from the same seed.
+(`gnorm_kernels.data.synthetic_task`). Training is deterministic for one recipe on one
+platform: it runs on the recipe's pinned thread count (`TinyRecipe.threads`) whatever the
+machine has, so machines of any size train the same model.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from gnorm_kernels.checkpoint import checkpoint_format, load_checkpoint, progress_bars
 
 __all__ = ["TinyRecipe", "TrainingStuck", "load_model", "train_tiny", "tiny_cache_path", "cache_dir"]
 
@@ -230,30 +232,6 @@ def _ensure_tiny(recipe: TinyRecipe, cache: Path | None, progress: bool) -> Path
     return target
 
 
-def _is_shrunk_checkpoint(folder: Path) -> bool:
-    """True when the folder's config records pruned heads or a GRAIN structure."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    data = json.loads(config.read_text())
-    return bool(data.get("pruned_heads") or data.get("grain_structure"))
-
-
-@contextmanager
-def progress_bars(show: bool):
-    """transformers' progress bars (loading, saving) off inside the block when `show` is False."""
-    from transformers.utils import logging as hf_logging
-
-    if show or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
-
-
 def load_model(
     name_or_path: str | os.PathLike = "tiny",
     *,
@@ -270,8 +248,8 @@ def load_model(
     (about a minute and a half on 2 cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder for `AutoModelForSequenceClassification`; a folder
-    whose config records pruned heads or a GRAIN structure goes through
-    `gnorm_kernels.pruning.load_pruned` (which hands GRAIN folders to `grain.load_grain`).
+    whose config records pruned heads or a GRAIN structure goes to the loader of its
+    format (`gnorm_kernels.checkpoint.load_checkpoint`: `load_pruned` or `grain.load_grain`).
     `progress=False` silences the training bar and transformers' loading bars.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -288,10 +266,8 @@ def load_model(
             folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
             model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        elif Path(name).is_dir() and _is_shrunk_checkpoint(Path(name)):
-            from gnorm_kernels.pruning import load_pruned
-
-            model = load_pruned(name, attn_implementation=attn_implementation)  # GRAIN folders too
+        elif Path(name).is_dir() and (Path(name) / "config.json").is_file() and checkpoint_format(name) != "plain":
+            model = load_checkpoint(name, attn_implementation=attn_implementation)  # pruned or GRAIN
             tokenizer = AutoTokenizer.from_pretrained(name)
         else:
             folder = Path(name)

@@ -9,23 +9,19 @@ A layer that loses all its heads keeps working: its attention then adds only the
 
 from __future__ import annotations
 
-import json
 import operator
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils import skip_init
 
 from gnorm_kernels.arch import KEPT_HEADS_ATTR, AttentionBlock, HeadLayout, family_of, head_layout
+from gnorm_kernels.checkpoint import load_checkpoint, load_weights, model_from_config, read_config, write_checkpoint
+from gnorm_kernels.surgery import owner_of, select_linear, subclass_with_forward
 
 __all__ = ["prune_heads", "save_pruned", "load_pruned", "normalize_head_map"]
-
-_HEAD_COUNT_ATTRS = ("num_attention_heads", "n_heads")
-_EMPTY_CLASSES: dict[tuple[type, object], type] = {}
 
 
 def normalize_head_map(heads: Mapping, layout: HeadLayout) -> dict[int, list[int]]:
@@ -62,48 +58,6 @@ def normalize_head_map(heads: Mapping, layout: HeadLayout) -> dict[int, list[int
     return out
 
 
-def _select(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear keeping `index` along dim 0 (output rows) or 1 (input columns)."""
-    weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device)).clone()
-    bias = linear.bias
-    if bias is not None and dim == 0:
-        bias = bias.detach().index_select(0, index.to(bias.device)).clone()
-    elif bias is not None:
-        bias = bias.detach().clone()
-    out_f, in_f = weight.shape
-    with warnings.catch_warnings():  # a zero-width Linear (an emptied layer) is expected here
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        new = skip_init(nn.Linear, in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.weight.requires_grad_(linear.weight.requires_grad)
-    if bias is not None:
-        new.bias.requires_grad_(linear.bias.requires_grad)
-    new.train(linear.training)
-    return new
-
-
-def _empty_class(cls: type, forward) -> type:
-    """A subclass of `cls` whose forward handles zero heads (cached, importable by name)."""
-    key = (cls, forward)
-    if key not in _EMPTY_CLASSES:
-        name = f"Empty{cls.__name__}"
-        new = type(name, (cls,), {"forward": forward, "__module__": __name__, "__qualname__": name})
-        globals()[name] = new
-        _EMPTY_CLASSES[key] = new
-    return _EMPTY_CLASSES[key]
-
-
-def _owner(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
-    for module in root.modules():
-        for name, child in module.named_children():
-            if child is target:
-                return module, name
-    raise RuntimeError("module not found in model")  # cannot happen for modules from head_layout
-
-
 def _prune_block(model: nn.Module, block: AttentionBlock, drop: set[int], empty_forward) -> None:
     kept = block.kept_heads
     new_kept = tuple(h for h in kept if h not in drop)
@@ -114,25 +68,24 @@ def _prune_block(model: nn.Module, block: AttentionBlock, drop: set[int], empty_
     index = torch.tensor([p * d + j for p in positions for j in range(d)], dtype=torch.long)
     for part, dim in (("query", 0), ("key", 0), ("value", 0), ("output", 1)):
         linear = getattr(block, part)
-        parent, name = _owner(model, linear)
-        setattr(parent, name, _select(linear, index, dim))
+        parent, name = owner_of(model, linear)
+        setattr(parent, name, select_linear(linear, index, dim))
     attention = block.attention
-    for attr in _HEAD_COUNT_ATTRS:
-        if hasattr(attention, attr):
-            setattr(attention, attr, len(new_kept))
-    if hasattr(attention, "all_head_size"):
-        attention.all_head_size = len(new_kept) * d
+    for attr in block.head_count_attrs:
+        setattr(attention, attr, len(new_kept))
+    for attr in block.width_attrs:
+        setattr(attention, attr, len(new_kept) * d)
     setattr(attention, KEPT_HEADS_ATTR, new_kept)
     if not new_kept:
-        attention.__class__ = _empty_class(type(attention), empty_forward)
+        attention.__class__ = subclass_with_forward(type(attention), empty_forward, "Empty", __name__)
 
 
 def _snapshot(model: nn.Module, layout: HeadLayout) -> list:
     saved = []
     for block in layout.blocks:
         attention = block.attention
-        attrs = {a: getattr(attention, a) for a in (*_HEAD_COUNT_ATTRS, "all_head_size") if hasattr(attention, a)}
-        linears = [(*_owner(model, getattr(block, p)), getattr(block, p)) for p in ("query", "key", "value", "output")]
+        attrs = {a: getattr(attention, a) for a in (*block.head_count_attrs, *block.width_attrs)}
+        linears = [(*owner_of(model, getattr(block, p)), getattr(block, p)) for p in ("query", "key", "value", "output")]
         saved.append((attention, type(attention), attrs, getattr(attention, KEPT_HEADS_ATTR, None), linears))
     return saved
 
@@ -189,19 +142,6 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Pa
     return write_checkpoint(model, path, tokenizer)
 
 
-def write_checkpoint(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
-    """Write model (safetensors + config.json, quietly) and tokenizer, if any, into `path`."""
-    from gnorm_kernels.models import progress_bars
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with progress_bars(False):  # no "Writing model shards" bar
-        model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return path
-
-
 def load_pruned(
     path: str | os.PathLike,
     *,
@@ -213,95 +153,16 @@ def load_pruned(
 
     `attn_implementation` ("eager", "sdpa") is a run-time choice that checkpoints do not record;
     None keeps the transformers default. A folder written by `gnorm_kernels.grain.save_grain`
-    (its config records a ``grain_structure``) is handed to `gnorm_kernels.grain.load_grain`.
+    (its config records a ``grain_structure``) goes to the loader of that format
+    (`gnorm_kernels.checkpoint.load_checkpoint` makes the choice).
     """
     path = Path(path)
     config = read_config(path)
     if getattr(config, "grain_structure", None):
-        from gnorm_kernels.grain.shrink import load_grain
-
-        return load_grain(path, device=device, attn_implementation=attn_implementation)
+        return load_checkpoint(path, device=device, attn_implementation=attn_implementation)
     pruned = getattr(config, "pruned_heads", None) or {}
     config.pruned_heads = {}
     model = model_from_config(config, attn_implementation)
     prune_heads(model, {int(k): v for k, v in pruned.items()})
     load_weights(model, path, "its recorded architecture")
     return model.to(device).eval()
-
-
-def read_config(path: Path):
-    """The transformers config of a checkpoint folder (a clear error when it is not one)."""
-    import transformers
-
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder: no config.json in it")
-    return transformers.AutoConfig.from_pretrained(path)
-
-
-def model_from_config(config, attn_implementation: str | None = None) -> nn.Module:
-    """A freshly initialised model of the class the config names (its first ``architectures``
-    entry; the bare model when it names none)."""
-    import transformers
-
-    architectures = getattr(config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        if model_cls is None:
-            return transformers.AutoModel.from_config(config, **kwargs)
-        return model_cls._from_config(config, **kwargs)
-
-
-def load_weights(model: nn.Module, path: Path, what: str) -> None:
-    """Load every ``*.safetensors`` file of `path` into `model`, strictly: any key missing
-    (other than tied weights) or unexpected is an error naming `what` the model was built as."""
-    from safetensors.torch import load_file
-
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {path}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    state = _strip_prefix(state, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = _tied_keys(model)
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint {path} does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    keys = set(model.state_dict())
-    if all(k in keys for k in state):
-        return state
-    prefix = getattr(model, "base_model_prefix", "")
-    fixed = {}
-    for k, v in state.items():
-        if k not in keys and f"{prefix}.{k}" in keys:
-            k = f"{prefix}.{k}"
-        fixed[k] = v
-    return fixed
-
-
-def _tied_keys(model: nn.Module) -> set[str]:
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        ptr = id(tensor)
-        if ptr in seen:
-            tied.add(name)
-        else:
-            seen[ptr] = name
-    return tied
-
-
-def pruned_map_from_config(path: str | os.PathLike) -> dict[int, list[int]]:
-    """The pruned-head map recorded in a checkpoint folder's config.json ({} if none)."""
-    data = json.loads((Path(path) / "config.json").read_text())
-    return {int(k): list(v) for k, v in (data.get("pruned_heads") or {}).items()}

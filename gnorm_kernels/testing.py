@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["FAMILIES", "tiny_random_model", "random_batches"]
 
-FAMILIES = ("bert", "albert", "roberta", "xlm-roberta")
+FAMILIES = ("bert", "albert", "roberta", "xlm-roberta", "electra", "distilbert")
 
 _CLASSES = {
     "bert": ("BertConfig", "BertForSequenceClassification"),
