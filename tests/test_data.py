@@ -1,4 +1,4 @@
-"""Tasks: the synthetic grammar, its tokenizer, batching, local files and the GLUE mapping."""
+"""Tasks: the synthetic grammar (gnorm_kernels.synthetic), its tokenizer, batching, local files and the GLUE mapping."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from gnorm_kernels import data
-from gnorm_kernels.data import Example, Task, load_task, synthetic_task, synthetic_tokenizer, task_from_glue
+from gnorm_kernels import data, synthetic
+from gnorm_kernels.data import Example, Task, load_task, task_from_glue
+from gnorm_kernels.synthetic import synthetic_task, synthetic_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,10 @@ def reference_label(text: str) -> int:
     for segment in text.replace(",", " ").split(" but "):
         for clause in segment.split(" and "):
             words = clause.split()
-            if not any(w in data.FILM_NOUNS for w in words):
+            if not any(w in synthetic.FILM_NOUNS for w in words):
                 continue
-            positive = any(w in data.POSITIVE for w in words)
-            negated = any(w in data.NEGATORS for w in words)
+            positive = any(w in synthetic.POSITIVE for w in words)
+            negated = any(w in synthetic.NEGATORS for w in words)
             label = int(positive != negated)
     assert label is not None, f"no clause about the film in {text!r}"
     return label
@@ -70,16 +71,16 @@ def test_synthetic_labels_are_balanced_and_sentences_short(small: Task) -> None:
         assert 0.43 < share < 0.57, (split, share)
     lengths = [len(ids) for ids in tokenizer([ex.text for ex in small.splits["test"]])["input_ids"]]
     assert max(lengths) <= 40
-    assert 90 <= len(data.synthetic_vocabulary()) <= 110
+    assert 90 <= len(synthetic.synthetic_vocabulary()) <= 110
 
 
 def test_synthetic_has_contrast_and_negation(small: Task) -> None:
     texts = [ex.text for ex in small.splits["train"]]
     share = lambda cond: sum(map(cond, texts)) / len(texts)  # noqa: E731
     assert share(lambda t: " but " in t) > 0.6
-    assert share(lambda t: any(f" {n} " in t for n in data.NEGATORS)) > 0.4
+    assert share(lambda t: any(f" {n} " in t for n in synthetic.NEGATORS)) > 0.4
     # a segment about something other than the film after the last film segment
-    assert share(lambda t: not any(n in t.split(" but ")[-1].split() for n in data.FILM_NOUNS)) > 0.15
+    assert share(lambda t: not any(n in t.split(" but ")[-1].split() for n in synthetic.FILM_NOUNS)) > 0.15
 
 
 def test_bag_of_words_cannot_solve_the_task(small: Task) -> None:
@@ -107,6 +108,19 @@ def test_bag_of_words_cannot_solve_the_task(small: Task) -> None:
     train_acc = (linear(x).argmax(-1) == y).float().mean().item()
     test_acc = (linear(xt).argmax(-1) == yt).float().mean().item()
     assert train_acc < 0.75 and test_acc < 0.75, (train_acc, test_acc)
+
+
+def test_the_synthetic_names_stay_importable_from_data() -> None:
+    from gnorm_kernels.data import synthetic_fingerprint, synthetic_review, word_level_tokenizer  # noqa: F401
+
+    for name in synthetic.__all__:
+        assert getattr(data, name) is getattr(synthetic, name), name
+        assert name in dir(data)
+    assert set(data.__all__) - set(dir(data)) == set()
+    with pytest.raises(AttributeError, match="no attribute 'FILM_NOUN'"):
+        data.FILM_NOUN
+    task = load_task("synthetic", train_size=50, calibration_size=10, test_size=20)
+    assert task.splits == synthetic_task(train_size=50, calibration_size=10, test_size=20).splits
 
 
 # --------------------------------------------------------------------------- tokenizer and batches
