@@ -13,30 +13,38 @@ units with structures of three kinds:
 
 The random kinds spend --attention-share of their units on attention (0.8: the real tiny-model
 runs at 20%, 10% and 5% spent 76%, 80% and 86%). Each shrunk model is timed with the uneven-head
-implementations: "auto" (the default: the fastest of the ways below, timed per layer at the first
-call, which is the untimed warm-up here), "grouped" (heads batched by size, cost-model groups),
-"padded" (one padded group per layer), "loop" (one attention per head in Python with matmul +
-softmax, as GRAIN's released code does) and "loop-sdpa" (the same loop calling PyTorch's fused
+implementations: "grouped" (the default: one fused Q/K/V projection, heads batched by size in
+cost-model groups), "loop" (one attention per head in Python with matmul + softmax, as GRAIN's
+released code does: the reference) and "loop-sdpa" (the same loop calling PyTorch's fused
 attention per head: it separates what batching buys from what the fused kernel buys). Beside each,
 its "uniform" twin (`uniform_twin`: the same layers with every kept head of a layer one size, about
-the same parameter count) shows what the unevenness itself costs: GRAIN's paper finds its loop
-slower than uniform models of the same size.
+the same parameter count, timed with "grouped") shows what the unevenness itself costs: GRAIN's
+paper finds its loop slower than uniform models of the same size.
 
     .venv/bin/python bench/grain_speed.py                       # CPU, batch 32, sequence 128
+    .venv/bin/python bench/grain_speed.py --densities 0.2 0.05 --repeats 5   # a shorter run
     .venv/bin/python bench/grain_speed.py --device cuda --batch 128 --seq 512
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
 import json
+import os
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+# bench/ (this script's folder, first on sys.path) holds kernels.py, which would shadow the
+# `kernels` package that transformers probes for at import time
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
 
 
 def random_structure(num_layers, num_heads, head_size, ffn_size, density, *, attention_share, style, seed):
@@ -142,22 +150,20 @@ def bert_base(device, layers, heads, head_size, ffn):
     return BertForSequenceClassification(config).to(device).eval()
 
 
+IMPLS = ("grouped", "loop", "loop-sdpa")
+
+
 def use_impl(model, impl):
     """Set the attention implementation; "loop-sdpa" is the per-head loop with the fused kernel."""
-    import types
-
     from gnorm_kernels.grain.attention import UnevenSelfAttention
     from gnorm_kernels.grain.shrink import set_attention_impl
-
-    def loop_fused(self, impl, kernel, x, mask):
-        return self._forward_loop(x, mask, "fused")
 
     set_attention_impl(model, "loop" if impl == "loop-sdpa" else impl)
     for m in model.modules():
         if isinstance(m, UnevenSelfAttention):
-            m.__dict__.pop("_run", None)
+            m.__dict__.pop("_forward_loop", None)
             if impl == "loop-sdpa":
-                m._run = types.MethodType(loop_fused, m)
+                m._forward_loop = functools.partial(UnevenSelfAttention._forward_loop, m, fused=True)
 
 
 @torch.no_grad()
@@ -166,7 +172,7 @@ def interleaved_latency(variants, inputs, repeats, device):
     variant once, so load from other processes falls on all of them alike.
 
     `variants` maps a name to (model, impl or None); the first call of each is an untimed
-    warm-up (it builds plans and, for "auto", times the candidates)."""
+    warm-up (it builds the grouping plans and the fused projection weights)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for model, impl in variants.values():
         if impl is not None:
@@ -188,6 +194,7 @@ def interleaved_latency(variants, inputs, repeats, device):
 def main(argv=None) -> None:
     import copy
 
+    from gnorm_kernels.arch import stack_module
     from gnorm_kernels.grain.shrink import shrink_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,7 +203,8 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
     p.add_argument("--styles", nargs="+", default=["grain", "regularised", "scattered"])
-    p.add_argument("--impls", nargs="+", default=["auto", "grouped", "padded", "loop", "loop-sdpa"])
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                   help="implementations to time (the ratio columns need grouped and loop)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=12)
@@ -216,9 +224,15 @@ def main(argv=None) -> None:
         keep = int(round(args.seq * (1 - args.padding)))
         mask[1:, keep:] = 0
     inputs = {"input_ids": ids, "attention_mask": mask}
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, seq {args.seq}")
-    enc_dense = sum(q.numel() for q in dense.bert.encoder.parameters())
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"batch {args.batch}, seq {args.seq}")
+
+    def encoder_params(model):
+        return sum(q.numel() for q in stack_module(model).parameters())
+
+    enc_dense = encoder_params(dense)
     rows = []
     variants = {"dense": (dense, None)}
     for density in args.densities:
@@ -235,23 +249,22 @@ def main(argv=None) -> None:
                 )
             model = shrink_model(copy.deepcopy(dense), structure)
             twin = shrink_model(copy.deepcopy(dense), uniform_twin(structure))
-            enc = sum(q.numel() for q in model.bert.encoder.parameters())
-            enc_twin = sum(q.numel() for q in twin.bert.encoder.parameters())
+            enc, enc_twin = encoder_params(model), encoder_params(twin)
             rows.append((density, style, structure, enc, enc_twin))
             for impl in args.impls:
                 variants[(density, style, impl)] = (model, impl)
-            variants[(density, style, "uniform")] = (twin, "auto")
+            variants[(density, style, "uniform")] = (twin, "grouped")
     times = interleaved_latency(variants, inputs, args.repeats, device)
     t_dense = times["dense"]
     print(f"dense: {1000 * t_dense:.1f} ms (median of {args.repeats}, timed round-robin with the rest)")
     print("| density | structure | heads kept | encoder params | " + " | ".join(f"{i} ms" for i in args.impls)
-          + " | uniform ms (params) | speed-up vs dense (auto) | loop / auto | auto / uniform |")
+          + " | uniform ms (params) | speed-up vs dense (grouped) | loop / grouped | grouped / uniform |")
     print("|---" * (8 + len(args.impls)) + "|")
     for density, style, structure, enc, enc_twin in rows:
         t = {impl: times[(density, style, impl)] for impl in [*args.impls, "uniform"]}
-        ratio = f"{t['loop'] / t['auto']:.2f}x" if "loop" in t and "auto" in t else "n/a"
-        speed = f"{t_dense / t['auto']:.2f}x" if "auto" in t else "n/a"
-        uneven = f"{t['auto'] / t['uniform']:.2f}x" if "auto" in t else "n/a"
+        ratio = f"{t['loop'] / t['grouped']:.2f}x" if "loop" in t and "grouped" in t else "n/a"
+        speed = f"{t_dense / t['grouped']:.2f}x" if "grouped" in t else "n/a"
+        uneven = f"{t['grouped'] / t['uniform']:.2f}x" if "grouped" in t else "n/a"
         print(
             f"| {density:g} ({structure.density():.3f}) | {style} | {sum(structure.heads_per_layer())} | "
             f"{enc / enc_dense:.1%} | " + " | ".join(f"{1000 * t[i]:.1f}" for i in args.impls)

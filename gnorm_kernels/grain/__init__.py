@@ -3,16 +3,20 @@
 The pieces, each usable alone:
 
 * `units`: query units, value units and FFN neurons; `Units` masks/scores; `mask_units`.
-* `importance`: Taylor importance, its moving average, the structure regulariser, the global ranking.
+* `importance`: unit Taylor importance, its moving average, the structure regulariser, the global ranking.
 * `schedule`: `DensitySchedule` (distil, cubic pruning ramp, distil).
 * `distill`: L_CE, L_Hidden with identity-initialised maps, gradient separation.
 * `shrink`: `GrainStructure`, `shrink_model`, `save_grain`, `load_grain`.
-* `attention`: `UnevenSelfAttention`, the fast attention for heads of uneven sizes.
+* `attention`: `UnevenSelfAttention`, the attention for heads of uneven sizes ("grouped" or "loop");
+  `plan`: how its grouped path batches heads of similar size.
 
 and the entry point `grain_prune(teacher, student, data, density=...)` in `prune`.
+
+`taylor_importance` is the old, deprecated name of `unit_taylor_importance` (it collided with the
+head-gate score `gnorm_kernels.taylor_importance`); it still works and warns.
 """
 
-from gnorm_kernels.grain.attention import UnevenSelfAttention, plan_groups
+from gnorm_kernels.grain.attention import UnevenSelfAttention
 from gnorm_kernels.grain.distill import (
     Distiller,
     HiddenStateMaps,
@@ -20,7 +24,14 @@ from gnorm_kernels.grain.distill import (
     separated_backward,
     soft_cross_entropy,
 )
-from gnorm_kernels.grain.importance import ImportanceEMA, select_units, structure_regularize, taylor_importance
+from gnorm_kernels.grain.importance import (
+    ImportanceEMA,
+    select_units,
+    structure_regularize,
+    taylor_importance,  # deprecated alias, not in __all__
+    unit_taylor_importance,
+)
+from gnorm_kernels.grain.plan import plan_groups
 from gnorm_kernels.grain.prune import GrainReport, grain_prune
 from gnorm_kernels.grain.schedule import DensitySchedule
 from gnorm_kernels.grain.shrink import (
@@ -41,7 +52,7 @@ __all__ = [
     "UnitLayout",
     "unit_layout",
     "mask_units",
-    "taylor_importance",
+    "unit_taylor_importance",
     "ImportanceEMA",
     "structure_regularize",
     "select_units",

@@ -12,13 +12,14 @@ query dimension, so the score is the gradient of the loss with respect to the un
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units
 
 __all__ = [
-    "taylor_importance",
+    "unit_taylor_importance",
     "ImportanceEMA",
     "structure_regularize",
     "select_units",
@@ -57,8 +58,11 @@ def _scatter_heads(block: UnitBlock, rows: torch.Tensor, num_heads: int, head_si
 
 
 @torch.no_grad()
-def taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
-    """|Σ ∂L/∂w · w| per unit from the gradients currently stored on the model's weights."""
+def unit_taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
+    """|Σ ∂L/∂w · w| per GRAIN unit from the gradients currently stored on the model's weights.
+
+    (Not `gnorm_kernels.scores.taylor_importance`, which scores whole heads through gates.)
+    """
     if reads not in READS:
         raise ValueError(f"reads must be one of {list(READS)}, got {reads!r}")
     scores = Units.zeros(layout)
@@ -78,6 +82,18 @@ def taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
     return scores.map(torch.abs)
 
 
+def taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
+    """Deprecated name of `unit_taylor_importance` (it collided with the head score
+    `gnorm_kernels.scores.taylor_importance`); warns, then computes the same."""
+    warnings.warn(
+        "gnorm_kernels.grain.taylor_importance is deprecated: call gnorm_kernels.grain.unit_taylor_importance "
+        "(gnorm_kernels.taylor_importance is the head-gate score, a different function)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return unit_taylor_importance(layout, reads=reads)
+
+
 class ImportanceEMA:
     """Exponential moving average of unit scores: s ← β·s + (1 − β)·score (β = 0.998 in GRAIN)."""
 
@@ -86,7 +102,6 @@ class ImportanceEMA:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.beta = beta
         self.value: Units | None = None
-        self.updates = 0
 
     def update(self, scores: Units) -> Units:
         if self.value is None:
@@ -98,7 +113,6 @@ class ImportanceEMA:
                 b * self.value.value + (1 - b) * scores.value,
                 b * self.value.ffn + (1 - b) * scores.ffn,
             )
-        self.updates += 1
         return self.value
 
 

@@ -18,9 +18,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gnorm_kernels.grain.attention import IMPLEMENTATIONS
+from gnorm_kernels.arch import stack_module
+from gnorm_kernels.grain.attention import DEFAULT_IMPL, check_impl
 from gnorm_kernels.grain.distill import Distiller, separated_backward
-from gnorm_kernels.grain.importance import READS, ImportanceEMA, select_units, structure_regularize, taylor_importance
+from gnorm_kernels.grain.importance import (
+    READS,
+    ImportanceEMA,
+    select_units,
+    structure_regularize,
+    unit_taylor_importance,
+)
 from gnorm_kernels.grain.schedule import DensitySchedule
 from gnorm_kernels.grain.shrink import GrainStructure, shrink_model
 from gnorm_kernels.grain.units import Units, mask_units, unit_layout
@@ -61,7 +68,8 @@ class GrainReport:
             return None
         return self.teacher_latency_s / self.latency_s
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready data (the structure as `GrainStructure.to_dict`)."""
         return {
             "density_target": self.density_target,
             "density": self.density,
@@ -81,6 +89,10 @@ class GrainReport:
             "settings": self.settings,
             "structure": self.structure.to_dict(),
         }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The same as `to_dict` (the package's name for this); kept for existing callers."""
+        return self.to_dict()
 
     def __str__(self) -> str:
         def pct(x: float | None) -> str:
@@ -176,7 +188,7 @@ def grain_prune(
     reads: str = "official",
     prune_start: float = 0.2,
     prune_end: float = 0.4,
-    impl: str = "auto",
+    impl: str = DEFAULT_IMPL,
     metric: str = "accuracy",
     latency_batches: Sequence[Batch] | None = None,
     measure_speed: bool = True,
@@ -219,8 +231,7 @@ def grain_prune(
         raise ValueError(f"lr must be > 0, got {lr}")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1) or None, got {dropout}")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {list(IMPLEMENTATIONS)}, got {impl!r}")
+    impl = check_impl(impl)
     settings = dict(
         steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, dropout=dropout,
         temperature=temperature, alpha=alpha, beta=beta, structure_regularization=structure_regularization,
@@ -256,7 +267,7 @@ def grain_prune(
                 with mask_units(student, masks, layout):
                     loss_ce, loss_hidden, _ = distiller.losses(student, batch)
                     collect = step < schedule.end_step  # importance matters until the structure is final
-                    read = (lambda: taylor_importance(layout, reads=reads)) if collect else (lambda: None)
+                    read = (lambda: unit_taylor_importance(layout, reads=reads)) if collect else (lambda: None)
                     scores = separated_backward(loss_ce, loss_hidden, read)
                 if scores is not None:
                     ema.update(scores)
@@ -341,5 +352,4 @@ def _restore_dropout(saved: list[tuple[nn.Dropout, float]]) -> None:
 
 
 def _encoder_params(model: nn.Module) -> int:
-    base = getattr(model, "base_model", model)
-    return sum(p.numel() for p in base.encoder.parameters())
+    return sum(p.numel() for p in stack_module(model).parameters())

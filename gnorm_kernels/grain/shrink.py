@@ -22,9 +22,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from gnorm_kernels.grain.attention import IMPLEMENTATIONS, UnevenSelfAttention
+from gnorm_kernels.checkpoint import load_weights, model_from_config, read_config, write_checkpoint
+from gnorm_kernels.grain.attention import DEFAULT_IMPL, UnevenSelfAttention, check_impl
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
-from gnorm_kernels.pruning import _owner, _select, load_weights, model_from_config, read_config, write_checkpoint
+from gnorm_kernels.surgery import owner_of, select_linear
 
 __all__ = [
     "LayerStructure",
@@ -210,11 +211,11 @@ def _check_indices(layer: int, name: str, dims: tuple[int, ...], bound: int) -> 
 
 
 def _rows(linear: nn.Linear, index: list[int]) -> nn.Linear:
-    return _select(linear, torch.tensor(index, dtype=torch.long), 0)
+    return select_linear(linear, torch.tensor(index, dtype=torch.long), 0)
 
 
 def _cols(linear: nn.Linear, index: list[int]) -> nn.Linear:
-    return _select(linear, torch.tensor(index, dtype=torch.long), 1)
+    return select_linear(linear, torch.tensor(index, dtype=torch.long), 1)
 
 
 def _shrunk_layer(
@@ -258,18 +259,18 @@ def _shrunk_layer(
     ]
 
 
-def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: str = "auto") -> nn.Module:
+def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: str = DEFAULT_IMPL) -> nn.Module:
     """Remove every unit the structure does not keep, in place; returns `model`.
 
-    `structure` may also be the masks it comes from. All replacement modules are built before
-    the first one is swapped in, so an error leaves the model as it was.
+    `structure` may also be the masks it comes from; `impl` is the attention implementation of
+    the shrunk layers ("grouped" or "loop", see `UnevenSelfAttention`). All replacement modules
+    are built before the first one is swapped in, so an error leaves the model as it was.
     """
     if isinstance(structure, Units):
         structure = GrainStructure.from_masks(structure)
     if not isinstance(structure, GrainStructure):
         raise TypeError(f"structure must be a GrainStructure or Units masks, got {type(structure).__name__}")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {list(IMPLEMENTATIONS)}, got {impl!r}")
+    impl = check_impl(impl)
     layout = unit_layout(model)
     expected = (layout.num_layers, layout.num_heads, layout.head_size, layout.ffn_size)
     got = (structure.num_layers, structure.num_heads, structure.head_size, structure.ffn_size)
@@ -280,7 +281,7 @@ def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: s
     swaps = []
     for block, layer in zip(layout.blocks, structure.layers):
         swaps += _shrunk_layer(block, layer, layout, impl)
-    owners = [_owner(model, old) for old, _ in swaps]
+    owners = [owner_of(model, old) for old, _ in swaps]
     for (parent, name), (_, new) in zip(owners, swaps):
         setattr(parent, name, new)
     model.config.grain_structure = structure.to_dict()
@@ -288,7 +289,8 @@ def shrink_model(model: nn.Module, structure: GrainStructure | Units, *, impl: s
 
 
 def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Switch every uneven-head attention of a shrunk model to `impl` ("auto", "grouped", "padded", "loop")."""
+    """Switch every uneven-head attention of a shrunk model to `impl` ("grouped" or "loop")."""
+    impl = check_impl(impl)
     modules = [m for m in model.modules() if isinstance(m, UnevenSelfAttention)]
     if not modules:
         raise ValueError("the model has no uneven-head attention modules; shrink it with shrink_model first")
@@ -317,13 +319,14 @@ def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None)
 def load_grain(
     path: str | os.PathLike,
     *,
-    impl: str = "auto",
+    impl: str = DEFAULT_IMPL,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by `save_grain`: architecture from config, shrunk as recorded,
     weights loaded strictly. Returns it in eval mode. `load_pruned` and `load_model` route
     GRAIN folders here too."""
+    impl = check_impl(impl)
     path = Path(path)
     config = read_config(path)
     data = getattr(config, CONFIG_KEY, None)

@@ -24,23 +24,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from gnorm_kernels.arch import AttentionBlock, head_layout
+from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
 
-__all__ = ["UnitBlock", "UnitLayout", "Units", "unit_layout", "mask_units", "FFN_PATHS"]
-
-# Where the feed-forward network of one encoder layer lives, per family (relative to the layer).
-FFN_PATHS: dict[str, tuple[str, str]] = {
-    "bert": ("intermediate.dense", "output.dense"),
-    "roberta": ("intermediate.dense", "output.dense"),
-    "xlm-roberta": ("intermediate.dense", "output.dense"),
-    "electra": ("intermediate.dense", "output.dense"),
-}
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
+__all__ = ["UnitBlock", "UnitLayout", "Units", "unit_layout", "mask_units"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +67,13 @@ class UnitLayout:
 
 
 def unit_layout(model: nn.Module) -> UnitLayout:
-    """Locate the query/value units and FFN neurons of a BERT-style encoder."""
+    """Locate the query/value units and FFN neurons of a BERT-style encoder.
+
+    Every module comes from `gnorm_kernels.arch.head_layout` (the family registry). GRAIN needs,
+    in every layer, an attention block of its own (no sharing across depth, so not ALBERT), a
+    feed-forward pair, and the attention output projection outside the module that splits the
+    heads (the shrinker replaces that module; DistilBERT's holds its output projection).
+    """
     from gnorm_kernels.grain.attention import UnevenSelfAttention
 
     if isinstance(model, nn.Module) and any(isinstance(m, UnevenSelfAttention) for m in model.modules()):
@@ -90,20 +82,13 @@ def unit_layout(model: nn.Module) -> UnitLayout:
             "or head-pruned model: start from the unshrunk model, or rebuild one from its structure"
         )
     layout = head_layout(model)
-    if layout.family not in FFN_PATHS or layout.shared_across_depth:
-        raise ValueError(
-            f"GRAIN units are defined for the families {sorted(FFN_PATHS)}; got a {layout.family} model"
-        )
-    ffn_in_path, ffn_out_path = FFN_PATHS[layout.family]
-    base = getattr(model, "base_model", model)
-    layers = list(base.encoder.layer)
+    _check_grain_family(layout)
     blocks = []
     ffn_sizes = set()
     for block in layout.blocks:
-        layer = layers[block.depths[0]]
-        ffn_in, ffn_out = _get(layer, ffn_in_path), _get(layer, ffn_out_path)
+        ffn_in, ffn_out = block.ffn
         ffn_sizes.add(ffn_in.out_features)
-        blocks.append(UnitBlock(block.index, layer, block, ffn_in, ffn_out))
+        blocks.append(UnitBlock(block.index, block.layer, block, ffn_in, ffn_out))
     if len(ffn_sizes) != 1:
         raise ValueError(
             f"expected one FFN size in every layer (an unshrunk model), got sizes {sorted(ffn_sizes)}; "
@@ -118,6 +103,27 @@ def unit_layout(model: nn.Module) -> UnitLayout:
         ffn_size=ffn_sizes.pop(),
         blocks=tuple(blocks),
     )
+
+
+_GRAIN_NEEDS = (
+    "GRAIN units are defined for encoders whose every layer has its own attention block (no sharing "
+    "across depth), a feed-forward pair, and its attention output projection outside the module that "
+    "splits the heads (such as BERT, RoBERTa, XLM-RoBERTa and ELECTRA)"
+)
+
+
+def _check_grain_family(layout: HeadLayout) -> None:
+    """Refuse, with the reason, a model whose layers GRAIN cannot mask and shrink."""
+    if layout.shared_across_depth:
+        raise ValueError(f"{_GRAIN_NEEDS}; got a {layout.family} model, whose attention blocks are shared across depth")
+    for block in layout.blocks:
+        if block.ffn is None:
+            raise ValueError(f"{_GRAIN_NEEDS}; got a {layout.family} model with no feed-forward pair in layer {block.index}")
+        if any(m is block.output for m in block.attention.modules()):
+            raise ValueError(
+                f"{_GRAIN_NEEDS}; got a {layout.family} model, whose attention module "
+                f"({type(block.attention).__name__}) holds its output projection"
+            )
 
 
 @dataclass
@@ -176,9 +182,6 @@ class Units:
     def density(self) -> float:
         """Kept fraction of all units: the fraction of the encoder's prunable weights left."""
         return self.kept() / self.total
-
-    def counts(self) -> dict[str, int]:
-        return {"query": int(self.query.sum()), "value": int(self.value.sum()), "ffn": int(self.ffn.sum())}
 
     def heads_kept(self) -> torch.Tensor:
         """Bool [L, H]: heads with at least one value unit (the heads that still do anything)."""
