@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 KEPT_HEADS_ATTR = "kept_heads"
+KEPT_KV_HEADS_ATTR = "kept_kv_heads"
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,48 @@ class AttentionBlock:
     ffn: tuple[nn.Linear, nn.Linear] | None  # the layer's feed-forward pair (W1, W2), None if unknown
     head_count_attrs: tuple[str, ...]  # attention-module attributes that count its heads
     width_attrs: tuple[str, ...]  # attention-module attributes that hold heads x head size
+    num_kv_heads: int = 0  # key/value heads before pruning (grouped-query attention); 0 = num_heads
+    fused_qkv: bool = False  # query, key and value are one input-major Conv1D (GPT-2's c_attn)
+    group_attr: str | None = None  # attention-module attribute holding query heads per KV head
 
     @property
     def kept_heads(self) -> tuple[int, ...]:
-        """Original indices of the heads still present, in weight-row order."""
+        """Original indices of the (query) heads still present, in weight-row order."""
         kept = getattr(self.attention, KEPT_HEADS_ATTR, None)
         return tuple(range(self.num_heads)) if kept is None else tuple(kept)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads before pruning (equal to `num_heads` without grouping)."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head before pruning (1 without grouping)."""
+        return self.num_heads // self.kv_heads
+
+    def kv_head_of(self, head: int) -> int:
+        """The (original) key/value head that query head `head` reads."""
+        return head // self.group_size
+
+    @property
+    def kept_kv_heads(self) -> tuple[int, ...]:
+        """Original indices of the key/value heads still present, in weight-row order."""
+        kept = getattr(self.attention, KEPT_KV_HEADS_ATTR, None)
+        if kept is not None:
+            return tuple(kept)
+        if self.num_kv_heads == 0:
+            return self.kept_heads
+        return tuple(sorted({self.kv_head_of(h) for h in self.kept_heads}))
+
+    def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value weights as row-major [heads x head size, D] tensors (views:
+        for a fused input-major Conv1D they are transposed column blocks of its weight)."""
+        if not self.fused_qkv:
+            return self.query.weight, self.key.weight, self.value.weight
+        weight = self.query.weight.T  # Conv1D weight is [D, 3 * H * d]
+        width = weight.shape[0] // 3
+        return weight[:width], weight[width : 2 * width], weight[2 * width :]
 
 
 @dataclass(frozen=True)
@@ -75,10 +112,46 @@ class HeadLayout:
     hidden_size: int
     shared_across_depth: bool
     blocks: tuple[AttentionBlock, ...]
+    num_kv_heads: int = 0  # key/value heads per layer before pruning; 0 = num_heads (no grouping)
+    causal: bool = False  # a decoder: each position attends to its prefix only
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.num_layers, self.num_heads)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer before pruning (equal to `num_heads` without grouping)."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def grouped(self) -> bool:
+        """True for grouped-query attention (several query heads read one key/value head)."""
+        return self.kv_heads < self.num_heads
+
+    @property
+    def kv_shape(self) -> tuple[int, int]:
+        return (self.num_layers, self.kv_heads)
+
+    def kv_group_of(self) -> torch.Tensor:
+        """Long [num_heads]: the key/value head that each query head reads."""
+        return torch.arange(self.num_heads) // (self.num_heads // self.kv_heads)
+
+    def kept_kv_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Bool [L, H_kv]: True where the key/value head is still physically present."""
+        mask = torch.zeros(self.kv_shape, dtype=torch.bool, device=device)
+        for block in self.blocks:
+            mask[block.index, list(block.kept_kv_heads)] = True
+        return mask
+
+    def pruned_kv_heads(self) -> dict[int, list[int]]:
+        """{layer: sorted original indices of the removed key/value heads}, layers with none omitted."""
+        out: dict[int, list[int]] = {}
+        for block in self.blocks:
+            gone = sorted(set(range(self.kv_heads)) - set(block.kept_kv_heads))
+            if gone:
+                out[block.index] = gone
+        return out
 
     @property
     def num_heads_total(self) -> int:
@@ -113,9 +186,14 @@ class HeadLayout:
 
     def describe(self) -> str:
         shared = " (one shared block per layer group, reused at every depth)" if self.shared_across_depth else ""
+        grouped = ""
+        if self.grouped:
+            kept_kv = int(self.kept_kv_mask().sum())
+            grouped = (f", grouped: {self.kv_heads} key/value heads per layer, {self.num_heads // self.kv_heads} "
+                       f"query heads each ({kept_kv} of {self.num_layers * self.kv_heads} present)")
         return (
             f"{self.family}: {self.num_layers} layers x {self.num_heads} heads of size {self.head_size}"
-            f"{shared}; {self.num_kept_heads} of {self.num_heads_total} heads present"
+            f"{shared}{grouped}; {self.num_kept_heads} of {self.num_heads_total} heads present"
         )
 
 
@@ -150,6 +228,10 @@ class Family:
     head_size_attr: str = "attention_head_size"
     head_count_attrs: tuple[str, ...] = ("num_attention_heads",)
     width_attrs: tuple[str, ...] = ("all_head_size",)
+    num_kv_heads: Callable[[object], int] | None = None  # grouped-query attention: KV heads per layer
+    group_attr: str | None = None  # attention attribute: query heads per KV head (repeat_kv's factor)
+    fused_qkv: bool = False  # Q, K, V are column blocks of one input-major Conv1D (GPT-2)
+    causal: bool = False  # a decoder
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -193,6 +275,9 @@ def head_layout(model: nn.Module) -> HeadLayout:
     base = getattr(model, "base_model", model)
     config = model.config
     num_heads = int(family.num_heads(config))
+    num_kv_heads = int(family.num_kv_heads(config)) if family.num_kv_heads is not None else 0
+    if num_kv_heads and num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads cannot be grouped over {num_kv_heads} key/value heads")
     blocks = []
     for index, (layer, depths) in enumerate(family.layers(base)):
         attention = _get(layer, family.attention)
@@ -219,6 +304,9 @@ def head_layout(model: nn.Module) -> HeadLayout:
                 ffn=None if family.ffn is None else (_get(layer, family.ffn[0]), _get(layer, family.ffn[1])),
                 head_count_attrs=family.head_count_attrs,
                 width_attrs=family.width_attrs,
+                num_kv_heads=num_kv_heads if num_kv_heads != num_heads else 0,
+                fused_qkv=family.fused_qkv,
+                group_attr=family.group_attr,
             )
         )
     if not blocks:
@@ -228,9 +316,11 @@ def head_layout(model: nn.Module) -> HeadLayout:
         num_layers=len(blocks),
         num_heads=num_heads,
         head_size=blocks[0].head_size,
-        hidden_size=int(blocks[0].query.in_features),
+        hidden_size=int(blocks[0].qkv_weights()[0].shape[1]),
         shared_across_depth=any(len(b.depths) > 1 for b in blocks),
         blocks=tuple(blocks),
+        num_kv_heads=num_kv_heads if num_kv_heads != num_heads else 0,
+        causal=family.causal,
     )
 
 
@@ -262,6 +352,21 @@ def _empty_albert_forward(self, hidden_states, *args, **kwargs):
 
 def _empty_distilbert_forward(self, hidden_states, *args, **kwargs):
     return self.out_lin(_zero_context(hidden_states)), None
+
+
+def _empty_decoder_forward(self, hidden_states, *args, **kwargs):
+    # A decoder attention with no heads adds only its output bias. It still tells the KV cache
+    # about the new positions (zero heads wide), so the cache's sequence length stays right
+    # when this is the first layer.
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None and getattr(self, "layer_idx", None) is not None:
+        b, s = hidden_states.shape[:2]
+        empty = hidden_states.new_zeros(b, 0, s, int(self.head_dim))
+        cache.update(empty, empty, self.layer_idx)
+    if hasattr(self, "o_proj"):  # nn.Linear [D, 0]: its output is its bias (or zeros)
+        return self.o_proj(_zero_context(hidden_states)), None
+    # GPT-2's c_proj is an input-major Conv1D [0, D], whose forward cannot reshape zero width
+    return self.c_proj.bias.expand(*hidden_states.shape[:-1], -1).clone(), None
 
 
 def _encoder_layers(base: nn.Module) -> list[tuple[nn.Module, tuple[int, ...]]]:
@@ -335,5 +440,54 @@ register_family(
         empty_forward=_empty_distilbert_forward,
         head_count_attrs=("n_heads",),
         width_attrs=(),
+    )
+)
+
+
+def _llama_like(name: str, *model_types: str) -> Family:
+    # Llama, Qwen2 (biases on q/k/v) and Mistral share module names; the forward reshapes with
+    # view(..., -1, head_dim), so only repeat_kv's factor needs updating when heads go.
+    return Family(
+        name=name,
+        model_types=model_types,
+        layers=lambda base: [(layer, (i,)) for i, layer in enumerate(base.layers)],
+        stack="layers",
+        attention="self_attn",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        output="self_attn.o_proj",
+        num_heads=lambda config: int(config.num_attention_heads),
+        num_kv_heads=lambda config: int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+        empty_forward=_empty_decoder_forward,
+        head_size_attr="head_dim",
+        head_count_attrs=(),
+        width_attrs=(),
+        group_attr="num_key_value_groups",
+        causal=True,
+    )
+
+
+register_family(_llama_like("llama", "llama"))
+register_family(_llama_like("qwen2", "qwen2"))
+register_family(_llama_like("mistral", "mistral"))
+register_family(
+    Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers=lambda base: [(layer, (i,)) for i, layer in enumerate(base.h)],
+        stack="h",
+        attention="attn",
+        query="attn.c_attn",  # one fused input-major Conv1D: [D, 3 * H * d]
+        key="attn.c_attn",
+        value="attn.c_attn",
+        output="attn.c_proj",
+        num_heads=lambda config: int(config.n_head),
+        empty_forward=_empty_decoder_forward,
+        head_size_attr="head_dim",
+        head_count_attrs=("num_heads",),
+        width_attrs=("split_size",),
+        fused_qkv=True,
+        causal=True,
     )
 )

@@ -9,6 +9,7 @@ A layer that loses all its heads keeps working: its attention then adds only the
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 from pathlib import Path
@@ -17,30 +18,42 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from gnorm_kernels.arch import KEPT_HEADS_ATTR, AttentionBlock, HeadLayout, family_of, head_layout
+from gnorm_kernels.arch import KEPT_HEADS_ATTR, KEPT_KV_HEADS_ATTR, AttentionBlock, HeadLayout, family_of, head_layout
 from gnorm_kernels.checkpoint import load_checkpoint, load_weights, model_from_config, read_config, write_checkpoint
-from gnorm_kernels.surgery import owner_of, select_linear, subclass_with_forward
+from gnorm_kernels.grouped_attention import KV_INDEX, set_kv_index, use_grouped_attention
+from gnorm_kernels.surgery import owner_of, replace_module, select_conv1d, select_linear, subclass_with_forward
 
-__all__ = ["prune_heads", "save_pruned", "load_pruned", "normalize_head_map"]
+__all__ = ["prune_heads", "prune_kv_groups", "save_pruned", "load_pruned", "normalize_head_map"]
 
 
-def normalize_head_map(heads: Mapping, layout: HeadLayout) -> dict[int, list[int]]:
+def _layer_key(key: object) -> int:
+    """A layer key: an int, or a string of decimal digits (JSON keys); nothing is truncated."""
+    if isinstance(key, str) and key.isdecimal() and key.isascii():
+        return int(key)
+    try:
+        if isinstance(key, bool):
+            raise TypeError
+        return operator.index(key)
+    except TypeError:
+        raise ValueError(
+            f"layer key {key!r} is not an integer layer index (expected an int or a string of digits such as '2')"
+        ) from None
+
+
+def normalize_head_map(heads: Mapping, layout: HeadLayout, *, what: str = "head") -> dict[int, list[int]]:
     """Check a {layer: [heads]} map (keys may be str, as in JSON) against `layout`."""
     if not isinstance(heads, Mapping):
         raise TypeError(
-            "heads must be a mapping {layer: [head, ...]} of original head indices, "
+            f"{what}s must be a mapping {{layer: [{what}, ...]}} of original {what} indices, "
             f"got {type(heads).__name__}"
         )
     out: dict[int, list[int]] = {}
     for key, value in heads.items():
-        try:
-            layer = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"layer key {key!r} is not an integer") from None
+        layer = _layer_key(key)
         if not 0 <= layer < layout.num_layers:
             raise ValueError(f"layer {layer} is out of range: this model has layers 0..{layout.num_layers - 1}")
         if isinstance(value, (int, str)) or not isinstance(value, Iterable):
-            raise TypeError(f"heads of layer {layer} must be a list of head indices, got {value!r}")
+            raise TypeError(f"{what}s of layer {layer} must be a list of {what} indices, got {value!r}")
         heads_here = []
         for h in value:
             try:
@@ -48,14 +61,18 @@ def normalize_head_map(heads: Mapping, layout: HeadLayout) -> dict[int, list[int
                     raise TypeError
                 h = operator.index(h)
             except TypeError:
-                raise TypeError(f"head index {h!r} in layer {layer} is not an integer") from None
+                raise TypeError(f"{what} index {h!r} in layer {layer} is not an integer") from None
             if not 0 <= h < layout.num_heads:
                 raise ValueError(
-                    f"head {h} of layer {layer} is out of range: heads are numbered 0..{layout.num_heads - 1}"
+                    f"{what} {h} of layer {layer} is out of range: {what}s are numbered 0..{layout.num_heads - 1}"
                 )
             heads_here.append(h)
         out[layer] = sorted(set(out.get(layer, [])) | set(heads_here))
     return out
+
+
+def _rows(positions: list[int], d: int, offset: int = 0) -> list[int]:
+    return [offset + p * d + j for p in positions for j in range(d)]
 
 
 def _prune_block(model: nn.Module, block: AttentionBlock, drop: set[int], empty_forward) -> None:
@@ -64,48 +81,85 @@ def _prune_block(model: nn.Module, block: AttentionBlock, drop: set[int], empty_
     if new_kept == kept:
         return
     d = block.head_size
-    positions = [i for i, h in enumerate(kept) if h not in drop]
-    index = torch.tensor([p * d + j for p in positions for j in range(d)], dtype=torch.long)
-    for part, dim in (("query", 0), ("key", 0), ("value", 0), ("output", 1)):
-        linear = getattr(block, part)
-        parent, name = owner_of(model, linear)
-        setattr(parent, name, select_linear(linear, index, dim))
+    q_rows = _rows([i for i, h in enumerate(kept) if h not in drop], d)
+    # a key/value head goes with the last query head that reads it
+    kv_kept = block.kept_kv_heads
+    new_kv = tuple(g for g in kv_kept if any(block.kv_head_of(h) == g for h in new_kept)) if block.num_kv_heads else new_kept
+    kv_rows = _rows([i for i, g in enumerate(kv_kept) if g in new_kv], d) if block.num_kv_heads else q_rows
+    if block.fused_qkv:  # GPT-2: Q, K, V are column blocks of one input-major Conv1D
+        width = len(kept) * d
+        columns = q_rows + [width + r for r in q_rows] + [2 * width + r for r in q_rows]
+        replace_module(model, block.query, select_conv1d(block.query, columns, 1))
+        replace_module(model, block.output, select_conv1d(block.output, q_rows, 0))
+    else:
+        for part, index, dim in (("query", q_rows, 0), ("key", kv_rows, 0), ("value", kv_rows, 0), ("output", q_rows, 1)):
+            linear = getattr(block, part)
+            replace_module(model, linear, select_linear(linear, index, dim))
     attention = block.attention
     for attr in block.head_count_attrs:
         setattr(attention, attr, len(new_kept))
     for attr in block.width_attrs:
         setattr(attention, attr, len(new_kept) * d)
     setattr(attention, KEPT_HEADS_ATTR, new_kept)
+    if block.num_kv_heads:
+        setattr(attention, KEPT_KV_HEADS_ATTR, new_kv)
+        _set_groups(model, block, new_kept, new_kv)
     if not new_kept:
         attention.__class__ = subclass_with_forward(type(attention), empty_forward, "Empty", __name__)
 
 
-def _snapshot(model: nn.Module, layout: HeadLayout) -> list:
+def _set_groups(model: nn.Module, block: AttentionBlock, kept: tuple[int, ...], kv: tuple[int, ...]) -> None:
+    """Uniform groups keep transformers' repeat factor; uneven ones get a query -> key/value map."""
+    sizes = {sum(block.kv_head_of(h) == g for h in kept) for g in kv}
+    attention = block.attention
+    if len(sizes) <= 1:
+        setattr(attention, block.group_attr, sizes.pop() if sizes else 1)
+        set_kv_index(attention, None)
+        return
+    use_grouped_attention(model)
+    setattr(attention, block.group_attr, 1)
+    set_kv_index(attention, torch.tensor([kv.index(block.kv_head_of(h)) for h in kept]))
+
+
+_STATE_ATTRS = (KEPT_HEADS_ATTR, KEPT_KV_HEADS_ATTR)
+
+
+def _snapshot(model: nn.Module, layout: HeadLayout) -> tuple:
     saved = []
     for block in layout.blocks:
         attention = block.attention
-        attrs = {a: getattr(attention, a) for a in (*block.head_count_attrs, *block.width_attrs)}
-        linears = [(*owner_of(model, getattr(block, p)), getattr(block, p)) for p in ("query", "key", "value", "output")]
-        saved.append((attention, type(attention), attrs, getattr(attention, KEPT_HEADS_ATTR, None), linears))
-    return saved
+        names = (*block.head_count_attrs, *block.width_attrs, *((block.group_attr,) if block.group_attr else ()))
+        attrs = {a: getattr(attention, a) for a in names}
+        state = {a: attention.__dict__.get(a) for a in _STATE_ATTRS}
+        linears = [(*owner_of(model, m), m) for m in {id(m): m for m in
+                   (block.query, block.key, block.value, block.output)}.values()]
+        saved.append((attention, type(attention), attrs, state, attention._buffers.get(KV_INDEX), linears))
+    return getattr(model.config, "_attn_implementation", None), saved
 
 
-def _restore(saved: list) -> None:
-    for attention, cls, attrs, kept, linears in saved:
+def _restore(model: nn.Module, snapshot: tuple) -> None:
+    implementation, saved = snapshot
+    for attention, cls, attrs, state, kv_index, linears in saved:
         attention.__class__ = cls
         for a, v in attrs.items():
             setattr(attention, a, v)
-        if kept is None:
-            attention.__dict__.pop(KEPT_HEADS_ATTR, None)
-        else:
-            setattr(attention, KEPT_HEADS_ATTR, kept)
+        for a, v in state.items():
+            if v is None:
+                attention.__dict__.pop(a, None)
+            else:
+                setattr(attention, a, v)
+        set_kv_index(attention, kv_index)
         for parent, name, linear in linears:
             setattr(parent, name, linear)
+    if implementation is not None and model.config._attn_implementation != implementation:
+        model.set_attn_implementation(implementation)
 
 
 def _write_config(model: nn.Module) -> None:
-    pruned = head_layout(model).pruned_heads()
-    model.config.pruned_heads = {str(k): v for k, v in pruned.items()}
+    layout = head_layout(model)
+    model.config.pruned_heads = {str(k): v for k, v in layout.pruned_heads().items()}
+    if layout.grouped:  # informational: which key/value heads went with their query heads
+        model.config.pruned_kv_heads = {str(k): v for k, v in layout.pruned_kv_heads().items()}
 
 
 def prune_heads(model: nn.Module, heads: Mapping) -> nn.Module:
@@ -125,9 +179,30 @@ def prune_heads(model: nn.Module, heads: Mapping) -> nn.Module:
                 _prune_block(model, block, drop, family.empty_forward)
         _write_config(model)
     except BaseException:
-        _restore(saved)
+        _restore(model, saved)
         raise
     return model
+
+
+def prune_kv_groups(model: nn.Module, groups: Mapping) -> nn.Module:
+    """Remove whole key/value groups of a grouped-query model: `groups` maps layer -> original
+    key/value head indices; each goes with every query head that reads it, so the group size
+    stays uniform and the KV cache shrinks by the groups removed. Returns `model`."""
+    layout = head_layout(model)
+    if not layout.grouped:
+        raise ValueError(
+            f"this {layout.family} model has one query head per key/value head (no grouped-query attention), "
+            "so a key/value group is a single head: use prune_heads (unit='head') instead"
+        )
+    kv_layout = _kv_view(layout)
+    group_map = normalize_head_map(groups, kv_layout, what="key/value group")
+    per_group = layout.num_heads // layout.kv_heads
+    heads = {layer: [g * per_group + j for g in gs for j in range(per_group)] for layer, gs in group_map.items()}
+    return prune_heads(model, heads)
+
+
+def _kv_view(layout: HeadLayout) -> HeadLayout:
+    return dataclasses.replace(layout, num_heads=layout.kv_heads, num_kv_heads=0)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -161,8 +236,19 @@ def load_pruned(
     if getattr(config, "grain_structure", None):
         return load_checkpoint(path, device=device, attn_implementation=attn_implementation)
     pruned = getattr(config, "pruned_heads", None) or {}
+    recorded_kv = getattr(config, "pruned_kv_heads", None)
     config.pruned_heads = {}
     model = model_from_config(config, attn_implementation)
-    prune_heads(model, {int(k): v for k, v in pruned.items()})
+    try:
+        prune_heads(model, pruned)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path / 'config.json'}: its pruned_heads entry does not fit the model: {err}") from None
+    if recorded_kv is not None:
+        derived = {str(k): v for k, v in head_layout(model).pruned_kv_heads().items()}
+        if {str(k): list(v) for k, v in dict(recorded_kv).items()} != derived:
+            raise ValueError(
+                f"{path / 'config.json'}: pruned_kv_heads {recorded_kv} disagrees with the key/value heads "
+                f"that its pruned_heads remove ({derived})"
+            )
     load_weights(model, path, "its recorded architecture")
     return model.to(device).eval()

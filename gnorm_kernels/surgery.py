@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-__all__ = ["select_linear", "owner_of", "replace_module", "subclass_with_forward"]
+__all__ = ["select_linear", "select_conv1d", "owner_of", "replace_module", "subclass_with_forward"]
 
 _SUBCLASSES: dict[tuple[type, object, str], type] = {}
 
@@ -71,3 +71,24 @@ def subclass_with_forward(cls: type, forward: Callable, prefix: str, module: str
         setattr(sys.modules[module], name, new)
         _SUBCLASSES[key] = new
     return _SUBCLASSES[key]
+
+
+def select_conv1d(conv: nn.Module, index: torch.Tensor | list[int], dim: int) -> nn.Module:
+    """A new transformers ``Conv1D`` (input-major: weight [in, out]) keeping `index` along dim 1
+    (outputs, with their bias entries) or dim 0 (inputs; the bias is kept whole)."""
+    from transformers.pytorch_utils import Conv1D
+
+    if dim not in (0, 1):
+        raise ValueError(f"dim must be 0 (inputs) or 1 (outputs) of a Conv1D weight, got {dim!r}")
+    index = torch.as_tensor(index, dtype=torch.long).to(conv.weight.device)
+    weight = conv.weight.detach().index_select(dim, index).clone()
+    bias = conv.bias.detach()
+    bias = (bias.index_select(0, index) if dim == 1 else bias).clone()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+        new.bias = nn.Parameter(bias, requires_grad=conv.bias.requires_grad)
+    new.train(conv.training)
+    return new

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["FAMILIES", "tiny_random_model", "random_batches"]
+__all__ = ["FAMILIES", "DECODER_FAMILIES", "tiny_random_model", "random_batches"]
 
 FAMILIES = ("bert", "albert", "roberta", "xlm-roberta", "electra", "distilbert")
+DECODER_FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
 
 _CLASSES = {
     "bert": ("BertConfig", "BertForSequenceClassification"),
@@ -18,6 +19,10 @@ _CLASSES = {
     "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification"),
     "electra": ("ElectraConfig", "ElectraForSequenceClassification"),
     "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
 }
 
 
@@ -32,12 +37,15 @@ def tiny_random_model(
     num_labels: int = 2,
     seed: int = 0,
     attn_implementation: str = "eager",
+    num_kv_heads: int | None = None,
     **config_overrides,
 ) -> torch.nn.Module:
-    """A randomly initialised `*ForSequenceClassification` model of `family`, in eval mode.
+    """A randomly initialised model of `family` in eval mode: `*ForSequenceClassification` for
+    encoders, `*ForCausalLM` (GPT-2: `GPT2LMHeadModel`) for decoders.
 
     For ALBERT `num_layers` counts the distinct (shared) blocks, each run at two depths, so that
-    sharing across depth is exercised. Dropout is off everywhere.
+    sharing across depth is exercised. Llama, Qwen2 and Mistral get grouped-query attention with
+    `num_kv_heads` key/value heads (default: half the query heads). Dropout is off everywhere.
     """
     import transformers
 
@@ -50,7 +58,18 @@ def tiny_random_model(
         num_labels=num_labels,
         attn_implementation=attn_implementation,
     )
-    if family == "distilbert":
+    if family in DECODER_FAMILIES:
+        kwargs.pop("num_labels")
+        kwargs.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "gpt2":
+        kwargs.update(n_layer=num_layers, n_head=num_heads, n_embd=hidden, n_inner=intermediate_size or 2 * hidden,
+                      n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    elif family in DECODER_FAMILIES:
+        kwargs.update(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                      num_key_value_heads=num_kv_heads or max(1, num_heads // 2),
+                      intermediate_size=intermediate_size or 2 * hidden, max_position_embeddings=64,
+                      attention_dropout=0.0, head_dim=head_size)
+    elif family == "distilbert":
         kwargs.update(dim=hidden, n_layers=num_layers, n_heads=num_heads,
                       hidden_dim=intermediate_size or 2 * hidden, dropout=0.0,
                       attention_dropout=0.0, seq_classif_dropout=0.0, max_position_embeddings=64)
@@ -86,8 +105,12 @@ def random_batches(
     seed: int = 0,
     pad: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
-    """Random token batches for `model`'s vocabulary, with labels and (optionally) right padding."""
+    """Random token batches for `model`'s vocabulary with (optionally) right padding, and class
+    labels for classifiers (a causal LM's targets are its inputs shifted, so it gets none)."""
+    from gnorm_kernels.arch import family_of
+
     config = model.config
+    causal = family_of(model).causal and not type(model).__name__.endswith("ForSequenceClassification")
     gen = torch.Generator().manual_seed(seed)
     pad_id = getattr(config, "pad_token_id", 0) or 0
     low = 3 if pad_id < 3 else 0
@@ -103,5 +126,8 @@ def random_batches(
                 mask[i, n:] = 0
                 ids[i, n:] = pad_id
         labels = torch.randint(0, config.num_labels, (batch_size,), generator=gen)
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if not causal:
+            batch["labels"] = labels
+        batches.append(batch)
     return batches

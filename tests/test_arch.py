@@ -39,9 +39,10 @@ def test_second_registered_families(family):
 
 
 def test_unsupported_model_names_supported_families():
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=11)
+    config = transformers.OPTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, ffn_dim=16,
+                                    word_embed_proj_dim=8, vocab_size=11)
     with pytest.raises(ValueError, match="supported families: .*bert"):
-        head_layout(transformers.GPT2Model(config))
+        head_layout(transformers.OPTModel(config))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         head_layout("bert-base-uncased")
 

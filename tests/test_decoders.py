@@ -1,0 +1,127 @@
+"""Decoder LLMs (GPT-2, Llama, Qwen2, Mistral): layout, masking = pruning for both units,
+generation with the KV cache after pruning, and pruned checkpoints that reload exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gnorm_kernels.arch import head_layout
+from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.pruning import load_pruned, prune_heads, prune_kv_groups, save_pruned
+from gnorm_kernels.testing import DECODER_FAMILIES, random_batches, tiny_random_model
+
+IMPLEMENTATIONS = ("eager", "sdpa")
+GROUPED = ("llama", "qwen2", "mistral")
+
+
+def _model(family: str, attn: str = "eager", **kw):
+    return tiny_random_model(family, num_layers=2, num_heads=4, head_size=8, attn_implementation=attn, **kw)
+
+
+def _mask(layout, heads: dict[int, list[int]]) -> torch.Tensor:
+    mask = torch.ones(layout.shape)
+    for layer, hs in heads.items():
+        mask[layer, hs] = 0.0
+    return mask
+
+
+def _logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+# head maps: one head; a whole group of layer 0 plus one head of layer 1 (uneven groups);
+# every head of layer 0 (an empty first layer); scattered heads in both layers
+HEAD_MAPS = ({0: [1]}, {0: [0, 1], 1: [3]}, {0: [0, 1, 2, 3]}, {0: [2], 1: [0, 1, 2]})
+
+
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_layout_reports_query_and_key_value_heads(family):
+    layout = head_layout(_model(family))
+    assert layout.causal and layout.shape == (2, 4)
+    if family in GROUPED:
+        assert layout.grouped and layout.kv_shape == (2, 2)
+        assert layout.kv_group_of().tolist() == [0, 0, 1, 1]
+        assert [w.shape[0] for w in layout.blocks[0].qkv_weights()] == [32, 16, 16]
+    else:
+        assert not layout.grouped and layout.kv_group_of().tolist() == [0, 1, 2, 3]
+        assert layout.blocks[0].fused_qkv  # GPT-2's c_attn
+        assert [tuple(w.shape) for w in layout.blocks[0].qkv_weights()] == [(32, 32)] * 3
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+@pytest.mark.parametrize("heads", HEAD_MAPS, ids=["one", "group+uneven", "empty-layer", "scattered"])
+def test_masking_equals_pruning_and_generation_matches(family, attn, heads):
+    model = _model(family, attn)
+    batch = random_batches(model, num_batches=1, batch_size=3, seq_len=10)[0]
+    assert "labels" not in batch
+    mask = _mask(head_layout(model), heads)
+    with mask_heads(model, mask):
+        masked = _logits(model, batch)
+        masked_tokens = model.generate(batch["input_ids"][:1], max_new_tokens=5, do_sample=False)
+    pruned = prune_heads(copy.deepcopy(model), heads)
+    assert head_layout(pruned).pruned_heads() == {k: sorted(v) for k, v in heads.items()}
+    torch.testing.assert_close(_logits(pruned, batch), masked, atol=1e-5, rtol=1e-5)
+    tokens = pruned.generate(batch["input_ids"][:1], max_new_tokens=5, do_sample=False)
+    assert torch.equal(tokens, masked_tokens)
+
+
+@pytest.mark.parametrize("family", GROUPED)
+def test_a_kv_group_is_all_its_query_heads_and_shrinks_the_cache(family):
+    model = _model(family, "sdpa")
+    batch = random_batches(model, num_batches=1, batch_size=2, seq_len=8)[0]
+    layout = head_layout(model)
+    mask = torch.ones(layout.shape)
+    mask[1, 2:4] = 0  # group 1 of layer 1 = query heads 2 and 3
+    with mask_heads(model, mask):
+        masked = _logits(model, batch)
+    pruned = prune_kv_groups(copy.deepcopy(model), {1: [1]})
+    after = head_layout(pruned)
+    assert after.pruned_heads() == {1: [2, 3]} and after.pruned_kv_heads() == {1: [1]}
+    assert pruned.config._attn_implementation == "sdpa"  # uniform groups need no special attention
+    torch.testing.assert_close(_logits(pruned, batch), masked, atol=1e-5, rtol=1e-5)
+    out = pruned(input_ids=batch["input_ids"], use_cache=True)
+    layers = out.past_key_values.layers
+    assert [int(layer.keys.shape[1]) for layer in layers] == [2, 1]  # KV heads cached per layer
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_pruned_decoder_round_trips_through_a_checkpoint(family, attn, tmp_path):
+    from gnorm_kernels.models import load_model
+
+    model = prune_heads(_model(family, attn), {0: [1, 2], 1: [0, 1, 2, 3]})
+    batch = random_batches(model, num_batches=1, batch_size=2, seq_len=9)[0]
+    save_pruned(model, tmp_path / "ck")
+    reloaded = load_pruned(tmp_path / "ck", attn_implementation=attn)
+    torch.testing.assert_close(_logits(reloaded, batch), _logits(model, batch), atol=0, rtol=0)
+    prompt = batch["input_ids"][:1]
+    assert torch.equal(reloaded.generate(prompt, max_new_tokens=4, do_sample=False),
+                       model.generate(prompt, max_new_tokens=4, do_sample=False))
+    assert head_layout(reloaded).pruned_heads() == {0: [1, 2], 1: [0, 1, 2, 3]}
+
+
+def test_bad_unit_input_is_refused_before_anything_changes():
+    gpt2 = _model("gpt2")
+    with pytest.raises(ValueError, match="one query head per key/value head.*prune_heads"):
+        prune_kv_groups(gpt2, {0: [0]})
+    llama = _model("llama")
+    before = {k: v.clone() for k, v in llama.state_dict().items()}
+    with pytest.raises(ValueError, match="key/value group 2 of layer 0 is out of range"):
+        prune_kv_groups(llama, {0: [2]})
+    with pytest.raises(ValueError, match="not an integer layer index"):
+        prune_heads(llama, {"1.5": [0]})
+    assert head_layout(llama).pruned_heads() == {}
+    assert all(torch.equal(v, before[k]) for k, v in llama.state_dict().items())
+
+
+def test_uneven_groups_refuse_an_attention_without_a_grouped_variant():
+    model = _model("llama")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
+        prune_heads(model, {0: [1]})
+    assert head_layout(model).pruned_heads() == {}
