@@ -12,22 +12,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gnorm_kernels.arch import head_layout, stack_module
+from gnorm_kernels.batch import is_causal_lm, model_device, model_inputs
 from gnorm_kernels.masking import mask_heads
 from gnorm_kernels.modes import model_mode
 
 __all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation", "METRICS"]
 
-METRICS = ("accuracy", "f1", "matthews")
+METRICS = ("accuracy", "f1", "matthews", "perplexity")
 Batch = Mapping[str, torch.Tensor]
-
-
-def _inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
@@ -52,51 +44,94 @@ def _matthews(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float
     return 0.0 if denom == 0 else float(cov_tp) / denom
 
 
-@torch.no_grad()
-def _predict(
-    model: torch.nn.Module, batches: Iterable[Batch], progress: bool
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    device = _model_device(model)
-    preds, golds = [], []
-    loss_sum = 0.0
-    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-        if "labels" not in batch:
-            raise ValueError(f"each batch needs 'labels'; got keys {sorted(batch)}")
-        logits = model(**_inputs(batch, device)).logits
+def _class_logits(model: torch.nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor | None, dict]:
+    """Per-example class logits [B, C] (None for a text-only LM batch) and LM token statistics."""
+    logits = model(**model_inputs(batch, device)).logits
+    if not is_causal_lm(model):
         if logits.ndim != 2 or logits.shape[-1] < 2:
             raise ValueError(f"expected classification logits [batch, classes >= 2], got shape {tuple(logits.shape)}")
+        if "labels" not in batch:
+            raise ValueError(f"each batch needs 'labels'; got keys {sorted(batch)}")
+        return logits, {}
+    # causal LM: position t predicts token t + 1 wherever both are real tokens
+    ids = batch["input_ids"].to(logits.device)
+    mask = batch.get("attention_mask", torch.ones_like(ids)).to(logits.device).bool()
+    keep = mask[:, 1:] & mask[:, :-1]
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    stats = {"token_nll": float(nll[keep.flatten()].sum()), "tokens": int(keep.sum())}
+    if "labels" not in batch:
+        return None, stats
+    for key in ("label_token_ids", "verdict_index"):
+        if key not in batch:
+            raise ValueError(f"a labelled LM batch needs {key!r} beside 'labels'; got keys {sorted(batch)}")
+    rows = torch.arange(ids.shape[0], device=logits.device)
+    before = batch["verdict_index"].to(logits.device) - 1
+    return logits[rows, before][:, batch["label_token_ids"].to(logits.device)], stats
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -> dict[str, Any]:
+    device = model_device(model)
+    preds, golds = [], []
+    loss_sum, token_nll, tokens, seen = 0.0, 0.0, 0, 0
+    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+        seen += 1
+        logits, stats = _class_logits(model, batch, device)
+        token_nll += stats.get("token_nll", 0.0)
+        tokens += stats.get("tokens", 0)
+        if logits is None:
+            continue
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError(
+                "the model gives non-finite logits (NaN or inf): its weights or inputs hold non-finite values"
+            )
         labels = batch["labels"].to(logits.device)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
         golds.append(labels.cpu())
-    if not preds:
+    if not seen:
         raise ValueError("no batches to evaluate")
-    return torch.cat(preds), torch.cat(golds), loss_sum
+    return {"preds": preds, "golds": golds, "loss_sum": loss_sum, "token_nll": token_nll, "tokens": tokens}
 
 
 def evaluate(
     model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = False
 ) -> dict[str, float]:
-    """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation.
+    """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation; for a
+    causal LM also perplexity (next-token, padding ignored) and, where its batches carry verdict
+    labels, the same class metrics on the verdict token.
 
-    `score` repeats the value of `metric`, the task's own metric. Runs without
-    gradients in eval mode and puts the model back in train mode if it was.
+    `score` repeats the value of `metric`, the task's own metric ("perplexity" for text-only LM
+    tasks: lower is better there). Runs without gradients in eval mode; the model's modes are
+    restored afterwards. Non-finite logits are an error, never a metric.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     with model_mode(model, training=False):
-        pred, gold, loss_sum = _predict(model, batches, progress)
-    configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
-    num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
-    result = {
-        "accuracy": float((pred == gold).float().mean()),
-        "loss": loss_sum / len(gold),
-        "matthews": _matthews(pred, gold, num_classes),
-        "n": float(len(gold)),
-    }
-    if num_classes == 2:
-        result["f1"] = _binary_f1(pred, gold)
+        found = _predict(model, batches, progress)
+    result: dict[str, float] = {}
+    if found["tokens"]:
+        token_loss = found["token_nll"] / found["tokens"]
+        if not math.isfinite(token_loss):
+            raise FloatingPointError("the model's next-token loss is not finite (NaN or inf in its weights?)")
+        result.update(perplexity=math.exp(token_loss), token_loss=token_loss, tokens=float(found["tokens"]))
+    if found["preds"]:
+        pred, gold = torch.cat(found["preds"]), torch.cat(found["golds"])
+        configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
+        if is_causal_lm(model):
+            configured = 0
+        num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
+        result.update(
+            accuracy=float((pred == gold).float().mean()),
+            loss=found["loss_sum"] / len(gold),
+            matthews=_matthews(pred, gold, num_classes),
+            n=float(len(gold)),
+        )
+        if num_classes == 2:
+            result["f1"] = _binary_f1(pred, gold)
     if metric not in result:
+        if metric == "perplexity" or not found["preds"]:
+            raise ValueError(f"metric {metric!r} needs {'a causal LM' if metric == 'perplexity' else 'labelled batches'}")
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
     return result
@@ -134,8 +169,8 @@ def measure_latency(
     batches = list(batches)
     if not batches:
         raise ValueError("no batches to time")
-    device = _model_device(model)
-    inputs = [_inputs(b, device) for b in batches]
+    device = model_device(model)
+    inputs = [model_inputs(b, device) for b in batches]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[float] = []
     with model_mode(model, training=False):
