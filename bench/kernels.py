@@ -2,6 +2,8 @@
 
     python bench/kernels.py            # what the device allows: GPU figures on CUDA, fallback figures on CPU
     python bench/kernels.py --sweep    # on CUDA, also try block sizes / warps and the float32 dot precision
+    python bench/kernels.py --only table --baseline /tmp/old   # the one-launch table path, against
+                                       # the gnorm_kernels of another checkout (e.g. an earlier commit)
 
 Block norms (head_block_norms / one-launch table over a QKVGradientBuffer), for the Q/K/V weight
 gradients [L, 3, H*d, D] of BERT-base (12 x 768), BERT-large (24 x 1024) and a 4096-wide model:
@@ -11,11 +13,18 @@ copy), and the PyTorch fallback's time, eager and under torch.compile. On CPU on
 (eager, torch.compile) is timed, and the GPU figures are reported as owed.
 
 Per-example head norms for one Linear of each model: time and peak memory of the kernel (or, on
-CPU, the reference in its Gram and direct forms) against materialising per-example gradients with
+CPU, the PyTorch backend in its Gram and direct forms) against materialising per-example gradients with
 torch.func (vmap of grad), and the fused Q/K/V call against three separate calls. Peak memory is
 torch.cuda.max_memory_allocated on CUDA; on CPU, where PyTorch keeps no allocator statistics, it is
 the peak of the live tensor bytes recorded by torch.profiler (profile_memory=True), i.e. the
 tensors the call allocates, not the process's RSS.
+
+The one-launch table path (qkv_head_norms on a list of per-layer gradients, which builds the
+table of block addresses on every call; QKVGradientBuffer.norms(), which builds it once): time
+per call. On CUDA that is the real launch (do_bench); on CPU the kernel launch itself is stubbed
+out, so the figure is the host-side cost of the path (checks, table, padding, launch set-up), the
+part that does not shrink with a faster GPU. `--baseline PATH` times the same in the checkout at
+PATH too, alternating between the two in fresh processes, and prints the ratio.
 
 Prints markdown tables (for bench/RESULTS.md). Sizes on CPU are cut down (fewer layers, smaller
 batches) to stay modest on a shared 2-core machine; the tables say which sizes ran.
@@ -24,23 +33,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# --package-root: benchmark the gnorm_kernels of another checkout (read before the import below)
+PACKAGE_ROOT = sys.argv[sys.argv.index("--package-root") + 1] if "--package-root" in sys.argv else REPO
+sys.path.insert(0, PACKAGE_ROOT)
 
-from gnorm_kernels.kernels import (  # noqa: E402
+from gnorm_kernels.kernels import (  # noqa: E402  (only names that earlier versions have too)
     QKVGradientBuffer,
     head_block_norms,
     per_example_head_norms,
     per_example_qkv_head_norms,
-    reference,
+    qkv_head_norms,
 )
 
 
@@ -127,6 +141,8 @@ def qkv_grads(model: Model, layers: int, dtype: torch.dtype, device: torch.devic
 
 
 def bench_block_norms(device: torch.device, dtypes: list[torch.dtype], compiled: bool = True) -> list[dict]:
+    from gnorm_kernels.kernels import torch_backend
+
     on_gpu = device.type == "cuda"
     timer = time_gpu if on_gpu else time_cpu
     rows = []
@@ -140,10 +156,10 @@ def bench_block_norms(device: torch.device, dtypes: list[torch.dtype], compiled:
                 continue
             nbytes = grads.numel() * grads.element_size()
             row = {"model": model.name, "layers": layers, "dtype": dtype, "MB": nbytes / 1e6}
-            eager = lambda: reference.head_block_norms(grads, model.heads)  # noqa: E731
+            eager = lambda: torch_backend.head_block_norms(grads, model.heads)  # noqa: E731
             row["eager_ms"] = timer(eager)
             if compiled:
-                compiled_fn = torch.compile(reference.head_block_norms, dynamic=False)
+                compiled_fn = torch.compile(torch_backend.head_block_norms, dynamic=False)
                 row["compiled_ms"] = timer(lambda: compiled_fn(grads, model.heads))
             if on_gpu:
                 row["kernel_ms"] = timer(lambda: head_block_norms(grads, model.heads, backend="triton"))
@@ -186,7 +202,7 @@ def materialised_norms(x: torch.Tensor, grad_out: torch.Tensor, num_heads: int) 
         return (torch.nn.functional.linear(xb, w) * gb).sum()
 
     per_example = torch.func.vmap(torch.func.grad(contribution), in_dims=(None, 0, 0))(weight, x, grad_out)
-    return reference.head_block_norms(per_example, num_heads)
+    return head_block_norms(per_example, num_heads, backend="torch")
 
 
 def bench_per_example(device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -222,11 +238,77 @@ def bench_per_example(device: torch.device, dtype: torch.dtype) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# the one-launch table path
+
+
+class _NoLaunch:
+    """Stands in for the Triton kernel on CPU: `kernel[grid](...)` does nothing, so what is timed
+    is everything around the launch."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+TABLE_MODELS = ["BERT-base", "BERT-large"]
+
+
+def bench_table_path(device: torch.device) -> list[dict]:
+    """Per-call time of the table path: qkv_head_norms over 3L gradients and QKVGradientBuffer.norms()."""
+    from gnorm_kernels.kernels._triton import kernel_module
+
+    on_gpu = device.type == "cuda"
+    timer = time_gpu if on_gpu else (lambda fn: time_cpu(fn, repeats=50))
+    module = kernel_module("block_norms")
+    real_kernel = module._block_sumsq_kernel
+    if not on_gpu:
+        module._block_sumsq_kernel = _NoLaunch()
+    models = {m.name: m for m in MODELS}
+    rows = []
+    try:
+        for name in TABLE_MODELS:
+            model = models[name]
+            shape = (model.width, model.width)
+            grads = [tuple(torch.empty(shape, device=device) for _ in range(3)) for _ in range(model.layers)]
+            row = {"model": name, "layers": model.layers, "blocks": 3 * model.layers * model.heads}
+            row["list_ms"] = timer(lambda: qkv_head_norms(grads, model.heads, backend="triton"))
+            params = [tuple(torch.nn.Parameter(g) for g in layer) for layer in grads]
+            with QKVGradientBuffer(params, model.head_size, backend="triton") as buf:
+                row["buffer_ms"] = timer(buf.norms)
+            rows.append(row)
+            del grads, params, buf
+    finally:
+        module._block_sumsq_kernel = real_kernel
+    return rows
+
+
+def compare_table_path(baseline: str, rounds: int = 3) -> list[dict]:
+    """bench_table_path here and in the checkout at `baseline`, alternating, each in a fresh process;
+    per model and path the median over rounds, and the ratio this / baseline."""
+    runs: dict[str, list[list[dict]]] = {"this": [], "baseline": []}
+    for _ in range(rounds):
+        for who, root in (("baseline", baseline), ("this", REPO)):
+            done = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--only", "table", "--json", "--package-root", root],
+                capture_output=True, text=True, check=True,
+            )
+            runs[who].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for i, name in enumerate(TABLE_MODELS):
+        row = {"model": name}
+        for key in ("list_ms", "buffer_ms"):
+            for who in ("baseline", "this"):
+                row[f"{who}_{key}"] = statistics.median(run[i][key] for run in runs[who])
+            row[f"ratio_{key}"] = row[f"this_{key}"] / row[f"baseline_{key}"]
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 # GPU-only tuning sweep
 
 
 def sweep(device: torch.device) -> None:
-    from gnorm_kernels.kernels import block_norms, per_example_direct, per_example_gram
+    from gnorm_kernels.kernels import _common, block_norms
 
     model = MODELS[0]
     grads = qkv_grads(model, model.layers, torch.float32, device)
@@ -245,12 +327,12 @@ def sweep(device: torch.device) -> None:
     ref = materialised_norms(x.double(), g.double(), 12)
     print("\n| float32 dot precision | form | ms | rel. error |\n|---|---|---|---|")
     for precision in ("ieee", "tf32x3", "tf32"):
-        for form, module in (("gram", per_example_gram), ("direct", per_example_direct)):
-            module.FP32_DOT_PRECISION = precision
+        _common.FP32_DOT_PRECISION = precision  # read by both per-example launchers at every call
+        for form in ("gram", "direct"):
             fn = lambda: per_example_head_norms(x, g, 12, form=form, backend="triton")  # noqa: E731
             err = float((fn().double() - ref).norm() / ref.norm())
             print(f"| {precision} | {form} | {time_gpu(fn):.4f} | {err:.1e} |")
-            module.FP32_DOT_PRECISION = "ieee"
+    _common.FP32_DOT_PRECISION = "ieee"
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,9 +360,20 @@ def main() -> None:
         "--sweep", action="store_true", help="on CUDA: tuning sweep of block size, warps and dot precision"
     )
     parser.add_argument("--skip-compile", action="store_true", help="leave out torch.compile (its first call is slow)")
+    parser.add_argument(
+        "--only", choices=["block", "per_example", "table"], action="append",
+        help="run only these sections (repeatable; default: all)",
+    )
+    parser.add_argument("--baseline", metavar="PATH", help="table section: also time the checkout at PATH")
+    parser.add_argument("--package-root", metavar="PATH", help="benchmark the gnorm_kernels found under PATH")
+    parser.add_argument("--json", action="store_true", help="table section only: print its rows as JSON")
     args = parser.parse_args()
+    sections = set(args.only or ["block", "per_example", "table"])
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
+    if args.json:
+        print(json.dumps(bench_table_path(device)))
+        return
     name = torch.cuda.get_device_name(device) if on_gpu else f"{platform.processor() or platform.machine()} CPU"
     print(f"# gnorm-kernels benchmark, {datetime.date.today()}")
     print(f"device: {name}, {torch.get_num_threads()} CPU threads; torch {torch.__version__}")
@@ -288,36 +381,54 @@ def main() -> None:
         import triton
 
         print(f"triton {triton.__version__}")
+    if os.path.exists("/proc/loadavg"):
+        print(f"load average at start: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     timer = time_gpu if on_gpu else time_cpu
-    copy = copy_bandwidth(device, timer)
-    print(f"measured copy bandwidth: {copy:.0f} GB/s (read + write of {'1 GiB' if on_gpu else '256 MiB'})\n")
+    if sections & {"block", "per_example"}:
+        copy = copy_bandwidth(device, timer)
+        print(f"measured copy bandwidth: {copy:.0f} GB/s (read + write of {'1 GiB' if on_gpu else '256 MiB'})\n")
 
-    rows = bench_block_norms(device, [torch.float32, torch.bfloat16], compiled=not args.skip_compile)
-    for row in rows:
-        for key in ("kernel", "table", "eager", "compiled"):
-            if f"{key}_GBps" in row:
-                row[f"{key}_%copy"] = 100 * row[f"{key}_GBps"] / copy
-    print("## Block norms: [L, 3, D, D] Q/K/V gradients\n")
-    cols = ["model", "layers", "dtype", "MB", "eager_ms", "eager_GBps", "compiled_ms", "compiled_GBps"]
-    if on_gpu:
-        cols += ["kernel_ms", "kernel_GBps", "kernel_%copy", "table_ms", "table_%copy"]
-    else:
-        cols += ["eager_%copy", "compiled_%copy"]
-    print(table(rows, cols))
-    if not on_gpu:
-        print("\nGPU figures (kernel time, % of copy bandwidth) need a CUDA device: run this script there.")
+    if "block" in sections:
+        rows = bench_block_norms(device, [torch.float32, torch.bfloat16], compiled=not args.skip_compile)
+        for row in rows:
+            for key in ("kernel", "table", "eager", "compiled"):
+                if f"{key}_GBps" in row:
+                    row[f"{key}_%copy"] = 100 * row[f"{key}_GBps"] / copy
+        print("## Block norms: [L, 3, D, D] Q/K/V gradients\n")
+        cols = ["model", "layers", "dtype", "MB", "eager_ms", "eager_GBps", "compiled_ms", "compiled_GBps"]
+        if on_gpu:
+            cols += ["kernel_ms", "kernel_GBps", "kernel_%copy", "table_ms", "table_%copy"]
+        else:
+            cols += ["eager_%copy", "compiled_%copy"]
+        print(table(rows, cols))
+        if not on_gpu:
+            print("\nGPU figures (kernel time, % of copy bandwidth) need a CUDA device: run this script there.")
 
-    dtype = torch.float32
-    print(f"\n## Per-example head norms, one Linear (D -> D), {_fmt(dtype)}\n")
-    rows = bench_per_example(device, dtype)
-    first = "kernel, " if on_gpu else "reference, "
-    print(f"(gram/direct: {first}each form; qkv_fused vs qkv_separate: three outputs sharing x, Gram form)\n")
-    cols = ["model", "B", "T"]
-    for key in ("materialise", "gram", "direct", "qkv_fused", "qkv_separate"):
-        cols += [f"{key}_ms", f"{key}_MB"]
-    print(table(rows, cols + ["max_rel_err"]))
-    if not on_gpu:
-        print("\nGPU figures (kernel vs torch.func materialising) need a CUDA device: run this script there.")
+    if "per_example" in sections:
+        dtype = torch.float32
+        print(f"\n## Per-example head norms, one Linear (D -> D), {_fmt(dtype)}\n")
+        rows = bench_per_example(device, dtype)
+        first = "kernel, " if on_gpu else "PyTorch backend, "
+        print(f"(gram/direct: {first}each form; qkv_fused vs qkv_separate: three outputs sharing x, Gram form)\n")
+        cols = ["model", "B", "T"]
+        for key in ("materialise", "gram", "direct", "qkv_fused", "qkv_separate"):
+            cols += [f"{key}_ms", f"{key}_MB"]
+        print(table(rows, cols + ["max_rel_err"]))
+        if not on_gpu:
+            print("\nGPU figures (kernel vs torch.func materialising) need a CUDA device: run this script there.")
+
+    if "table" in sections:
+        what = "real launches" if on_gpu else "host side only: the kernel launch is stubbed out"
+        print(f"\n## One-launch table path, float32, all heads kept ({what})\n")
+        if args.baseline:
+            rows = compare_table_path(args.baseline)
+            print(f"(this checkout against {args.baseline}; medians of 3 alternating fresh-process runs, "
+                  f"each a median of 50 calls)\n")
+            cols = ["model"] + [f"{who}_{key}" for key in ("list_ms", "buffer_ms") for who in ("baseline", "this")]
+            print(table(rows, cols + ["ratio_list_ms", "ratio_buffer_ms"]))
+        else:
+            print(table(bench_table_path(device), ["model", "layers", "blocks", "list_ms", "buffer_ms"]))
+
     if args.sweep and on_gpu:
         sweep(device)
 

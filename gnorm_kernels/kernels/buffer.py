@@ -2,8 +2,9 @@
 
 Inside the `with` block every Q/K/V weight's `.grad` is a view into one preallocated tensor, so
 autograd accumulates straight into it, and `norms()` reduces the whole model's gradient blocks with
-one kernel launch over a precomputed table of block addresses (on CUDA; the PyTorch reference on
-CPU unless backend="triton"). Pruned layers (fewer heads, or none) are laid out like any other.
+one kernel launch over a precomputed table of block addresses (on CUDA; the PyTorch backend on
+CPU unless backend="triton"). Pruned layers (fewer heads, or none) are laid out like any other, and
+so are grouped-query layers, whose K and V weights have fewer heads than Q (num_kv_heads).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Sequence
 
 import torch
 
-from . import reference
-from ._checks import check_backend, check_count, check_tensor, padding_mask, prepare_out
+from . import torch_backend
+from ._checks import check_backend, check_count, check_tensor, kv_heads_per_layer, prepare_out
 from ._combine import combine_qkv_norms
 from ._triton import check_device, kernel_module, use_triton
 
@@ -22,7 +23,9 @@ _ALIGN = 32  # each parameter's segment starts at a multiple of 32 elements (>= 
 class QKVGradientBuffer:
     """One flat gradient buffer for the Q, K, V weights of every layer.
 
-    weights: per layer, the (W_Q, W_K, W_V) parameters, each [H_l*head_size, D] (H_l may be 0).
+    weights: per layer, the (W_Q, W_K, W_V) parameters, each [H_l*head_size, D] (H_l may be 0);
+    with num_kv_heads (grouped-query attention: an int, or one per layer) W_K and W_V are
+    [H_kv_l*head_size, D] and their norms come per KV head (see qkv_head_norms).
     All must be leaf tensors (Parameters, requiring grad by the time backward runs) of one dtype
     (float32, float16 or bfloat16: the buffer has that dtype, since a parameter's .grad must) and
     one device; a parameter may appear only once (for ALBERT's shared layer, pass it once).
@@ -35,20 +38,36 @@ class QKVGradientBuffer:
             for batch in batches:
                 buf.zero_()
                 objective(model, batch).backward()
-                norms = buf.norms()  # [L, 3, H_max], NaN past a layer's heads
+                norms = buf.norms()  # [L, 3, H_max], NaN past a layer's (or its K/V's) heads
 
     On exit each parameter's previous .grad (often None) is restored; the buffer keeps its values.
     Anything that replaces a .grad inside the block (optimizer.zero_grad(set_to_none=True),
     backward(create_graph=True)) detaches it from the buffer: norms() then refuses to run.
     """
 
-    def __init__(self, weights: Sequence[Sequence[torch.Tensor]], head_size: int, *, backend: str = "auto"):
+    def __init__(
+        self,
+        weights: Sequence[Sequence[torch.Tensor]],
+        head_size: int,
+        *,
+        num_kv_heads: int | Sequence[int] | None = None,
+        backend: str = "auto",
+    ):
         self.backend = check_backend(backend)
         self.head_size = check_count(head_size, "head_size")
         if self.head_size == 0:
             raise ValueError("head_size must be positive, got 0")
-        self.params = self._check_weights(weights)
+        self.grouped = num_kv_heads is not None
+        self.params = self._check_weights(weights, self.grouped)
         self.num_heads = [_count_heads(layer[0], self.head_size, l) for l, layer in enumerate(self.params)]
+        self.num_kv_heads = kv_heads_per_layer(self.num_heads, num_kv_heads)
+        for l, (layer, kv) in enumerate(zip(self.params, self.num_kv_heads)):
+            for name, p in zip("KV", layer[1:]):
+                if p.shape[0] != kv * self.head_size:
+                    raise ValueError(
+                        f"layer {l}: W_{name} has {p.shape[0]} rows, expected num_kv_heads * head_size = "
+                        f"{kv} * {self.head_size} = {kv * self.head_size}"
+                    )
         first = self.params[0][0] if self.params else None
         self.dtype = first.dtype if first is not None else torch.float32
         self.device = first.device if first is not None else torch.device("cpu")
@@ -67,10 +86,10 @@ class QKVGradientBuffer:
         ]
         self._saved: list[torch.Tensor | None] | None = None
         self._entered = False
-        self._table: tuple | None = None
+        self._table = None  # block_norms.QKVTable, built by the first norms() on the Triton backend
 
     @staticmethod
-    def _check_weights(weights: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
+    def _check_weights(weights: Sequence[Sequence[torch.Tensor]], grouped: bool) -> list[tuple[torch.Tensor, ...]]:
         if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
             raise TypeError(f"weights must be a sequence of (W_Q, W_K, W_V) per layer, got {type(weights).__name__}")
         layers, seen, first = [], set(), None
@@ -102,9 +121,14 @@ class QKVGradientBuffer:
                     )
                 elif p.shape[1] != first[1].shape[1]:
                     raise ValueError(f"{what} has {p.shape[1]} columns, expected {first[1].shape[1]} like {first[0]}")
-            if not layer[0].shape == layer[1].shape == layer[2].shape:
+            if not grouped and not layer[0].shape == layer[1].shape == layer[2].shape:
                 shapes = [list(p.shape) for p in layer]
-                raise ValueError(f"layer {l}: W_Q, W_K, W_V must have one shape, got {shapes}")
+                raise ValueError(
+                    f"layer {l}: W_Q, W_K, W_V must have one shape, got {shapes} "
+                    f"(pass num_kv_heads for grouped-query attention)"
+                )
+            if grouped and layer[1].shape != layer[2].shape:
+                raise ValueError(f"layer {l}: W_K and W_V must have one shape, got {list(layer[1].shape)}, {list(layer[2].shape)}")
             layers.append(tuple(layer))
         return layers
 
@@ -137,28 +161,30 @@ class QKVGradientBuffer:
         self.buffer.zero_()
         return self
 
-    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The per-layer (Q, K, V) gradient views into the buffer."""
-        return [tuple(v) for v in self.views]
+    @property
+    def counts(self) -> list[tuple[int, int, int]]:
+        """Per layer the heads of W_Q, W_K and W_V."""
+        return [(h, kv, kv) for h, kv in zip(self.num_heads, self.num_kv_heads)]
 
     @torch.no_grad()
     def norms(self, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """G_Q, G_K, G_V block norms of every layer -> [L, 3, H_max] float32, NaN past H_l."""
+        """G_Q, G_K, G_V block norms of every layer -> [L, 3, H_max] float32, NaN past each part's heads."""
         self._check_attached()
         L, h_max = len(self.params), max(self.num_heads, default=0)
         out = prepare_out(out, (L, 3, h_max), self.device)
         if not use_triton(self.backend, self.device):
-            return reference.qkv_head_norms([tuple(v) for v in self.views], self.num_heads, out)
+            return torch_backend.qkv_head_norms(self.views, self.counts, out)
         module = kernel_module("block_norms")
-        check_device(module, self.device)
-        addresses, index, aligned = self._block_table(module)
-        out.view(-1)[padding_mask(self.num_heads, h_max, self.device)] = float("nan")
-        module.launch_table(self.buffer, addresses, index, self.head_size * self.width, out.view(-1), aligned=aligned)
-        return out
+        check_device(self.device)
+        if self._table is None:  # the addresses never change: the buffer is allocated once
+            self._table = module.qkv_table(self.views, self.counts, self.head_size * self.width, self.device)
+        return module.launch_qkv_table(self._table, out)
 
     def scores(self, combine: str = "product") -> torch.Tensor:
-        """combine(G_Q, G_K, G_V) per head -> [L, H_max] (see qkv_head_scores)."""
-        return combine_qkv_norms(self.norms(), combine)
+        """combine(G_Q, G_K, G_V) per (query) head -> [L, H_max] (see qkv_head_scores)."""
+        if not self.grouped:
+            return combine_qkv_norms(self.norms(), combine)
+        return combine_qkv_norms(self.norms(), combine, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads)
 
     def _check_attached(self) -> None:
         if not self._entered:
@@ -172,20 +198,6 @@ class QKVGradientBuffer:
                         f"layer {l} W_{name}.grad no longer points into the buffer (set to None or replaced, "
                         f"e.g. by zero_grad() or backward(create_graph=True)); use buf.zero_() between batches"
                     )
-
-    def _block_table(self, module) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        if self._table is None:
-            views = [v for layer in self.views for v in layer]
-            heads = [h for h in self.num_heads for _ in range(3)]
-            h_max = max(self.num_heads, default=0)
-            slots = [(l * 3 + p) * h_max for l in range(len(self.params)) for p in range(3)]
-            keep = [i for i, h in enumerate(heads) if h]
-            addresses, index, aligned = module.block_table(
-                [views[i] for i in keep], [heads[i] for i in keep], [slots[i] for i in keep],
-                self.head_size * self.width,
-            ) if keep else (torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), True)
-            self._table = (addresses.to(self.device), index.to(self.device), aligned)
-        return self._table
 
 
 def _count_heads(weight: torch.Tensor, d: int, layer: int) -> int:

@@ -15,21 +15,16 @@ float32 inputs use input_precision="ieee" (no TF32 truncation), for float32-exac
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-# tl.dot precision for float32 inputs: "ieee" is exact float32; "tf32x3" is the faster tensor-core
-# alternative (about float32 accuracy), worth measuring on a GPU (bench/kernels.py --sweep).
-FP32_DOT_PRECISION = "ieee"
+from . import _common
+from ._common import INTERPRETED, norm_from_sumsq, on_device, tile
 
 BLOCK_T = 32
 BLOCK_D = 64
 NUM_WARPS = 4
-_FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -86,13 +81,7 @@ def _direct_kernel(
             sq += tile * tile
 
     sumsq = tl.sum(tl.sum(sq, axis=1), axis=0)
-    norm = tl.where(sumsq <= _FLT_MAX, tl.sqrt(sumsq), sumsq - sumsq)  # NaN when not finite
-    tl.store(out_ptr + b * H + h, norm)
-
-
-def _tile(n: int, low: int = 16, high: int = 64) -> int:
-    """A power-of-two tile side for n, within tl.dot's minimum and a register-friendly maximum."""
-    return max(low, min(high, triton.next_power_of_2(max(n, 1))))
+    tl.store(out_ptr + b * H + h, norm_from_sumsq(sumsq, False))  # NaN when not finite
 
 
 def launch(x: torch.Tensor, grad_out: torch.Tensor, num_heads: int, out: torch.Tensor) -> torch.Tensor:
@@ -101,7 +90,7 @@ def launch(x: torch.Tensor, grad_out: torch.Tensor, num_heads: int, out: torch.T
     H = num_heads
     d = grad_out.shape[-1] // H
     upcast = INTERPRETED or x.dtype == torch.float32
-    with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+    with on_device(x.device):
         _direct_kernel[(B, H)](
             x,
             grad_out,
@@ -113,10 +102,10 @@ def launch(x: torch.Tensor, grad_out: torch.Tensor, num_heads: int, out: torch.T
             *x.stride(),
             *grad_out.stride(),
             BLOCK_T=BLOCK_T,
-            BLOCK_C=_tile(d),
+            BLOCK_C=tile(d),
             BLOCK_D=BLOCK_D,
             UPCAST=upcast,
-            PRECISION=FP32_DOT_PRECISION,
+            PRECISION=_common.FP32_DOT_PRECISION,
             num_warps=NUM_WARPS,
         )
     return out

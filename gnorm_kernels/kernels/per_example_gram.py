@@ -19,22 +19,19 @@ plus B*T^2 floats of workspace; no per-example gradient exists at any point. Zer
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-# tl.dot precision for float32 inputs: "ieee" is exact float32; "tf32x3" is the faster tensor-core
-# alternative (about float32 accuracy), worth measuring on a GPU (bench/kernels.py --sweep).
-FP32_DOT_PRECISION = "ieee"
+from . import _common
+from ._common import INTERPRETED, on_device, tile
+from .torch_backend import norm_from_sumsq
 
 NUM_WARPS = 4
 
 
 @triton.jit
-def _gram_tile(
+def _gramtile(
     base, stride_t, stride_c, rows_a, rows_b, T, C,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -70,7 +67,7 @@ def _x_gram_kernel(
     ti = tl.load(pairs_ptr + 2 * p)
     si = tl.load(pairs_ptr + 2 * p + 1)
     idx = tl.arange(0, BLOCK_T)
-    kx = _gram_tile(
+    kx = _gramtile(
         x_ptr + b * stride_xb, stride_xt, stride_xd, ti * BLOCK_T + idx, si * BLOCK_T + idx, T, D,
         BLOCK_T, BLOCK_C, UPCAST, PRECISION,
     )
@@ -90,7 +87,7 @@ def _head_gram_kernel(
     si = tl.load(pairs_ptr + 2 * p + 1)
     idx = tl.arange(0, BLOCK_T)
     g_base = g_ptr + b * stride_gb + (h * d).to(tl.int64) * stride_gc
-    kg = _gram_tile(g_base, stride_gt, stride_gc, ti * BLOCK_T + idx, si * BLOCK_T + idx, T, d,
+    kg = _gramtile(g_base, stride_gt, stride_gc, ti * BLOCK_T + idx, si * BLOCK_T + idx, T, d,
                     BLOCK_T, BLOCK_C, UPCAST, PRECISION)
     tile = idx[:, None] * BLOCK_T + idx[None, :]
     kx = tl.load(kx_ptr + (b * n_pairs + p) * (BLOCK_T * BLOCK_T) + tile)
@@ -99,33 +96,27 @@ def _head_gram_kernel(
     tl.store(part_ptr + (b * H + h) * n_pairs + p, part)
 
 
-def _tile(n: int, low: int = 16, high: int = 64) -> int:
-    return max(low, min(high, triton.next_power_of_2(max(n, 1))))
-
-
 def launch(x: torch.Tensor, grad_outs: list[torch.Tensor], num_heads: int, out: torch.Tensor) -> torch.Tensor:
     """Per-example head norms of every grad_outs[p] (all sharing x) into out [P, B, H]. 1 + P launches."""
     B, T, D = x.shape
     H = num_heads
     P = len(grad_outs)
     d = grad_outs[0].shape[-1] // H
-    block_t = _tile(T)
+    block_t = tile(T)
     n_tiles = triton.cdiv(T, block_t)
     pairs = torch.tensor(
         [(i, j) for i in range(n_tiles) for j in range(i, n_tiles)], dtype=torch.int32, device=x.device
     )
     n_pairs = pairs.shape[0]
     upcast = INTERPRETED or x.dtype == torch.float32
-    common = dict(BLOCK_T=block_t, UPCAST=upcast, PRECISION=FP32_DOT_PRECISION, num_warps=NUM_WARPS)
+    common = dict(BLOCK_T=block_t, UPCAST=upcast, PRECISION=_common.FP32_DOT_PRECISION, num_warps=NUM_WARPS)
     # Workspaces start as NaN, so a tile no program wrote shows up in the result.
     kx = torch.full((B, n_pairs, block_t, block_t), float("nan"), device=x.device)
     part = torch.full((P, B, H, n_pairs), float("nan"), device=x.device)
-    with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
-        _x_gram_kernel[(B, n_pairs)](x, pairs, kx, T, D, *x.stride(), n_pairs, BLOCK_C=_tile(D, high=32), **common)
+    with on_device(x.device):
+        _x_gram_kernel[(B, n_pairs)](x, pairs, kx, T, D, *x.stride(), n_pairs, BLOCK_C=tile(D, high=32), **common)
         for p, g in enumerate(grad_outs):
             _head_gram_kernel[(B, n_pairs, H)](
-                g, pairs, kx, part[p], T, H, d, *g.stride(), n_pairs, BLOCK_C=_tile(d), **common
+                g, pairs, kx, part[p], T, H, d, *g.stride(), n_pairs, BLOCK_C=tile(d), **common
             )
-    sumsq = part.sum(dim=-1)
-    norms = torch.where(torch.isfinite(sumsq), sumsq.clamp_min(0).sqrt(), torch.full_like(sumsq, float("nan")))
-    return out.copy_(norms)
+    return out.copy_(norm_from_sumsq(part.sum(dim=-1)))
