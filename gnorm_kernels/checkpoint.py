@@ -13,6 +13,7 @@ them by import path only, so it depends on transformers and safetensors alone.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -31,7 +32,11 @@ __all__ = [
     "read_config",
     "model_from_config",
     "load_weights",
+    "read_weights",
+    "weight_files",
     "write_checkpoint",
+    "write_manifest",
+    "check_manifest",
     "progress_bars",
 ]
 
@@ -101,6 +106,11 @@ def model_from_config(config, attn_implementation: str | None = None) -> nn.Modu
 
     architectures = getattr(config, "architectures", None) or []
     model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    if architectures and not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
+        raise ValueError(
+            f"config.json names architecture {architectures[0]!r}, which is not a transformers model class "
+            "(expected e.g. 'BertForSequenceClassification' or 'LlamaForCausalLM')"
+        )
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
@@ -109,19 +119,60 @@ def model_from_config(config, attn_implementation: str | None = None) -> nn.Modu
         return model_cls._from_config(config, **kwargs)
 
 
-def load_weights(model: nn.Module, path: Path, what: str) -> None:
-    """Load every ``*.safetensors`` file of `path` into `model`, strictly: any key missing
-    (other than tied weights) or unexpected is an error naming `what` the model was built as."""
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files a checkpoint folder is made of: the shards its
+    ``model.safetensors.index.json`` names, else ``model.safetensors``. Other ``*.safetensors``
+    files (a backup, a stray copy) are never read, so they cannot override weights."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index (expected a 'weight_map'): {err}") from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are missing from {path}: {missing}")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+    if pickles:
+        raise ValueError(
+            f"{path} holds only pickle weights ({', '.join(pickles)}); loading pickle can run arbitrary code, so this "
+            "package reads safetensors only. Convert them once, in a process you trust: "
+            "model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=False); "
+            "model.save_pretrained(folder)  # writes model.safetensors"
+        )
+    raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {path}")
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's weight files, with a clear error naming a broken file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {path}")
     state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    state = _strip_prefix(state, model)
+    for f in weight_files(path):
+        try:
+            state.update(load_file(str(f)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{f} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    return state
+
+
+def load_weights(model: nn.Module, path: Path, what: str) -> None:
+    """Load a checkpoint folder's weights into `model`, strictly: any key missing (other than
+    tied weights), unexpected or of another shape is an error naming `what` the model was built as."""
+    path = Path(path)
+    state = _strip_prefix(read_weights(path), model)
+    expected = model.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+             for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not match {what}: shapes differ for {wrong[:5]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied_keys(model)
     missing = [k for k in missing if k not in tied]
@@ -142,6 +193,54 @@ def write_checkpoint(model: nn.Module, path: str | os.PathLike, tokenizer=None) 
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
+
+
+MANIFEST = "gnorm_checkpoint.json"
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) -> Path:
+    """Write ``gnorm_checkpoint.json``: the format, what defines the model's shapes (`record`,
+    e.g. the pruned-head map) and the SHA-256 of every weight file, so that an edit of the
+    config or a swapped weight file is caught on load instead of loading into the wrong heads."""
+    path = Path(path)
+    manifest = {"format": fmt, "record": record,
+                "weights_sha256": {f.name: _sha256(f) for f in weight_files(path)}}
+    target = path / MANIFEST
+    target.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return target
+
+
+def check_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) -> None:
+    """Compare a folder with its manifest (if it has one): same format, same `record` as its
+    config says, same weight files. Raises ValueError saying what differs."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        return  # written before manifests existed: nothing to compare
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from None
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{file} records format {manifest.get('format')!r}, but config.json describes {fmt!r}")
+    if manifest.get("record") != json.loads(json.dumps(record, sort_keys=True)):
+        raise ValueError(
+            f"{path / 'config.json'} no longer matches {file}: the config says {record}, the checkpoint was saved "
+            f"with {manifest.get('record')}; was config.json edited? Loading would put weights into the wrong heads"
+        )
+    recorded = manifest.get("weights_sha256") or {}
+    actual = {f.name: _sha256(f) for f in weight_files(path)}
+    if recorded != actual:
+        changed = sorted(set(recorded) ^ set(actual) | {k for k in recorded if actual.get(k) != recorded[k]})
+        raise ValueError(f"weight files of {path} differ from those saved with it ({file}): {changed}")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -29,10 +29,13 @@ def check_mask(mask: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
             f"mask must have shape [num_layers, num_heads] = {list(layout.shape)} "
             f"for this {layout.family} model, got {list(mask.shape)}"
         )
-    if mask.dtype == torch.bool:
+    if mask.dtype == torch.bool or not mask.is_floating_point():
+        if mask.is_complex():
+            raise TypeError(f"mask must be real (bool, integer or floating), got {mask.dtype}")
         return mask.float()
-    if not mask.is_floating_point():
-        return mask.float()
+    if not torch.isfinite(mask.detach()).all():
+        bad = (~torch.isfinite(mask.detach())).nonzero().tolist()[:5]
+        raise ValueError(f"mask must hold finite gates (1 keep, 0 drop); it has NaN or inf at (layer, head) {bad}")
     return mask
 
 

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from gnorm_kernels.arch import KEPT_HEADS_ATTR, KEPT_KV_HEADS_ATTR, AttentionBlock, HeadLayout, family_of, head_layout
-from gnorm_kernels.checkpoint import load_checkpoint, load_weights, model_from_config, read_config, write_checkpoint
+from gnorm_kernels.checkpoint import (
+    check_manifest,
+    load_checkpoint,
+    load_weights,
+    model_from_config,
+    read_config,
+    write_checkpoint,
+    write_manifest,
+)
 from gnorm_kernels.grouped_attention import KV_INDEX, set_kv_index, use_grouped_attention
 from gnorm_kernels.surgery import owner_of, replace_module, select_conv1d, select_linear, subclass_with_forward
 
@@ -214,7 +222,17 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Pa
     the shapes from it. The tokenizer is saved beside the weights when one is given.
     """
     _write_config(model)
-    return write_checkpoint(model, path, tokenizer)
+    path = write_checkpoint(model, path, tokenizer)
+    write_manifest(path, "pruned", _shape_record(model.config))
+    return path
+
+
+def _shape_record(config) -> dict:
+    """What fixes a pruned checkpoint's shapes, as its config records it (JSON-normalised)."""
+    record = {"pruned_heads": {str(k): list(v) for k, v in dict(getattr(config, "pruned_heads", None) or {}).items()}}
+    if getattr(config, "pruned_kv_heads", None) is not None:
+        record["pruned_kv_heads"] = {str(k): list(v) for k, v in dict(config.pruned_kv_heads).items()}
+    return record
 
 
 def load_pruned(
@@ -236,6 +254,11 @@ def load_pruned(
     if getattr(config, "grain_structure", None):
         return load_checkpoint(path, device=device, attn_implementation=attn_implementation)
     pruned = getattr(config, "pruned_heads", None) or {}
+    if not isinstance(pruned, Mapping):
+        raise ValueError(
+            f"{path / 'config.json'}: pruned_heads must be a mapping {{layer: [head, ...]}}, got {type(pruned).__name__}"
+        )
+    check_manifest(path, "pruned", _shape_record(config))
     recorded_kv = getattr(config, "pruned_kv_heads", None)
     config.pruned_heads = {}
     model = model_from_config(config, attn_implementation)

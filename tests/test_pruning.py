@@ -168,3 +168,65 @@ def test_failure_part_way_restores_the_model(monkeypatch):
 def test_load_pruned_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_pruned(tmp_path)
+
+
+def test_an_edited_pruned_head_map_is_refused(tmp_path):
+    """Same count, other heads: shapes would fit, weights would land in the wrong heads."""
+    import json
+
+    model = prune_heads(tiny_random_model("bert"), {0: [1]})
+    save_pruned(model, tmp_path / "ck")
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["pruned_heads"] = {"0": [2]}
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="was config.json edited"):
+        load_pruned(tmp_path / "ck")
+
+
+def test_stray_and_pickle_weight_files(tmp_path):
+    """Only model.safetensors (or the shards its index names) is read; pickle is refused."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    model = prune_heads(tiny_random_model("bert"), {1: [0, 3]})
+    save_pruned(model, tmp_path / "ck")
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "ck" / "zz-backup.safetensors"))  # sorts after model.safetensors
+    loaded = load_pruned(tmp_path / "ck")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    shutil.copytree(tmp_path / "ck", tmp_path / "pickle")
+    (tmp_path / "pickle" / "model.safetensors").rename(tmp_path / "pickle" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickle weights.*Convert"):
+        load_pruned(tmp_path / "pickle")
+    data = (tmp_path / "ck" / "model.safetensors").read_bytes()
+    (tmp_path / "ck" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_pruned(tmp_path / "ck")
+
+
+def test_a_broken_config_names_its_file(tmp_path):
+    import json
+
+    model = prune_heads(tiny_random_model("bert"), {0: [1]})
+    save_pruned(model, tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_pruned(tmp_path / "ck")
+    save_pruned(model, tmp_path / "list")
+    config = json.loads((tmp_path / "list" / "config.json").read_text())
+    config["pruned_heads"] = [[0, 1]]
+    (tmp_path / "list" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="pruned_heads must be a mapping"):
+        load_pruned(tmp_path / "list")
+    config["pruned_heads"] = {"0": [1]}
+    config["architectures"] = ["AutoModel"]
+    (tmp_path / "list" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a transformers model class"):
+        load_pruned(tmp_path / "list")
+    (tmp_path / "list" / "gnorm_checkpoint.json").unlink()  # a folder saved without a manifest
+    config["architectures"] = ["BertForSequenceClassification"]
+    config["pruned_heads"] = {"0": [7]}
+    (tmp_path / "list" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="pruned_heads entry does not fit.*head 7 of layer 0 is out of range"):
+        load_pruned(tmp_path / "list")
