@@ -140,12 +140,12 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 
 
 def test_cache_key_covers_every_setting(monkeypatch) -> None:
-    from gnorm_kernels import data
+    from gnorm_kernels import synthetic
 
     base = TinyRecipe()
     base_key = base.key()
     with monkeypatch.context() as patch:
-        patch.setattr(data, "P_NEGATION", data.P_NEGATION + 0.1)
+        patch.setattr(synthetic, "P_NEGATION", synthetic.P_NEGATION + 0.1)
         assert TinyRecipe().key() != base_key  # the grammar is part of the key
     assert base.key() == TinyRecipe().key()
     others = [TinyRecipe(seed=base.seed + 1), TinyRecipe(lr=1e-3), TinyRecipe(steps=10), TinyRecipe(length_pool=8)]
@@ -201,3 +201,62 @@ def test_pruned_folder_goes_through_load_pruned(tmp_path) -> None:
 def test_folder_without_a_checkpoint_says_what_was_expected(tmp_path) -> None:
     with pytest.raises(OSError, match="config.json"):
         load_model(tmp_path)
+
+
+def test_a_folder_without_its_tokenizer_is_refused(tmp_path) -> None:
+    from gnorm_kernels.synthetic import synthetic_tokenizer
+    from gnorm_kernels.testing import tiny_random_model
+
+    model = tiny_random_model("bert", vocab_size=len(synthetic_tokenizer()))
+    model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        load_model(tmp_path / "bare", progress=False)
+    loaded, tokenizer = load_model(tmp_path / "bare", tokenizer=synthetic_tokenizer(), progress=False)
+    assert len(tokenizer) == len(synthetic_tokenizer())
+    small = tiny_random_model("bert", vocab_size=10)
+    small.save_pretrained(tmp_path / "small")
+    synthetic_tokenizer().save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match="do not belong together"):
+        load_model(tmp_path / "small", progress=False)
+
+
+def test_a_class_count_mismatch_needs_new_head(model_dir) -> None:
+    with pytest.raises(ValueError, match="2 classes but the task has 1001.*new_head=True"):
+        load_model(model_dir, num_labels=1001, progress=False)
+    model, _ = load_model(model_dir, num_labels=3, new_head=True, progress=False)
+    assert model.config.num_labels == 3
+
+
+def test_local_looking_typos_fail_at_once_and_pickle_is_refused(tmp_path, model_dir, monkeypatch) -> None:
+    import shutil
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    start = time.perf_counter()
+    for typo in (tmp_path / "typo", "./no-such-run", "runs/typo"):  # runs/ exists here: a local path
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_model(typo, progress=False)
+    assert time.perf_counter() - start < 5  # nothing went to the hub
+    (tmp_path / "x.csv").write_text("text,label\n")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        load_model(tmp_path / "x.csv", progress=False)
+    shutil.copytree(model_dir, tmp_path / "pickle")
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(tmp_path / "pickle" / "model.safetensors")), tmp_path / "pickle" / "pytorch_model.bin")
+    (tmp_path / "pickle" / "model.safetensors").unlink()
+    with pytest.raises((OSError, ValueError), match="safetensors only"):
+        load_model(tmp_path / "pickle", progress=False)
+
+
+def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
+    from gnorm_kernels import models
+
+    folder = tmp_path / "tiny-broken"
+    folder.mkdir()
+    (folder / "training.json").write_text("{}")
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(models, "_ensure_tiny", lambda recipe, cache, progress: folder)
+    with pytest.raises(RuntimeError, match="delete that folder"):
+        load_model("tiny", progress=False)
