@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from ._checks import check_count, kv_heads_per_layer, per_layer_heads
+from ._checks import kv_heads_per_layer, per_layer_heads
 
 COMBINES = ("product", "sum", "max")
 
@@ -47,7 +47,7 @@ def _kv_norms_per_query_head(
     heads = per_layer_heads(num_heads, L)
     kv = kv_heads_per_layer(heads, num_kv_heads)
     for l, h in enumerate(heads):
-        if check_count(h, f"num_heads[{l}]") > h_max:
+        if h > h_max:
             raise ValueError(f"layer {l}: num_heads={h} but norms have only {h_max} head slots")
     group = torch.tensor([h // g if g else 1 for h, g in zip(heads, kv)], device=norms.device)
     kv_of_head = (torch.arange(h_max, device=norms.device)[None, :] // group[:, None]).clamp_max(max(h_max - 1, 0))

@@ -222,7 +222,9 @@ def launch_strided(
         return out
     src = grad.reshape(math.prod(lead), R, C)  # a view whenever the leading dims allow it
     d = C // num_heads if columns else (R if total_rows is None else total_rows) // num_heads
-    block_c = triton.next_power_of_2(max(1, min(d if columns else C, 1024)))
+    # A tile of up to BLOCK elements, at most 256 wide: whole rows of a head's columns (d = 64:
+    # 64 x 64), or a few 256-wide pieces of rows (D = 768: three 16 x 256 tiles, no masked lanes).
+    block_c = triton.next_power_of_2(max(1, min(d if columns else C, 256)))
     block_r = max(1, min(BLOCK // block_c, triton.next_power_of_2(max(1, R if columns else d))))
     with on_device(grad.device):
         _strided_block_sumsq_kernel[(src.shape[0], num_heads)](

@@ -211,10 +211,10 @@ def test_column_and_row_blocks_of_transposed_views(gen, backend):
 
 @pytest.mark.parametrize("layout", ["rows", "columns"])
 def test_strided_kernel_loops_over_every_tile(gen, layout):
-    """Blocks larger than one tile in both directions (rows: 1100 columns > 1024-wide tiles and
-    9 rows > 4-row tiles; columns: 80 columns > 64 and 70 rows > 32-row tiles), strided."""
+    """Blocks larger than one tile in both directions (rows: 1100 columns > 256-wide tiles and
+    40 rows > 16-row tiles; columns: 80 columns > 64 and 70 rows > 32-row tiles), strided."""
     if layout == "rows":
-        grad = randn(1100, 2 * 2 * 9, gen=gen).t()[: 2 * 9]  # [18, 1100], row stride 1
+        grad = randn(1100, 2 * 2 * 40, gen=gen).t()[: 2 * 40]  # [80, 1100], column stride 160
         ref = ref64_block_norms(grad, 2)
     else:
         grad = randn(70, 3, 2 * 80, gen=gen)[:, 1]  # [70, 160], row stride 480
