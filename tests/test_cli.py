@@ -1,14 +1,16 @@
-"""The `gnorm` command line: prune, compare, ablate, output-folder safety, plugins."""
+"""The `gnorm` command line: prune, compare, ablate, grain's wiring, output-folder safety, a light --help."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
+import subprocess
+import sys
 
 import pytest
 
-from gnorm_kernels.cli import PLUGINS, build_parser, main
+from gnorm_kernels.cli import METHOD_NAMES, build_parser, main
+from gnorm_kernels.outputs import CLIError, OutputFolder
 from gnorm_kernels.pruning import load_pruned
 
 SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
@@ -106,17 +108,76 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("prune", "compare", "ablate", *PLUGINS):
+    for command in ("prune", "compare", "ablate", "grain"):
         assert command in text
 
 
-@pytest.mark.parametrize("command", sorted(PLUGINS))
-def test_plugin_modules_import_and_register_their_command(command):
-    module = importlib.import_module(PLUGINS[command][0])
-    assert callable(module.add_parser) and callable(module.run)
-    parser = build_parser([command])
-    args = parser.parse_args([command])
-    assert args.command == command and args.handler is module.run
+def test_grain_is_a_subcommand_run_by_the_grain_package(monkeypatch):
+    from gnorm_kernels.grain import cli as grain_cli
+
+    learning_rates = []
+
+    def fake_run(args):
+        learning_rates.append(args.lr)
+        return 0
+
+    monkeypatch.setattr(grain_cli, "run", fake_run)
+    # gnorm's handler fills in the learning rate (GRAIN's own, the tiny model's) and hands over
+    for argv, lr in ((["grain", "--model", "elsewhere"], 3e-5), (["grain"], 1e-3), (["grain", "--lr", "0.5"], 0.5)):
+        args = build_parser().parse_args(argv)
+        assert args.command == "grain" and args.steps == 1500
+        assert args.handler(args) == 0 and learning_rates[-1] == lr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["prune", "--help"], ["compare", "--help"], ["grain", "--help"]])
+def test_help_does_not_import_torch(argv):
+    code = (
+        "import sys\n"
+        "from gnorm_kernels.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'gnorm_kernels.scores') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_help_lists_the_registered_methods():
+    from gnorm_kernels.scores import METHODS
+
+    assert METHOD_NAMES == tuple(METHODS)
+    compare = build_parser().parse_args(["compare", "--out", "x"])
+    assert compare.methods == ",".join(METHODS)
+
+
+def test_the_grain_implementations_are_the_ones_grain_has():
+    from gnorm_kernels.cli import GRAIN_IMPLEMENTATIONS
+    from gnorm_kernels.grain.attention import DEFAULT_IMPL, IMPLEMENTATIONS
+
+    assert GRAIN_IMPLEMENTATIONS == IMPLEMENTATIONS and build_parser().parse_args(["grain"]).impl == DEFAULT_IMPL
+
+
+def test_output_folder_commits_on_success_and_discards_on_error(tmp_path):
+    with OutputFolder(tmp_path / "ok") as folder:
+        folder.path("sub", "a.txt").write_text("a")
+        assert not (tmp_path / "ok").exists()
+    assert (tmp_path / "ok" / "sub" / "a.txt").read_text() == "a"
+    with pytest.raises(RuntimeError), OutputFolder(tmp_path / "ok", force=True) as folder:
+        folder.path("b.txt").write_text("b")
+        raise RuntimeError("failed half way")
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["sub"] and not _leftovers(tmp_path)
+    with pytest.raises(CLIError, match="--force"):
+        OutputFolder(tmp_path / "ok")
+    # a folder that fills up while the run goes keeps it, and its outputs stay where the message says
+    with pytest.raises(CLIError, match="filled up") as err, OutputFolder(tmp_path / "late") as folder:
+        folder.path("c.txt").write_text("c")
+        (tmp_path / "late").mkdir()
+        (tmp_path / "late" / "other.txt").write_text("theirs")
+    assert (folder.tmp / "c.txt").read_text() == "c" and str(folder.tmp) in str(err.value)
+    assert [p.name for p in (tmp_path / "late").iterdir()] == ["other.txt"]
 
 
 def test_an_interrupted_run_leaves_no_partial_output(model_dir, tmp_path, monkeypatch, capsys):

@@ -6,61 +6,21 @@
 The teacher is the loaded model; the student starts as a copy of it. Prints accuracy, encoder
 parameters kept and CPU latency against the dense teacher. A saved model reloads with
 `gnorm_kernels.grain.load_grain`.
+
+The command's flags and defaults are in `gnorm_kernels.cli` with every other command's, so that
+`gnorm --help` needs neither torch nor GRAIN; this module runs the parsed command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "DEFAULT_STEPS", "DEFAULT_LR"]
+from gnorm_kernels.outputs import OutputFolder
 
-# The offline default's schedule (batch 32 on the synthetic task); bench/RESULTS.md "## GRAIN"
-# records what it reaches and how long it takes. Other models get GRAIN's own learning rate
-# (3e-5, for BERT-base on GLUE); the tiny model, trained at 1.5e-3, distils best at 1e-3.
-DEFAULT_STEPS = 1500
-DEFAULT_LR = {"tiny": 1e-3}
-PAPER_LR = 3e-5
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "grain",
-        help="GRAIN: prune attention and FFN units with distillation, then shrink",
-        description=(
-            "Distil a student (a copy of the model) from the model while pruning its query units, value "
-            "units and FFN neurons to the target density on GRAIN's schedule (distil 20%, cubic ramp to "
-            "40%, distil the rest); then shrink it and report accuracy, encoder parameters kept and CPU "
-            "latency against the dense model."
-        ),
-    )
-    p.add_argument("--density", type=float, default=0.2,
-                   help="fraction of encoder units to keep, in (0, 1] (default 0.2)")
-    p.add_argument("--model", default="tiny",
-                   help='teacher: "tiny" (trained here on first use), a hub id or a local folder')
-    p.add_argument("--task", default="synthetic",
-                   help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimiser steps (default {DEFAULT_STEPS})")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"AdamW learning rate (default {DEFAULT_LR['tiny']:g} for the tiny model, "
-                        f"{PAPER_LR:g} otherwise)")
-    p.add_argument("--temperature", type=float, default=8.0, help="distillation temperature τ (default 8)")
-    p.add_argument("--alpha", type=float, default=0.3, help="structure regulariser α (default 0.3)")
-    p.add_argument("--no-structure-reg", action="store_true", help="rank value units without the structure regulariser")
-    p.add_argument("--impl", choices=("auto", "grouped", "padded", "loop"), default="auto",
-                   help="attention implementation of the shrunk model (default auto: the fastest, timed per shape)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
-    p.add_argument("--train-size", type=int, default=None, help="training examples used (default: all)")
-    p.add_argument("--eval-size", type=int, default=None, help="test examples used for evaluation (default: all)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default 0)")
-    p.add_argument("--out", type=Path, default=None, help="save the shrunk model, tokenizer and report.json here")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+__all__ = ["run"]
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -73,26 +33,23 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.lr is not None and args.lr <= 0:
+    if args.lr is None:
+        raise ValueError("no learning rate: expected args.lr set (gnorm_kernels.cli fills in the default)")
+    if args.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
 
 
 def run(args: argparse.Namespace) -> int:
-    import copy
-
+    """Run `gnorm grain` with the arguments its parser in `gnorm_kernels.cli` produced (the
+    learning rate already resolved); returns the exit status."""
     from gnorm_kernels.data import load_task
     from gnorm_kernels.grain.prune import grain_prune
     from gnorm_kernels.grain.shrink import save_grain
     from gnorm_kernels.models import load_model
 
     _check(args)
-    lr = args.lr if args.lr is not None else DEFAULT_LR.get(str(args.model), PAPER_LR)
-    out = None
-    if args.out is not None:
-        from gnorm_kernels.cli import OutputFolder
-
-        out = OutputFolder(args.out, force=args.force)  # checked before any work
-    try:
+    # the output folder is checked before any work
+    with OutputFolder(args.out, force=args.force) if args.out is not None else nullcontext() as out:
         progress = not args.quiet
         teacher, tokenizer = load_model(args.model, device=args.device, progress=progress)
         task = load_task(args.task)
@@ -106,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
         timing = task.batches("test", tokenizer, batch_size=32, max_length=args.max_length, limit=4 * 32)
         model, report = grain_prune(
             teacher,
-            copy.deepcopy(teacher),
+            None,  # the student: grain_prune starts it as a copy of the teacher
             train,
             density=args.density,
             eval_data=test,
             steps=args.steps,
-            lr=lr,
+            lr=args.lr,
             temperature=args.temperature,
             alpha=args.alpha,
             structure_regularization=not args.no_structure_reg,
@@ -121,16 +78,11 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=progress,
         )
-        result = report.as_dict()
+        result = report.to_dict()
         result.update(model=str(args.model), task=task.name, batch_size=args.batch_size)
         if out is not None:
             save_grain(model, out.path("model"), tokenizer)
             out.path("report.json").write_text(json.dumps(result, indent=2))
-            out.commit()
-    except BaseException:
-        if out is not None:
-            out.discard()
-        raise
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "structure"}, indent=2))
     else:

@@ -1,0 +1,91 @@
+"""Report tables and figures: the comparison table, its markdown and CSV, the mask panel, ablation tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gnorm_kernels.report import (
+    ablation_table,
+    comparison_table,
+    markdown_table,
+    masks_figure,
+    save_figure,
+    write_ablation_csv,
+    write_csv,
+)
+from gnorm_kernels.trajectory import Step, Trajectory
+
+
+def run(name: str, accuracies: list[float], order: list[tuple[int, int]] | None = None) -> Trajectory:
+    """A 2 x 2 grid pruned one head a step, evaluated at every step with the given accuracies."""
+    order = order or [(0, 0), (0, 1), (1, 0), (1, 1)][: len(accuracies) - 1]
+    steps = [Step(i, [] if i == 0 else [order[i - 1]], {"accuracy": a}, params=100 - 10 * i, encoder_params=0,
+                  size_mb=0.0, seconds=0.0) for i, a in enumerate(accuracies)]
+    return Trajectory(method=name, family="bert", num_layers=2, num_heads=2, greedy=True, prune_first="lowest",
+                      settings={}, steps=steps, budget=len(order), complete=True)
+
+
+def test_comparison_table_reads_each_curve_and_gives_medians_and_ranges():
+    runs = {
+        "good": [run("good", [1.0, 1.0, 0.9, 0.8, 0.5])],
+        "random": [run("random", [1.0, 0.6, 0.5, 0.5, 0.5]), run("random", [1.0, 0.8, 0.7, 0.5, 0.5]),
+                   run("random", [1.0, 0.7, 0.6, 0.5, 0.5])],
+        "short": [run("short", [1.0, 0.9])],  # stops at 25% pruned
+    }
+    rows = comparison_table(runs)
+    assert [r["method"] for r in rows] == ["good", "random", "short"]
+    good, random, short = rows
+    assert good["runs"] == 1 and "auc_min" not in good
+    assert (good["unpruned"], good["at_25%"], good["at_50%"], good["at_75%"]) == (1.0, 1.0, 0.9, 0.8)
+    # trapezoids over [0, 1]: (1 + 1 + 1.9 + 1.7 + 1.3) / 8
+    assert good["auc"] == pytest.approx(6.9 / 8)
+    assert random["runs"] == 3 and random["at_25%"] == pytest.approx(0.7)
+    assert (random["at_25%_min"], random["at_25%_max"]) == (0.6, 0.8)
+    assert short["at_25%"] == pytest.approx(0.9) and math.isnan(short["at_50%"])
+    assert comparison_table(runs, fractions=(0.5,))[0].keys() == {"method", "runs", "unpruned", "at_50%", "auc"}
+
+
+def test_markdown_and_csv_render_the_rows(tmp_path):
+    runs = {"good": [run("good", [1.0, 1.0, 0.9, 0.8, 0.5])],
+            "random": [run("random", [1.0, 0.6, 0.5, 0.5, 0.5]), run("random", [1.0, 0.8, 0.7, 0.5, 0.5])],
+            "short": [run("short", [1.0, 0.9])]}
+    rows = comparison_table(runs)
+    lines = markdown_table(rows, "accuracy").splitlines()
+    assert lines[0] == "| method | accuracy unpruned | accuracy at 25% | accuracy at 50% | accuracy at 75% | AUC |"
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|"
+    assert lines[2].startswith("| good | 1.0000 | 1.0000 | 0.9000 | 0.8000 |")
+    assert lines[3].startswith("| random (median of 2) | 1.0000 [1.000, 1.000] | 0.7000 [0.600, 0.800] |")
+    assert "| n/a |" in lines[4]
+    with pytest.raises(ValueError, match="no rows"):
+        markdown_table([], "accuracy")
+
+    written = list(csv.DictReader(open(write_csv(rows, tmp_path / "table.csv"))))
+    assert [r["method"] for r in written] == ["good", "random", "short"]
+    assert written[0]["auc_min"] == "" and float(written[1]["at_25%_max"]) == pytest.approx(0.8)
+
+
+def test_masks_figure_shows_the_methods_that_reach_the_ratio(tmp_path):
+    runs = {"a": [run("a", [1.0, 0.9, 0.8])], "b": [run("b", [1.0, 0.9, 0.8], order=[(1, 1), (0, 1)])],
+            "short": [run("short", [1.0, 0.9])]}
+    fig = masks_figure(runs, ratio=0.5)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["a", "b"]
+    path = save_figure(fig, tmp_path / "masks.png")
+    assert path.stat().st_size > 0
+    assert masks_figure({"short": runs["short"]}, ratio=0.5) is None
+
+
+def test_ablation_table_and_csv(tmp_path):
+    drops = torch.tensor([[0.1, -0.005], [float("nan"), 0.0]])
+    lines = ablation_table(drops, 0.95, "accuracy").splitlines()
+    assert lines[0].startswith("accuracy 0.9500 with every head")
+    assert lines[1].split() == ["layer", "h0", "h1"]
+    assert lines[2].split() == ["0", "10.00", "-0.50"] and lines[3].split() == ["1", "n/a", "0.00"]
+    text = write_ablation_csv(drops.numpy(), tmp_path / "ablation.csv").read_text().splitlines()
+    assert text == ["layer,head0,head1", "0,0.100000,-0.005000", "1,,0.000000"]
+    assert ablation_table(np.zeros((1, 3)), 1.0).splitlines()[1].split() == ["layer", "h0", "h1", "h2"]
