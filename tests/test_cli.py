@@ -77,7 +77,7 @@ def test_a_bad_out_fails_before_any_work_and_keeps_earlier_files(model_dir, tmp_
     # a run that fails part way (here: the model cannot be loaded) leaves the old files alone
     with pytest.raises(SystemExit) as err:
         main(["prune", "--model", str(tmp_path / "missing"), *SMALL, "--out", str(earlier), "--force"])
-    assert err.value.code == 1 and "could not load" in capsys.readouterr().err
+    assert err.value.code == 1 and "missing does not exist" in capsys.readouterr().err
     assert (earlier / "trajectory.json").read_text() == "{}" and not _leftovers(tmp_path)
     # with --force a finished run replaces the folder
     assert main(["prune", "--model", model_dir, *SMALL, "--steps", "1", "--out", str(earlier), "--force"]) == 0
