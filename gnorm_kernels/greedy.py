@@ -1,9 +1,10 @@
-"""The pruning drivers: greedy (re-score after every step) and static (score once), and their record.
+"""The pruning drivers: greedy (re-score after every step) and static (score once).
 
 `greedy_prune` is Greedy-Gnorm's loop: score every remaining head, physically remove the lowest
 (or highest) `heads_per_step`, evaluate, repeat, with no fine-tuning. `static_prune` scores once
-and removes heads in that order. Both work on a copy of the model (the caller's model is left as
-it was unless ``inplace=True``, which prunes it once, at the end) and return a `Trajectory`: the
+and removes heads in that order. Both are the same loop (`_drive`), told whether to re-score.
+They work on a copy of the model (the caller's model is left as it was unless ``inplace=True``,
+which prunes it once, at the end) and return a `Trajectory` (`gnorm_kernels.trajectory`): the
 pruning order, the score grid each choice was made on, the metrics, sizes and times per step.
 
 A trajectory can be written after every step (``checkpoint=path``, atomically); a run started
@@ -18,13 +19,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,279 +30,14 @@ from tqdm.auto import tqdm
 from gnorm_kernels.arch import HeadLayout, head_layout
 from gnorm_kernels.pruning import prune_heads
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
+from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
 __all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT"]
 
-TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
-TRAJECTORY_VERSION = 1
 Head = tuple[int, int]
 
 
-# --------------------------------------------------------------------------- the record
-
-
-def _grid_to_json(grid: torch.Tensor | None) -> list | None:
-    if grid is None:
-        return None
-    return [[None if math.isnan(v) else v for v in row] for row in grid.tolist()]
-
-
-def _grid_from_json(data: list | None) -> torch.Tensor | None:
-    if data is None:
-        return None
-    return torch.tensor([[float("nan") if v is None else v for v in row] for row in data], dtype=torch.float32)
-
-
-@dataclass
-class Step:
-    """One pruning step. Step 0 is the model as given (nothing pruned)."""
-
-    step: int
-    pruned: list[Head]  # (layer, original head) removed at this step, in the order chosen
-    metrics: dict[str, float] | None  # evaluate() on the evaluation batches; None if not evaluated
-    params: int
-    encoder_params: int
-    size_mb: float
-    seconds: float  # scoring + choosing + pruning
-    eval_seconds: float = 0.0
-    scores: torch.Tensor | None = None  # [L, H] grid this step's choice was made on (NaN: pruned)
-
-    @property
-    def accuracy(self) -> float | None:
-        return None if self.metrics is None else self.metrics.get("accuracy")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "pruned": [list(h) for h in self.pruned],
-            "accuracy": self.accuracy,
-            "metrics": self.metrics,
-            "params": self.params,
-            "encoder_params": self.encoder_params,
-            "size_mb": self.size_mb,
-            "seconds": self.seconds,
-            "eval_seconds": self.eval_seconds,
-            "scores": _grid_to_json(self.scores),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Step":
-        return cls(
-            step=int(data["step"]),
-            pruned=[(int(l), int(h)) for l, h in data["pruned"]],
-            metrics=data.get("metrics") if data.get("metrics") is not None else (
-                None if data.get("accuracy") is None else {"accuracy": data["accuracy"]}
-            ),
-            params=int(data.get("params", 0)),
-            encoder_params=int(data.get("encoder_params", 0)),
-            size_mb=float(data.get("size_mb", 0.0)),
-            seconds=float(data.get("seconds", 0.0)),
-            eval_seconds=float(data.get("eval_seconds", 0.0)),
-            scores=_grid_from_json(data.get("scores")),
-        )
-
-
-@dataclass
-class Trajectory:
-    """The record of one pruning run: order, scores, metrics, sizes and times per step."""
-
-    method: str
-    family: str
-    num_layers: int
-    num_heads: int
-    greedy: bool
-    prune_first: str
-    settings: dict[str, Any]
-    steps: list[Step] = field(default_factory=list)
-    initially_pruned: list[Head] = field(default_factory=list)
-    budget: int = 0  # heads this run is to prune
-    complete: bool = False
-
-    # ---- shape and order
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.num_layers, self.num_heads)
-
-    @property
-    def num_heads_total(self) -> int:
-        return self.num_layers * self.num_heads
-
-    @property
-    def num_heads_start(self) -> int:
-        """Heads present when the run started (num_heads_total unless the model came pruned)."""
-        return self.num_heads_total - len(self.initially_pruned)
-
-    @property
-    def order(self) -> list[Head]:
-        """Every head pruned, first to last."""
-        return [h for s in self.steps for h in s.pruned]
-
-    @property
-    def heads_pruned(self) -> list[int]:
-        """Cumulative number of heads pruned after each step (0 for step 0)."""
-        out, n = [], 0
-        for s in self.steps:
-            n += len(s.pruned)
-            out.append(n)
-        return out
-
-    # ---- masks
-    def _initial_mask(self) -> torch.Tensor:
-        mask = torch.ones(self.shape, dtype=torch.bool)
-        for l, h in self.initially_pruned:
-            mask[l, h] = False
-        return mask
-
-    def _heads_for(self, ratio: float | None, steps: int | None) -> list[Head]:
-        if (ratio is None) == (steps is None):
-            raise ValueError("give exactly one of ratio= (fraction of heads pruned) or steps= (pruning steps)")
-        order = self.order
-        if steps is not None:
-            if not isinstance(steps, int) or not 0 <= steps < len(self.steps):
-                raise ValueError(f"steps must be an integer in 0..{len(self.steps) - 1} for this trajectory, got {steps!r}")
-            return [h for s in self.steps[1 : steps + 1] for h in s.pruned]
-        ratio = _check_ratio(ratio)
-        n = round(ratio * self.num_heads_start)
-        if n > len(order):
-            raise ValueError(
-                f"ratio {ratio} means {n} heads pruned, but this trajectory covers only {len(order)} "
-                f"of {self.num_heads_start} heads"
-            )
-        return order[:n]
-
-    def mask_at(self, ratio: float | None = None, *, steps: int | None = None) -> torch.Tensor:
-        """Bool [L, H] kept mask after pruning a fraction `ratio` of the heads, or after `steps` steps."""
-        mask = self._initial_mask()
-        for l, h in self._heads_for(ratio, steps):
-            mask[l, h] = False
-        return mask
-
-    def pruned_heads_at(self, ratio: float | None = None, *, steps: int | None = None) -> dict[int, list[int]]:
-        """{layer: [original heads]} pruned at that point (including any pruned before the run),
-        ready for `gnorm_kernels.pruning.prune_heads`."""
-        gone = ~self.mask_at(ratio, steps=steps)
-        out: dict[int, list[int]] = {}
-        for l, h in gone.nonzero().tolist():
-            out.setdefault(l, []).append(h)
-        return out
-
-    def scores_at(self, step: int) -> torch.Tensor | None:
-        """The score grid step `step` was chosen on (static runs: the one grid scored at the start)."""
-        for s in reversed(self.steps[1 : step + 1]):
-            if s.scores is not None:
-                return s.scores
-        return None
-
-    # ---- curves
-    def curve(self, metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
-        """(fraction of heads pruned, metric) at every evaluated step."""
-        xs, ys = [], []
-        for n, s in zip(self.heads_pruned, self.steps):
-            if s.metrics is not None and s.metrics.get(metric) is not None:
-                xs.append(n / self.num_heads_start)
-                ys.append(float(s.metrics[metric]))
-        return np.asarray(xs), np.asarray(ys)
-
-    def metric_at(self, fraction: float, metric: str = "accuracy") -> float:
-        """`metric` at a fraction of heads pruned, linear between evaluated steps; NaN past the curve."""
-        xs, ys = self.curve(metric)
-        if len(xs) == 0 or fraction > xs[-1] + 1e-9 or fraction < 0:
-            return float("nan")
-        return float(np.interp(fraction, xs, ys))
-
-    def area_under_curve(self, metric: str = "accuracy") -> float:
-        """Area under `metric` against the fraction of heads pruned, over the range the run covers,
-        divided by that range: the curve's mean value (1.0 would be a perfect score throughout)."""
-        xs, ys = self.curve(metric)
-        if len(xs) < 2 or xs[-1] <= 0:
-            return float("nan")
-        return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
-
-    # ---- JSON
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": TRAJECTORY_FORMAT,
-            "version": TRAJECTORY_VERSION,
-            "method": self.method,
-            "family": self.family,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "num_heads_total": self.num_heads_total,
-            "greedy": self.greedy,
-            "prune_first": self.prune_first,
-            "settings": self.settings,
-            "initially_pruned": [list(h) for h in self.initially_pruned],
-            "budget": self.budget,
-            "complete": self.complete,
-            "steps": [s.to_dict() for s in self.steps],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Trajectory":
-        missing = [k for k in ("method", "num_layers", "num_heads", "steps") if k not in data]
-        if missing:
-            raise ValueError(f"not a pruning trajectory: missing keys {missing}")
-        return cls(
-            method=str(data["method"]),
-            family=str(data.get("family", "")),
-            num_layers=int(data["num_layers"]),
-            num_heads=int(data["num_heads"]),
-            greedy=bool(data.get("greedy", False)),
-            prune_first=str(data.get("prune_first", "lowest")),
-            settings=dict(data.get("settings") or {}),
-            steps=[Step.from_dict(s) for s in data["steps"]],
-            initially_pruned=[(int(l), int(h)) for l, h in data.get("initially_pruned", [])],
-            budget=int(data.get("budget", 0)),
-            complete=bool(data.get("complete", False)),
-        )
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the trajectory as JSON, atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trajectory":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
-
-    def __repr__(self) -> str:
-        acc = [s.accuracy for s in self.steps if s.accuracy is not None]
-        tail = f", accuracy {acc[0]:.4f} -> {acc[-1]:.4f}" if acc else ""
-        return (
-            f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.num_heads}, "
-            f"{len(self.order)} of {self.num_heads_start} heads pruned in {len(self.steps) - 1} steps{tail})"
-        )
-
-
 # --------------------------------------------------------------------------- checks
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _check_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be a number in [0, 1] (the fraction of heads to prune), got {ratio!r}")
-    return float(ratio)
-
 
 def _check_count(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -319,7 +52,7 @@ def _budget(layout: HeadLayout, ratio: float | None, steps: int | None, per_step
     if ratio is not None and steps is not None:
         raise ValueError(f"give ratio= or steps=, not both (got ratio={ratio!r}, steps={steps!r})")
     if ratio is not None:
-        wanted = round(_check_ratio(ratio) * present)
+        wanted = round(check_ratio(ratio) * present)
         what = f"ratio {ratio} means {wanted} of {present} heads"
     elif steps is not None:
         steps = _check_count(steps, "steps", 0)
@@ -436,6 +169,7 @@ def _drive(
     inplace: bool,
     progress: bool,
 ) -> Trajectory:
+    """The one pruning loop: `greedy_prune` (``greedy=True``) and `static_prune` (``False``)."""
     score_fn = get_scorer(scorer) if isinstance(scorer, str) else scorer
     if not callable(score_fn):
         raise TypeError(f"scorer must be a registered name or a callable, got {type(scorer).__name__}")
@@ -478,8 +212,8 @@ def _drive(
     work = copy.deepcopy(model)
     trajectory = _resume(checkpoint, name, layout, greedy, prune_first, settings, initially_pruned, budget)
     if trajectory is not None and trajectory.order:
-        prune_heads(work, _as_map(trajectory.order))
-    if trajectory is None:
+        prune_heads(work, _as_map(trajectory.order))  # replay the saved run on the copy
+    if trajectory is None:  # a new run: step 0 is the model as given
         metrics, eval_seconds = _evaluate(work, evaluation, metric)
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
@@ -498,19 +232,12 @@ def _drive(
         while done < budget and (max_steps is None or new_steps < max_steps):
             index = len(trajectory.steps)
             start = time.perf_counter()
-            scores = static_scores
+            scores = static_scores  # static: the grid scored at the first step, reused
+            recorded = None  # the grid recorded on this step: only a newly scored one
             if scores is None:
-                try:
-                    scores = score_fn(work, calibration, **options).detach().float().cpu()
-                except NonFiniteGradientError as err:
-                    raise NonFiniteGradientError(f"{name}, step {index}: {err}") from err
-                if tuple(scores.shape) != layout.shape:
-                    raise ValueError(f"scorer returned shape {list(scores.shape)}, expected {list(layout.shape)}")
+                scores = recorded = _score(score_fn, work, calibration, options, layout, f"{name}, step {index}")
                 if not greedy:
                     static_scores = scores
-                recorded = scores
-            else:
-                recorded = None
             chosen = _choose(scores, head_layout(work).kept_mask(), min(heads_per_step, budget - done),
                              prune_first, min_heads, index)
             if not chosen:  # cannot happen: the budget counts only prunable heads
@@ -537,6 +264,20 @@ def _drive(
     if inplace and trajectory.order:
         prune_heads(model, _as_map(trajectory.order))
     return trajectory
+
+
+def _score(
+    score_fn: Callable[..., torch.Tensor], model: nn.Module, calibration: list[Batch],
+    options: Mapping[str, Any], layout: HeadLayout, where: str,
+) -> torch.Tensor:
+    """The scorer's float32 CPU grid, checked to be the layout's shape; errors name the step."""
+    try:
+        scores = score_fn(model, calibration, **options).detach().float().cpu()
+    except NonFiniteGradientError as err:
+        raise NonFiniteGradientError(f"{where}: {err}") from err
+    if tuple(scores.shape) != layout.shape:
+        raise ValueError(f"scorer returned shape {list(scores.shape)}, expected {list(layout.shape)}")
+    return scores
 
 
 def _resume(
@@ -577,6 +318,10 @@ def _resume(
         )
     return saved
 
+# --------------------------------------------------------------------------- the public drivers
+# Both keep their full signatures visible to users and type checkers, and pass every argument,
+# by name, to `_drive` (test_greedy checks that the three signatures agree).
+
 
 def greedy_prune(
     model: nn.Module,
@@ -610,12 +355,7 @@ def greedy_prune(
     it. `max_steps` stops this call after that many new steps (resume later with the same
     checkpoint).
     """
-    return _drive(
-        model, calibration, evaluation, greedy=True, scorer=scorer, scorer_options=scorer_options,
-        prune_first=prune_first, method=method, ratio=ratio, steps=steps, heads_per_step=heads_per_step,
-        min_heads_per_layer=min_heads_per_layer, eval_every=eval_every, metric=metric,
-        checkpoint=checkpoint, max_steps=max_steps, inplace=inplace, progress=progress,
-    )
+    return _drive(greedy=True, **locals())
 
 
 def static_prune(
@@ -640,12 +380,7 @@ def static_prune(
 ) -> Trajectory:
     """Static pruning: score the full model once, then remove heads in that order,
     `heads_per_step` at a time, evaluating as `greedy_prune` does (same arguments)."""
-    return _drive(
-        model, calibration, evaluation, greedy=False, scorer=scorer, scorer_options=scorer_options,
-        prune_first=prune_first, method=method, ratio=ratio, steps=steps, heads_per_step=heads_per_step,
-        min_heads_per_layer=min_heads_per_layer, eval_every=eval_every, metric=metric,
-        checkpoint=checkpoint, max_steps=max_steps, inplace=inplace, progress=progress,
-    )
+    return _drive(greedy=False, **locals())
 
 
 def run_method(
@@ -660,11 +395,11 @@ def run_method(
 ) -> Trajectory:
     """Run a method of `gnorm_kernels.scores.METHODS` by name (e.g. "greedy-gnorm", "random").
 
-    `seed` reaches seeded methods (random); `scorer_options` are merged over the method's own;
-    everything else goes to `greedy_prune` / `static_prune`.
+    `seed` reaches seeded methods (random); `scorer_options` go to the scorer; everything else
+    goes to `greedy_prune` / `static_prune`.
     """
     spec = get_method(method) if isinstance(method, str) else method
-    options = {**spec.scorer_options, **(scorer_options or {})}
+    options = dict(scorer_options or {})
     if spec.seeded:
         options.setdefault("seed", seed)
     driver = greedy_prune if spec.greedy else static_prune

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from gnorm_kernels.greedy import Trajectory  # noqa: E402
+from gnorm_kernels.trajectory import Trajectory  # noqa: E402
 
 __all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs"]
 

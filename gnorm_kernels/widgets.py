@@ -3,7 +3,10 @@
 Each builder returns a small object that holds the widget (`.widget`, ready to display), the
 controls a reader clicks, and `.shown`: a dict of what the widget displays right now. Methods
 such as `set_ratio` or `toggle` drive it exactly as a click would, so the same object works in a
-notebook, in a script and in tests, with or without a browser.
+notebook, in a script and in tests, with or without a browser. The controls a browser test
+needs carry stable CSS classes: ``gnorm-ratio`` (the ratio slider), ``gnorm-method`` (the method
+picker), ``gnorm-summary`` (the summary text of either widget), ``gnorm-head`` and
+``gnorm-head-L-H`` (the toggle button of layer L, head H).
 
 * `head_toggle_grid(model, batches)`: one toggle button per head; pressing one masks that head
   (`gnorm_kernels.masking.mask_heads`) and re-evaluates the model.
@@ -21,8 +24,8 @@ import torch
 
 from gnorm_kernels.arch import head_layout
 from gnorm_kernels.evaluate import evaluate
-from gnorm_kernels.greedy import Trajectory
 from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.trajectory import Trajectory
 
 __all__ = ["HeadToggleGrid", "PruningExplorer", "head_toggle_grid", "pruning_explorer"]
 
@@ -85,13 +88,14 @@ class HeadToggleGrid:
                     disabled=not here,
                     layout=w.Layout(width="46px"),
                 )
+                button.add_class("gnorm-head").add_class(f"gnorm-head-{layer}-{head}")
                 button.observe(self._on_toggle, names="value")
                 self.buttons[(layer, head)] = button
                 row.append(button)
             rows.append(w.HBox(row))
         self.reset_button = w.Button(description="unmask all", icon="undo")
         self.reset_button.on_click(lambda _: self.reset())
-        self.status = w.HTML()
+        self.status = w.HTML().add_class("gnorm-summary")
         self.widget = w.VBox([*rows, w.HBox([self.reset_button, self.status])])
         self._update()
 
@@ -167,7 +171,7 @@ class HeadToggleGrid:
         self.status.value = (
             f"<b>{self.metric} {result['score']:.4f}</b> ({_points(result['score'] - baseline)} points "
             f"against {baseline:.4f} with every head); {len(masked)} masked, {n_active} of "
-            f"{self.layout.num_units} heads active"
+            f"{self.layout.num_heads_total} heads active"
         )
 
 
@@ -207,7 +211,7 @@ class PruningExplorer:
             raise ValueError("pruning_explorer needs a non-empty {name: Trajectory} mapping")
         for name, trajectory in trajectories.items():
             if not isinstance(trajectory, Trajectory):
-                raise TypeError(f"trajectory {name!r} must be a gnorm_kernels.greedy.Trajectory, got {type(trajectory).__name__}")
+                raise TypeError(f"trajectory {name!r} must be a gnorm_kernels.trajectory.Trajectory, got {type(trajectory).__name__}")
             if len(trajectory.steps) < 2:
                 raise ValueError(f"trajectory {name!r} has no pruning step to explore")
         shapes = {t.shape for t in trajectories.values()}
@@ -223,12 +227,13 @@ class PruningExplorer:
             raise ValueError(f"unknown method {first!r}; expected one of {list(self.trajectories)}")
         total = self.trajectories[first].num_heads_start
         self.dropdown = w.Dropdown(options=list(self.trajectories), value=first, description="method")
+        self.dropdown.add_class("gnorm-method")
         self.slider = w.FloatSlider(
             value=0.0, min=0.0, max=self._max_ratio(first), step=1.0 / total,
             description="pruned", readout_format=".1%", continuous_update=True,
             layout=w.Layout(width="460px"),
-        )
-        self.summary = w.HTML()
+        ).add_class("gnorm-ratio")
+        self.summary = w.HTML().add_class("gnorm-summary")
         self.image = w.Image(format="png")
         self.dropdown.observe(self._on_method, names="value")
         self.slider.observe(lambda _: self._update(), names="value")
@@ -261,14 +266,8 @@ class PruningExplorer:
 
     def step_for(self, name: str, ratio: float) -> int:
         """The step of trajectory `name` after which round(ratio * heads) heads are pruned
-        (the last step not past it, when steps remove several heads at once)."""
-        trajectory = self.trajectories[name]
-        wanted = round(ratio * trajectory.num_heads_start)
-        step = 0
-        for index, count in enumerate(trajectory.heads_pruned):
-            if count <= wanted:
-                step = index
-        return step
+        (the last step not past it, when steps remove several heads at once): `Trajectory.step_for`."""
+        return self.trajectories[name].step_for(ratio)
 
     def state(self, name: str, ratio: float) -> dict[str, Any]:
         """What the explorer shows for method `name` at `ratio`, read from the trajectory."""

@@ -2,7 +2,8 @@
 
 It does what the method's description and the authors' code do, in the most direct way:
 
-* every parameter requires grad (nothing frozen);
+* every parameter requires grad (nothing frozen), in eval mode (`scoring_mode` with every
+  parameter trainable; the model's modes and flags are restored afterwards);
 * one full forward + backward sweep per layer and calibration batch (L sweeps per step), reading
   only that layer's query/key/value weight gradients after each sweep;
 * pruned heads are switched off with `mask_heads` (a zero gate) instead of being removed, and
@@ -20,6 +21,7 @@ from torch import nn
 
 from gnorm_kernels.arch import head_layout
 from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.scores import scoring_mode
 
 
 def _logits_norm(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,24 +39,16 @@ def reference_gnorm_scores(
     for l, h in pruned:
         mask[l, h] = 0.0
     norms = torch.zeros(L, 3, H, dtype=torch.float64)
-    model.eval()
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(True)
-    try:
-        with mask_heads(model, mask):
-            for block in layout.blocks:  # one sweep per layer, as the authors' code does
-                for batch in batches:
-                    model.zero_grad(set_to_none=True)
-                    _logits_norm(model, batch).backward()
-                    for p, linear in enumerate((block.query, block.key, block.value)):
-                        grad = linear.weight.grad  # [H*d, D]
-                        for h in range(H):
-                            norms[block.index, p, h] += grad[h * d : (h + 1) * d].double().norm()
-        model.zero_grad(set_to_none=True)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with scoring_mode(model, list(model.parameters())), mask_heads(model, mask):
+        for block in layout.blocks:  # one sweep per layer, as the authors' code does
+            for batch in batches:
+                model.zero_grad(set_to_none=True)
+                _logits_norm(model, batch).backward()
+                for p, linear in enumerate((block.query, block.key, block.value)):
+                    grad = linear.weight.grad  # [H*d, D]
+                    for h in range(H):
+                        norms[block.index, p, h] += grad[h * d : (h + 1) * d].double().norm()
+    model.zero_grad(set_to_none=True)
     scores = (norms / len(batches)).prod(dim=1).float()
     for l, h in pruned:
         scores[l, h] = float("nan")

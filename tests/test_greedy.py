@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from gnorm_kernels.arch import head_layout
 from gnorm_kernels.evaluate import evaluate
+import gnorm_kernels.greedy as greedy_module
 from gnorm_kernels.greedy import Trajectory, greedy_prune, run_method, static_prune
 from gnorm_kernels.pruning import prune_heads
 from gnorm_kernels.scores import METHODS, NonFiniteGradientError, attention_entropy, gnorm_scores
@@ -41,7 +45,7 @@ def test_engine_picks_the_reference_heads_in_the_reference_order(family):
     calib, _ = _data(model)
     fast = greedy_prune(model, calib, progress=False)
     order, grids = reference_greedy_order(model, calib)
-    assert len(fast.order) == len(order) == head_layout(model).num_units
+    assert len(fast.order) == len(order) == head_layout(model).num_heads_total
     # Each choice of the engine must be a minimum of the reference's scores on the engine's pruned
     # state, up to ties; the score grids must agree. While the orders agree the states are the same
     # and the reference's own grids serve; after a tie-swap the reference is re-run on the engine's state.
@@ -273,3 +277,41 @@ def test_figures_from_trajectories():
     with pytest.raises(ValueError, match="kind"):
         plot_head_grid(greedy.mask_at(0.5), kind="heat")
     plt.close("all")
+
+
+def test_both_drivers_have_one_signature_and_forward_it_whole():
+    greedy, static = inspect.signature(greedy_prune), inspect.signature(static_prune)
+    assert greedy == static
+    inner = inspect.signature(greedy_module._drive).parameters
+    assert [n for n in inner if n != "greedy"] == list(greedy.parameters)
+    assert all(inner[n].kind == p.kind for n, p in greedy.parameters.items())
+
+
+def _record(per_step: list[int]) -> Trajectory:
+    from gnorm_kernels.trajectory import Step
+
+    heads = iter([(l, h) for l in range(2) for h in range(4)])
+    steps = [Step(0, [], None, params=0, encoder_params=0, size_mb=0.0, seconds=0.0)]
+    for i, k in enumerate(per_step, start=1):
+        steps.append(Step(i, [next(heads) for _ in range(k)], None, params=0, encoder_params=0, size_mb=0.0, seconds=0.0))
+    return Trajectory(method="m", family="bert", num_layers=2, num_heads=4, greedy=True, prune_first="lowest",
+                      settings={}, steps=steps, initially_pruned=[], budget=sum(per_step))
+
+
+def test_step_for_is_the_last_step_not_past_the_ratio():
+    ones = _record([1] * 6)
+    assert [ones.step_for(n / 8) for n in range(9)] == [0, 1, 2, 3, 4, 5, 6, 6, 6]
+    pairs = _record([2, 2, 2])  # 2 heads a step: 3 heads wanted -> the step with 2
+    assert [pairs.step_for(n / 8) for n in range(7)] == [0, 0, 1, 1, 2, 2, 3]
+    assert torch.equal(pairs.mask_at(steps=pairs.step_for(3 / 8)), pairs.mask_at(2 / 8))
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match="ratio"):
+            pairs.step_for(bad)
+
+
+def test_the_record_imports_nothing_of_the_engine():
+    code = ("import sys, gnorm_kernels.trajectory; "
+            "print(sorted(m for m in sys.modules if m.startswith(('gnorm_kernels.', 'transformers'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['gnorm_kernels.trajectory']"
+    assert greedy_module.Trajectory is __import__("gnorm_kernels.trajectory", fromlist=["x"]).Trajectory

@@ -155,6 +155,33 @@ def test_scoring_freezes_all_but_qkv_weights_and_restores_the_model():
     assert model.training and all(m.training for m in model.modules())
 
 
+def test_entropy_and_taylor_restore_modes_and_flags():
+    model = _model()
+    model.train()
+    model.bert.encoder.layer[0].eval()  # mixed modes, to see each module's own restored
+    model.classifier.weight.requires_grad_(False)
+    batches = random_batches(model)
+    modes = [m.training for m in model.modules()]
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    attention_entropy(model, batches)
+    taylor_importance(model, batches)
+    assert [m.training for m in model.modules()] == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_scores_re_exports_the_engine_and_the_baselines():
+    import gnorm_kernels.baselines as baselines
+    import gnorm_kernels.gnorm as gnorm
+    import gnorm_kernels.scores as scores
+
+    for name in ("gnorm_scores", "qkv_gradient_norms", "NonFiniteGradientError", "scoring_mode", "Batch"):
+        assert getattr(scores, name) is getattr(gnorm, name)
+    for name in ("attention_entropy", "taylor_importance", "random_scores"):
+        assert getattr(scores, name) is getattr(baselines, name)
+    assert gnorm.COMBINES == kernels.COMBINES == ("product", "sum", "max")
+
+
 def test_gnorm_reduces_through_the_kernels_module(monkeypatch):
     model = _model()
     batches = random_batches(model)

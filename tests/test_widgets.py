@@ -11,10 +11,11 @@ import torch
 pytest.importorskip("ipywidgets")
 
 from gnorm_kernels.evaluate import evaluate
-from gnorm_kernels.greedy import Step, Trajectory, greedy_prune, static_prune
+from gnorm_kernels.greedy import greedy_prune, static_prune
 from gnorm_kernels.masking import mask_heads
 from gnorm_kernels.pruning import prune_heads
 from gnorm_kernels.testing import random_batches, tiny_random_model
+from gnorm_kernels.trajectory import Step, Trajectory
 from gnorm_kernels.widgets import head_toggle_grid, pruning_explorer
 
 
@@ -96,6 +97,14 @@ def test_pruned_heads_are_disabled(batches):
         grid.toggle(2, 0)
 
 
+def test_toggle_grid_controls_carry_stable_css_classes(model, batches):
+    grid = head_toggle_grid(model, batches)
+    for (layer, head), button in grid.buttons.items():
+        assert set(button._dom_classes) == {"gnorm-head", f"gnorm-head-{layer}-{head}"}
+    assert "gnorm-summary" in grid.status._dom_classes
+    assert "masked" in grid.status.value
+
+
 def test_toggle_grid_refuses_no_batches(model):
     with pytest.raises(ValueError, match="at least one batch"):
         head_toggle_grid(model, [])
@@ -142,6 +151,14 @@ def test_explorer_shows_what_the_trajectory_says_for_a_ratio():
     assert torch.equal(explorer.shown["mask"], b.mask_at(3 / 8))
     assert not explorer.shown["mask"][1, 2] and explorer.shown["mask"][1, 3]
     assert "3 of 8" in explorer.summary.value
+
+
+def test_explorer_controls_carry_stable_css_classes():
+    explorer = pruning_explorer({"a": _handmade("a", ORDER)}, draw=False)
+    assert "gnorm-ratio" in explorer.slider._dom_classes
+    assert "gnorm-method" in explorer.dropdown._dom_classes
+    assert "gnorm-summary" in explorer.summary._dom_classes
+    assert "heads pruned" in explorer.summary.value
 
 
 def test_explorer_with_several_heads_per_step_and_sparse_evaluation():

@@ -1,0 +1,304 @@
+"""The record of a pruning run: `Step` and `Trajectory`, read by plots, widgets, reports and the CLI.
+
+A trajectory holds the pruning order, the score grid each choice was made on, and the metrics,
+sizes and times after every step. It is a plain record: it imports nothing of the pruning engine
+(only torch, numpy and the standard library), so reading a saved run needs no model code.
+
+Heads are named by (layer, original head index) on the original [num_layers, num_heads] grid.
+Positions along a run are given either as a pruning ratio (the fraction of the heads present at
+the start that are gone) or as a step number; `step_for`, `mask_at` and `pruned_heads_at` are the
+one place that turns either into a step, a kept-head mask or a `prune_heads` map.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
+
+TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
+TRAJECTORY_VERSION = 1
+Head = tuple[int, int]
+
+
+def check_ratio(ratio: Any) -> float:
+    """`ratio` as a float, checked to be a number in [0, 1] (a fraction of heads pruned)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"ratio must be a number in [0, 1] (the fraction of heads to prune), got {ratio!r}")
+    return float(ratio)
+
+
+def _grid_to_json(grid: torch.Tensor | None) -> list | None:
+    if grid is None:
+        return None
+    return [[None if math.isnan(v) else v for v in row] for row in grid.tolist()]
+
+
+def _grid_from_json(data: list | None) -> torch.Tensor | None:
+    if data is None:
+        return None
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in data], dtype=torch.float32)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class Step:
+    """One pruning step. Step 0 is the model as given (nothing pruned)."""
+
+    step: int
+    pruned: list[Head]  # (layer, original head) removed at this step, in the order chosen
+    metrics: dict[str, float] | None  # evaluate() on the evaluation batches; None if not evaluated
+    params: int
+    encoder_params: int
+    size_mb: float
+    seconds: float  # scoring + choosing + pruning
+    eval_seconds: float = 0.0
+    scores: torch.Tensor | None = None  # [L, H] grid this step's choice was made on (NaN: pruned)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The step's accuracy, or None when the step was not evaluated."""
+        return None if self.metrics is None else self.metrics.get("accuracy")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (score grids as nested lists, NaN written as null)."""
+        return {
+            "step": self.step,
+            "pruned": [list(h) for h in self.pruned],
+            "accuracy": self.accuracy,
+            "metrics": self.metrics,
+            "params": self.params,
+            "encoder_params": self.encoder_params,
+            "size_mb": self.size_mb,
+            "seconds": self.seconds,
+            "eval_seconds": self.eval_seconds,
+            "scores": _grid_to_json(self.scores),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Step":
+        """The step `to_dict` wrote."""
+        return cls(
+            step=int(data["step"]),
+            pruned=[(int(l), int(h)) for l, h in data["pruned"]],
+            metrics=data.get("metrics"),
+            params=int(data.get("params", 0)),
+            encoder_params=int(data.get("encoder_params", 0)),
+            size_mb=float(data.get("size_mb", 0.0)),
+            seconds=float(data.get("seconds", 0.0)),
+            eval_seconds=float(data.get("eval_seconds", 0.0)),
+            scores=_grid_from_json(data.get("scores")),
+        )
+
+
+@dataclass
+class Trajectory:
+    """The record of one pruning run: order, scores, metrics, sizes and times per step."""
+
+    method: str
+    family: str
+    num_layers: int
+    num_heads: int
+    greedy: bool
+    prune_first: str
+    settings: dict[str, Any]
+    steps: list[Step] = field(default_factory=list)
+    initially_pruned: list[Head] = field(default_factory=list)
+    budget: int = 0  # heads this run is to prune
+    complete: bool = False
+
+    # ---- shape and order
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(num_layers, num_heads): the original head grid."""
+        return (self.num_layers, self.num_heads)
+
+    @property
+    def num_heads_total(self) -> int:
+        """Heads on the original grid."""
+        return self.num_layers * self.num_heads
+
+    @property
+    def num_heads_start(self) -> int:
+        """Heads present when the run started (num_heads_total unless the model came pruned)."""
+        return self.num_heads_total - len(self.initially_pruned)
+
+    @property
+    def order(self) -> list[Head]:
+        """Every head pruned, first to last."""
+        return [h for s in self.steps for h in s.pruned]
+
+    @property
+    def heads_pruned(self) -> list[int]:
+        """Cumulative number of heads pruned after each step (0 for step 0)."""
+        out, n = [], 0
+        for s in self.steps:
+            n += len(s.pruned)
+            out.append(n)
+        return out
+
+    # ---- ratio -> step -> mask
+    def step_for(self, ratio: float) -> int:
+        """The last step after which at most round(ratio * num_heads_start) heads are pruned.
+
+        With one head per step that step prunes exactly that many; with several it is the last
+        step not past the ratio. Past the end of the run it is the last step."""
+        wanted = round(check_ratio(ratio) * self.num_heads_start)
+        step = 0
+        for index, count in enumerate(self.heads_pruned):
+            if count <= wanted:
+                step = index
+        return step
+
+    def _heads_for(self, ratio: float | None, steps: int | None) -> list[Head]:
+        if (ratio is None) == (steps is None):
+            raise ValueError("give exactly one of ratio= (fraction of heads pruned) or steps= (pruning steps)")
+        order = self.order
+        if steps is not None:
+            if not isinstance(steps, int) or not 0 <= steps < len(self.steps):
+                raise ValueError(f"steps must be an integer in 0..{len(self.steps) - 1} for this trajectory, got {steps!r}")
+            return [h for s in self.steps[1 : steps + 1] for h in s.pruned]
+        ratio = check_ratio(ratio)
+        n = round(ratio * self.num_heads_start)
+        if n > len(order):
+            raise ValueError(
+                f"ratio {ratio} means {n} heads pruned, but this trajectory covers only {len(order)} "
+                f"of {self.num_heads_start} heads"
+            )
+        return order[:n]
+
+    def mask_at(self, ratio: float | None = None, *, steps: int | None = None) -> torch.Tensor:
+        """Bool [L, H] kept mask after pruning the first round(ratio * num_heads_start) heads of
+        the order, or after `steps` steps (heads pruned before the run count as gone)."""
+        mask = torch.ones(self.shape, dtype=torch.bool)
+        for l, h in [*self.initially_pruned, *self._heads_for(ratio, steps)]:
+            mask[l, h] = False
+        return mask
+
+    def pruned_heads_at(self, ratio: float | None = None, *, steps: int | None = None) -> dict[int, list[int]]:
+        """{layer: [original heads]} pruned at that point (including any pruned before the run),
+        ready for `gnorm_kernels.pruning.prune_heads`."""
+        gone = ~self.mask_at(ratio, steps=steps)
+        out: dict[int, list[int]] = {}
+        for l, h in gone.nonzero().tolist():
+            out.setdefault(l, []).append(h)
+        return out
+
+    def scores_at(self, step: int) -> torch.Tensor | None:
+        """The score grid step `step` was chosen on (static runs: the one grid scored at the start)."""
+        for s in reversed(self.steps[1 : step + 1]):
+            if s.scores is not None:
+                return s.scores
+        return None
+
+    # ---- curves
+    def curve(self, metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+        """(fraction of heads pruned, metric) at every evaluated step."""
+        xs, ys = [], []
+        for n, s in zip(self.heads_pruned, self.steps):
+            if s.metrics is not None and s.metrics.get(metric) is not None:
+                xs.append(n / self.num_heads_start)
+                ys.append(float(s.metrics[metric]))
+        return np.asarray(xs), np.asarray(ys)
+
+    def metric_at(self, fraction: float, metric: str = "accuracy") -> float:
+        """`metric` at a fraction of heads pruned, linear between evaluated steps; NaN past the curve."""
+        xs, ys = self.curve(metric)
+        if len(xs) == 0 or fraction > xs[-1] + 1e-9 or fraction < 0:
+            return float("nan")
+        return float(np.interp(fraction, xs, ys))
+
+    def area_under_curve(self, metric: str = "accuracy") -> float:
+        """Area under `metric` against the fraction of heads pruned, over the range the run covers,
+        divided by that range: the curve's mean value (1.0 would be a perfect score throughout)."""
+        xs, ys = self.curve(metric)
+        if len(xs) < 2 or xs[-1] <= 0:
+            return float("nan")
+        return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
+
+    # ---- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, tagged with `TRAJECTORY_FORMAT` and `TRAJECTORY_VERSION`."""
+        return {
+            "format": TRAJECTORY_FORMAT,
+            "version": TRAJECTORY_VERSION,
+            "method": self.method,
+            "family": self.family,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_heads_total": self.num_heads_total,
+            "greedy": self.greedy,
+            "prune_first": self.prune_first,
+            "settings": self.settings,
+            "initially_pruned": [list(h) for h in self.initially_pruned],
+            "budget": self.budget,
+            "complete": self.complete,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Trajectory":
+        """The trajectory `to_dict` wrote; a dict missing the essential keys is refused."""
+        missing = [k for k in ("method", "num_layers", "num_heads", "steps") if k not in data]
+        if missing:
+            raise ValueError(f"not a pruning trajectory: missing keys {missing}")
+        return cls(
+            method=str(data["method"]),
+            family=str(data.get("family", "")),
+            num_layers=int(data["num_layers"]),
+            num_heads=int(data["num_heads"]),
+            greedy=bool(data.get("greedy", False)),
+            prune_first=str(data.get("prune_first", "lowest")),
+            settings=dict(data.get("settings") or {}),
+            steps=[Step.from_dict(s) for s in data["steps"]],
+            initially_pruned=[(int(l), int(h)) for l, h in data.get("initially_pruned", [])],
+            budget=int(data.get("budget", 0)),
+            complete=bool(data.get("complete", False)),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trajectory as JSON, atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trajectory":
+        """Read a trajectory `save` wrote."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def __repr__(self) -> str:
+        acc = [s.accuracy for s in self.steps if s.accuracy is not None]
+        tail = f", accuracy {acc[0]:.4f} -> {acc[-1]:.4f}" if acc else ""
+        return (
+            f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.num_heads}, "
+            f"{len(self.order)} of {self.num_heads_start} heads pruned in {len(self.steps) - 1} steps{tail})"
+        )
