@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from gnorm_kernels.data import SPLITS, Example, Task
+from gnorm_kernels.tasks import SPLITS, Example, Task
 
 __all__ = [
     "synthetic_task",
