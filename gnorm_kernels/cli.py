@@ -2,6 +2,7 @@
 
     gnorm prune   --model tiny --task synthetic --method greedy-gnorm --ratio 0.5 --out runs/prune
     gnorm compare --model tiny --task synthetic --methods greedy-gnorm,entropy,random --out runs/cmp
+    gnorm compare --model MODEL --calib-data sst2/train.tsv --eval-data sst2/dev.tsv --calib-draws 3 --out runs/sst2
     gnorm ablate  --model tiny --task synthetic
     gnorm grain   --density 0.2 --out runs/grain
 
@@ -39,6 +40,9 @@ GRAIN_LR = {"tiny": 1e-3}
 GRAIN_PAPER_LR = 3e-5
 # gnorm_kernels.grain.attention.IMPLEMENTATIONS, the default first (tests/test_cli.py holds them together)
 GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
+# gnorm_kernels.presets.PRESETS: name -> (calibration examples, calibration batch size)
+PRESET_DATA = {"authors": (1000, 128)}
+CALIB_SIZE, BATCH_SIZE = 256, 32
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -47,13 +51,21 @@ GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
     p.add_argument("--model", default="tiny", help='"tiny" (trained here on first use), a hub id, or a local folder')
     p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
-    p.add_argument("--calib-size", type=int, default=256, help="calibration examples used for scoring (default 256)")
-    p.add_argument("--eval-size", type=int, default=eval_size,
-                   help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'})")
-    p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32, as the authors use)")
+    p.add_argument("--calib-data", type=Path, default=None,
+                   help="a csv/tsv/jsonl file to draw calibration examples from (with --eval-data, instead of --task)")
+    p.add_argument("--eval-data", type=Path, default=None,
+                   help="a csv/tsv/jsonl file to evaluate on, every row (with --calib-data, e.g. GLUE's dev.tsv)")
+    p.add_argument("--calib-size", type=int, default=None,
+                   help=f"calibration examples used for scoring (default {CALIB_SIZE}; 1000 with --preset authors)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'}; "
+                        "every row of --eval-data)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"calibration batch size (default {BATCH_SIZE}, as the authors use; 128 with --preset authors)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(default_eval_size=eval_size)
 
 
 def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None) -> None:
@@ -71,12 +83,34 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"),
                    help="metric of the curve and the table (default accuracy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    p.add_argument("--preset", default=None, choices=tuple(PRESET_DATA),
+                   help="authors: the Greedy-Gnorm authors' revised code (train-mode, dropout-on scoring; "
+                        "1000 calibration examples in batches of 128; logits norm; z-scored scores)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.set_defaults(default_ratio=default_ratio)
 
 
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in the data flags left unset: the preset's values, else the defaults; --eval-data
+    evaluates on every row unless --eval-size is given."""
+    calib_size, batch_size = PRESET_DATA.get(getattr(args, "preset", None), (CALIB_SIZE, BATCH_SIZE))
+    args.calib_size = calib_size if args.calib_size is None else args.calib_size
+    args.batch_size = batch_size if args.batch_size is None else args.batch_size
+    if args.eval_size is None and args.eval_data is None:
+        args.eval_size = args.default_eval_size
+    if (args.calib_data is None) != (args.eval_data is None):
+        raise CLIError("--calib-data and --eval-data go together: give both files, or neither (then --task)")
+    if args.calib_data is not None and args.task != "synthetic":
+        raise CLIError(f"give --task or --calib-data/--eval-data, not both (got --task {args.task})")
+
+
+def _task_name(args: argparse.Namespace) -> str:
+    return str(args.task) if args.calib_data is None else f"{args.calib_data} + {args.eval_data}"
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    _resolve_defaults(args)
     for name in ("calib_size", "batch_size", "max_length", "heads_per_step", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -111,10 +145,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     from gnorm_kernels.models import load_model
 
     progress = not args.quiet
-    # only the calibration and test splits are used here; the synthetic generator draws those
-    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1} if str(args.task) == "synthetic" else {}
-    task = load_task(args.task, **options)
+    needed = args.calib_size * getattr(args, "calib_draws", 1)
+    if args.calib_data is not None:
+        task = load_task(args.calib_data, eval_file=args.eval_data, calibration_size=needed)
+    else:
+        # only the calibration and test splits are used here; the synthetic generator draws those
+        # first, so a one-example train split leaves them unchanged and saves generating 40k texts
+        options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) == "synthetic" else {}
+        task = load_task(args.task, **options)
     model, tokenizer = load_model(args.model, num_labels=task.num_labels, device=args.device, progress=progress)
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
                                limit=args.calib_size, max_length=args.max_length)
@@ -175,9 +213,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         trajectory = run_method(
             method, model, calibration, evaluation, seed=args.seed, metric=args.metric,
             scorer_options=_scorer_options(method, args), checkpoint=folder.path("trajectory.json"),
-            inplace=True, **_driver_options(args),
+            inplace=True, preset=args.preset, **_driver_options(args),
         )
-        trajectory.settings.update(model=str(args.model), task=str(args.task))
+        trajectory.settings.update(model=str(args.model), task=_task_name(args),
+                                   **({"preset": args.preset} if args.preset else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
@@ -203,58 +242,71 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="run several pruning methods and compare their accuracy curves",
-        description="Run several methods on one model and task; write one overlaid accuracy plot "
-                    "(accuracy.png), a table (table.md, table.csv: accuracy at 25/50/75% of heads pruned "
-                    "and the area under each curve), the kept masks at 50% (masks.png) and every "
-                    "trajectory (trajectories/) into --out.",
+        description="Run several methods on one model and task; write one overlaid accuracy plot with "
+                    "95% bootstrap bands (accuracy.png), a table (table.md, table.csv: accuracy at 25/50/75% "
+                    "of heads pruned and the area under each curve over the whole run, 0-50% and 0-75%, each "
+                    "with a 95% interval from a paired bootstrap over the evaluation examples, and the "
+                    "difference from --reference, resolved or not), every pairwise difference "
+                    "(differences.csv), the kept masks at 50% (masks.png) and every trajectory "
+                    "(trajectories/) into --out.",
     )
     # every method is evaluated after every step: a smaller default test set keeps the demo short
     _add_data_args(p, eval_size=500)
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated, from: {', '.join(METHOD_NAMES)} (default: all)")
     p.add_argument("--random-seeds", type=int, default=5, help="runs of the random baseline (seeds seed..seed+N-1; default 5)")
+    p.add_argument("--budgets", default="",
+                   help="extra fractions of heads pruned to report, comma-separated (e.g. 0.1,0.9; 0.25, 0.5 "
+                        "and 0.75 always)")
+    p.add_argument("--calib-draws", type=int, default=1,
+                   help="run every method on N disjoint calibration samples and report the spread (default 1)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--reference", default=None, help="the method differences are taken from (default: the first)")
     _add_pruning_args(p, default_ratio=1.0)
     p.set_defaults(handler=_run_compare)
 
 
+def _budgets(text: str) -> list[float]:
+    values = [float(v) if v.strip().replace(".", "", 1).isdigit() else -1.0 for v in text.split(",") if v.strip()]
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise CLIError(f"--budgets takes comma-separated fractions of heads pruned in [0, 1], got {text!r}")
+    return list(dict.fromkeys([0.25, 0.5, 0.75, *sorted(values)]))  # evidence.DEFAULT_BUDGETS first
+
+
 def _run_compare(args: argparse.Namespace) -> int:
-    from gnorm_kernels.greedy import run_method
-    from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
-    from gnorm_kernels.scores import get_method
+    from gnorm_kernels.evidence import calibration_draws, compare
+    from gnorm_kernels.report import masks_figure, save_figure, write_csv
     from gnorm_kernels.viz import plot_accuracy_curves
 
     _check_args(args)
     methods = _check_methods(args.methods.split(","))
-    if args.random_seeds < 1:
-        raise CLIError(f"--random-seeds must be >= 1, got {args.random_seeds}")
+    budgets = _budgets(args.budgets)
+    for name in (n for n in ("random_seeds", "calib_draws", "resamples") if getattr(args, n) < 1):
+        raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with OutputFolder(args.out, force=args.force) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
-        jobs = [(m, s) for m in methods
-                for s in (range(args.seed, args.seed + args.random_seeds) if get_method(m).seeded else [args.seed])]
-        runs: dict[str, list] = {}
-        for i, (method, seed) in enumerate(jobs, 1):
-            seeded = get_method(method).seeded
-            print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
-            path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
-            trajectory = run_method(
-                method, model, calibration, evaluation, seed=seed, metric=args.metric,
-                scorer_options=_scorer_options(method, args), checkpoint=path, **_driver_options(args),
-            )
-            trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
-            trajectory.save(path)
-            runs.setdefault(method, []).append(trajectory)
-        rows = comparison_table(runs, metric=args.metric)
-        table = markdown_table(rows, args.metric)
+        if args.calib_draws > 1:
+            calibration = calibration_draws(task, tokenizer, draws=args.calib_draws, size=args.calib_size,
+                                            batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+        comparison = compare(
+            model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
+            budgets=budgets, random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
+            scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
+            checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=_task_name(args)),
+            log=lambda line: print(line, file=sys.stderr, flush=True), **_driver_options(args),
+        )
+        table = comparison.markdown()
         folder.path("table.md").write_text(table)
-        write_csv(rows, folder.path("table.csv"))
-        save_figure(plot_accuracy_curves(runs, metric=args.metric,
-                                         title=f"{args.task}: {args.metric} as heads are pruned"),
+        write_csv(comparison.table(), folder.path("table.csv"))
+        write_csv(comparison.pairs(), folder.path("differences.csv"))
+        save_figure(plot_accuracy_curves(comparison.runs, metric=args.metric, bands=comparison.evidence.bands,
+                                         title=f"{_task_name(args)}: {args.metric} as heads are pruned"),
                     folder.path("accuracy.png"))
-        masks = masks_figure(runs, ratio=0.5)
+        masks = masks_figure(comparison.runs, ratio=0.5)
         if masks is not None:
             save_figure(masks, folder.path("masks.png"))
     print(table, end="")
-    print(f"wrote {folder.out}/: table.md, table.csv, accuracy.png, masks.png, trajectories/")
+    print(f"wrote {folder.out}/: table.md, table.csv, differences.csv, accuracy.png, masks.png, trajectories/")
     return 0
 
 

@@ -3,7 +3,9 @@
 Everything downstream (scorers, pruning drivers, evaluation) consumes a list of
 batches: dicts of model keyword arguments plus `labels`, as built by `Task.batches`.
 `load_task` reads "synthetic" (the generated film reviews of `gnorm_kernels.synthetic`,
-the offline default), GLUE through `datasets`, or a local csv/tsv/jsonl file.
+the offline default), GLUE through `datasets`, a local csv/tsv/jsonl file (split in three), or
+two local files: ``load_task(train_file, eval_file=dev_file)`` draws the calibration examples
+from the first and evaluates on every row of the second (e.g. GLUE's train.tsv and dev.tsv).
 
 `Task`, `Example` and the synthetic task's names (`synthetic_task`, `synthetic_tokenizer` ...)
 are importable from here too; they live in `gnorm_kernels.tasks` and `gnorm_kernels.synthetic`.
@@ -28,7 +30,7 @@ from gnorm_kernels.synthetic import (
 from gnorm_kernels.tasks import METRICS, SPLITS, Example, Task  # noqa: F401 (re-exported)
 
 __all__ = [
-    "Example", "Task", "load_task", "task_from_glue", "task_from_file", "SPLITS", "GLUE_TASKS",
+    "Example", "Task", "load_task", "task_from_glue", "task_from_file", "task_from_files", "SPLITS", "GLUE_TASKS",
     "synthetic_task", "synthetic_review", "synthetic_vocabulary", "synthetic_fingerprint", "synthetic_tokenizer",
     "word_level_tokenizer",
 ]
@@ -164,6 +166,29 @@ def _label_ids(values: list[Any]) -> tuple[list[int], list[str]]:
     return [index[str(v)] for v in values], names
 
 
+def _read_rows(
+    path: Path, label_column: str, text_columns: Sequence[str] | None, *, dedupe: bool, min_rows: int
+) -> tuple[tuple[str, ...], list[tuple[str, str | None, Any]]]:
+    """(text columns, [(text, pair or None, raw label)]) of the labelled rows of a local file."""
+    if path.suffix.lower() not in FILE_EXTENSIONS:
+        raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    frame = _read_table(path)
+    found = [str(c) for c in frame.columns]
+    if label_column not in found:
+        raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
+    cols = _pick_text_columns(found, text_columns, path)
+    frame = frame.dropna(subset=[*cols, label_column])
+    if dedupe:
+        frame = frame.drop_duplicates(subset=list(cols), keep="first")
+    if len(frame) < min_rows:
+        raise ValueError(f"{path}: expected at least {min_rows} labelled rows with text, found {len(frame)}")
+    texts = [str(t) for t in frame[cols[0]].tolist()]
+    pairs = [str(t) for t in frame[cols[1]].tolist()] if len(cols) == 2 else [None] * len(texts)
+    return cols, list(zip(texts, pairs, frame[label_column].tolist()))
+
+
 def task_from_file(
     path: str | os.PathLike,
     *,
@@ -181,25 +206,11 @@ def task_from_file(
     and train parts. String labels become ids in sorted order.
     """
     path = Path(path)
-    if path.suffix.lower() not in FILE_EXTENSIONS:
-        raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    frame = _read_table(path)
-    found = [str(c) for c in frame.columns]
-    if label_column not in found:
-        raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
-    cols = _pick_text_columns(found, text_columns, path)
-    frame = frame.dropna(subset=[*cols, label_column])
-    frame = frame.drop_duplicates(subset=list(cols), keep="first")
-    if len(frame) < 3:
-        raise ValueError(f"{path}: expected at least 3 labelled rows with text, found {len(frame)}")
-    labels, names = _label_ids(frame[label_column].tolist())
-    texts = [str(t) for t in frame[cols[0]].tolist()]
-    pairs = [str(t) for t in frame[cols[1]].tolist()] if len(cols) == 2 else [None] * len(texts)
-    examples = [Example(t, p, y) for t, p, y in zip(texts, pairs, labels)]
+    cols, rows = _read_rows(path, label_column, text_columns, dedupe=True, min_rows=3)
+    labels, names = _label_ids([y for *_, y in rows])
+    examples = [Example(t, p, y) for (t, p, _), y in zip(rows, labels)]
 
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -220,6 +231,52 @@ def task_from_file(
     )
 
 
+def task_from_files(
+    calibration_file: str | os.PathLike,
+    eval_file: str | os.PathLike,
+    *,
+    seed: int = 0,
+    label_column: str = "label",
+    text_columns: Sequence[str] | None = None,
+    calibration_size: int = 512,
+    metric: str = "accuracy",
+) -> Task:
+    """A Task from two local files: calibration examples drawn from the first, evaluation on the second.
+
+    The test split is every labelled row of `eval_file`, in file order (duplicates kept). The
+    calibration split is a seeded sample of `calibration_size` rows of `calibration_file`
+    (deduplicated, and with every text that also occurs in `eval_file` left out, so the two
+    never overlap); the other rows are the train split. Text columns are found in each file as
+    `task_from_file` finds them; labels map to the same ids in both (strings in sorted order).
+    """
+    if calibration_size < 1:
+        raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
+    calibration_file, eval_file = Path(calibration_file), Path(eval_file)
+    cols, source = _read_rows(calibration_file, label_column, text_columns, dedupe=True, min_rows=1)
+    eval_cols, held_out = _read_rows(eval_file, label_column, text_columns or cols, dedupe=False, min_rows=1)
+    if len(eval_cols) != len(cols):
+        raise ValueError(f"{calibration_file} has text columns {list(cols)} but {eval_file} has {list(eval_cols)}")
+    seen = {(t, p) for t, p, _ in held_out}
+    kept = [row for row in source if (row[0], row[1]) not in seen]
+    if not kept:
+        raise ValueError(f"every row of {calibration_file} also occurs in {eval_file}: nothing left to calibrate on")
+    ids, names = _label_ids([y for *_, y in kept] + [y for *_, y in held_out])
+    examples = [Example(t, p, y) for (t, p, _), y in zip(kept + held_out, ids)]
+    pool, test = examples[: len(kept)], examples[len(kept):]
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:calibration_size])
+    return Task(
+        name=f"{calibration_file.stem}+{eval_file.stem}",
+        label_names=names,
+        splits={"train": [pool[i] for i in range(len(pool)) if i not in chosen],
+                "calibration": [pool[i] for i in order[:calibration_size]], "test": test},
+        metric=metric,
+        info={"seed": seed, "calibration_path": str(calibration_file), "eval_path": str(eval_file),
+              "text_columns": list(cols), "overlap_left_out": len(source) - len(kept)},
+    )
+
+
 # ---------------------------------------------------------------------------
 # The one entry point
 # ---------------------------------------------------------------------------
@@ -227,13 +284,20 @@ def task_from_file(
 ACCEPTED_FORMS = '"synthetic", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
 
 
-def load_task(name: str | os.PathLike, *, seed: int = 0, **options: Any) -> Task:
+def load_task(
+    name: str | os.PathLike, *, seed: int = 0, eval_file: str | os.PathLike | None = None, **options: Any
+) -> Task:
     """Load a task by name: "synthetic", "glue/<task>", or a local .csv/.tsv/.jsonl file.
 
     `options` go to the loader: `synthetic_task` (train_size, calibration_size,
     test_size), `task_from_glue` (calibration_size) or `task_from_file`
     (label_column, text_columns, calibration_size, test_fraction, metric).
+    With `eval_file`, `name` is the file calibration examples are drawn from and every row of
+    `eval_file` is evaluated on (`task_from_files`: label_column, text_columns,
+    calibration_size, metric).
     """
+    if eval_file is not None:
+        return task_from_files(name, eval_file, seed=seed, **options)
     text = os.fspath(name)
     if text == "synthetic":
         return synthetic_task(seed=seed, **options)

@@ -95,8 +95,13 @@ def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -
 
 
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = False
-) -> dict[str, float]:
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    metric: str = "accuracy",
+    progress: bool = False,
+    per_example: bool = False,
+) -> dict[str, Any]:
     """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation; for a
     causal LM also perplexity (next-token, padding ignored) and, where its batches carry verdict
     labels, the same class metrics on the verdict token.
@@ -104,6 +109,10 @@ def evaluate(
     `score` repeats the value of `metric`, the task's own metric ("perplexity" for text-only LM
     tasks: lower is better there). Runs without gradients in eval mode; the model's modes are
     restored afterwards. Non-finite logits are an error, never a metric.
+
+    With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
+    the predicted and the true class of every example, as lists of ints in batch order, so the
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence`).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
@@ -129,11 +138,15 @@ def evaluate(
         )
         if num_classes == 2:
             result["f1"] = _binary_f1(pred, gold)
+    if per_example and not found["preds"]:
+        raise ValueError("per_example=True needs labelled batches: there is no class prediction to report")
     if metric not in result:
         if metric == "perplexity" or not found["preds"]:
             raise ValueError(f"metric {metric!r} needs {'a causal LM' if metric == 'perplexity' else 'labelled batches'}")
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
+    if per_example:
+        result.update(predictions=pred.tolist(), golds=gold.tolist())
     return result
 
 

@@ -153,16 +153,17 @@ def progress_over(items: Sequence, progress: bool, desc: str):
 
 @contextmanager
 def scoring_mode(
-    model: nn.Module, trainable: Sequence[torch.nn.Parameter] = (), *, grad: bool = True
+    model: nn.Module, trainable: Sequence[torch.nn.Parameter] = (), *, grad: bool = True, dropout: bool = False
 ) -> Iterator[nn.Module]:
-    """Eval mode (dropout off), only `trainable` parameters requiring grad, and gradients on
-    (off with ``grad=False``); every module's mode and every parameter's flag restored on exit.
+    """Eval mode (dropout off; train mode with ``dropout=True``), only `trainable` parameters
+    requiring grad, and gradients on (off with ``grad=False``); every module's mode and every
+    parameter's flag restored on exit.
 
     Freezing everything else lets backward skip the weight gradients nobody reads.
     """
     keep = {id(p) for p in trainable}
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    with model_mode(model, training=False):
+    with model_mode(model, training=dropout):
         try:
             for p, _ in flags:
                 p.requires_grad_(id(p) in keep)
@@ -185,6 +186,7 @@ def qkv_gradient_norms(
     include_bias: bool = False,
     backend: str = "auto",
     progress: bool = False,
+    dropout: bool = False,
 ) -> torch.Tensor:
     """G_Q, G_K, G_V for every head: float32 [num_layers, 3, num_heads], NaN for pruned heads.
 
@@ -195,7 +197,8 @@ def qkv_gradient_norms(
       the examples of a batch so that the per-example gradients separate.
     * "accumulated": the block norms of the gradient summed over all batches.
 
-    With `include_bias` a head's block also holds its rows of the bias.
+    With `include_bias` a head's block also holds its rows of the bias. With `dropout` the model
+    is scored in train mode (dropout on, so scores are random), as the authors' revised code does.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
@@ -206,10 +209,11 @@ def qkv_gradient_norms(
     if not blocks:
         return grid
     if aggregation == "per_example":
-        norms = _per_example_norms(model, layout, blocks, batches, objective, include_bias, backend, progress)
+        norms = _per_example_norms(model, layout, blocks, batches, objective, include_bias, backend, progress,
+                                   dropout=dropout)
     else:
         norms = _batch_norms(model, layout, blocks, batches, objective, include_bias, backend, progress,
-                             accumulate=aggregation == "accumulated")
+                             accumulate=aggregation == "accumulated", dropout=dropout)
     # [blocks, 3, H_max] -> the original grid, each block's heads at their original indices
     for j, block in enumerate(blocks):
         grid[block.index][:, list(block.kept_heads)] = norms[j, :, : len(block.kept_heads)]
@@ -226,6 +230,7 @@ def gnorm_scores(
     include_bias: bool = False,
     backend: str = "auto",
     progress: bool = False,
+    dropout: bool = False,
 ) -> torch.Tensor:
     """Greedy-Gnorm head scores [num_layers, num_heads]: G_Q * G_K * G_V by default.
 
@@ -236,7 +241,7 @@ def gnorm_scores(
         raise ValueError(f"combine must be one of {list(COMBINES)}, got {combine!r}")
     norms = qkv_gradient_norms(
         model, batches, aggregation=aggregation, objective=objective,
-        include_bias=include_bias, backend=backend, progress=progress,
+        include_bias=include_bias, backend=backend, progress=progress, dropout=dropout,
     )
     return kernels.combine_qkv_norms(norms, combine)
 
@@ -266,6 +271,7 @@ def _batch_norms(
     progress: bool,
     *,
     accumulate: bool,
+    dropout: bool = False,
 ) -> torch.Tensor:
     """[blocks, 3, H_max] mean per-batch block norms, or (`accumulate`) those of the summed gradient."""
     if include_bias:
@@ -280,7 +286,7 @@ def _batch_norms(
     buffer = kernels.QKVGradientBuffer(weights, layout.head_size, backend=backend)
     bias_grads = [b.grad for b in biases]
     try:
-        with scoring_mode(model, [w for triple in weights for w in triple] + biases), buffer:
+        with scoring_mode(model, [w for triple in weights for w in triple] + biases, dropout=dropout), buffer:
             for i, batch in enumerate(progress_over(batches, progress, "gradient norms")):
                 if not accumulate:
                     buffer.zero_()
@@ -356,6 +362,8 @@ def _per_example_norms(
     include_bias: bool,
     backend: str,
     progress: bool,
+    *,
+    dropout: bool = False,
 ) -> torch.Tensor:
     """[blocks, 3, H_max] block norms of each example's own gradient, averaged over examples."""
     h_max = max(len(b.kept_heads) for b in blocks)
@@ -363,7 +371,7 @@ def _per_example_norms(
     total = torch.zeros(len(blocks), 3, h_max, dtype=torch.float64)
     examples = 0
     d = layout.head_size
-    with scoring_mode(model, ()), _capture_qkv(blocks) as store:
+    with scoring_mode(model, (), dropout=dropout), _capture_qkv(blocks) as store:
         for i, batch in enumerate(progress_over(batches, progress, "per-example norms")):
             store.clear()
             values = objective_value(objective, model_logits(model, batch, device), batch, i, per_example=True)

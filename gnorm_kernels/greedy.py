@@ -135,14 +135,18 @@ def _measure(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _evaluate(model: nn.Module, batches: Sequence[Batch] | None, metric: str) -> tuple[dict | None, float]:
+def _evaluate(
+    model: nn.Module, batches: Sequence[Batch] | None, metric: str, per_example: bool = False
+) -> tuple[dict | None, float, dict[str, list[int]]]:
+    """(metrics, seconds, per-example predictions and golds: empty unless `per_example`)."""
     if batches is None:
-        return None, 0.0
+        return None, 0.0, {}
     from gnorm_kernels.evaluate import evaluate
 
     start = time.perf_counter()
-    result = evaluate(model, batches, metric=metric)
-    return {k: float(v) for k, v in result.items()}, time.perf_counter() - start
+    result = evaluate(model, batches, metric=metric, per_example=per_example)
+    outcomes = {k: result.pop(k) for k in ("predictions", "golds") if k in result}
+    return {k: float(v) for k, v in result.items()}, time.perf_counter() - start, outcomes
 
 
 # --------------------------------------------------------------------------- the drivers
@@ -168,6 +172,7 @@ def _drive(
     max_steps: int | None,
     inplace: bool,
     progress: bool,
+    per_example: bool,
 ) -> Trajectory:
     """The one pruning loop: `greedy_prune` (``greedy=True``) and `static_prune` (``False``)."""
     score_fn = get_scorer(scorer) if isinstance(scorer, str) else scorer
@@ -214,11 +219,12 @@ def _drive(
     if trajectory is not None and trajectory.order:
         prune_heads(work, _as_map(trajectory.order))  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
-        metrics, eval_seconds = _evaluate(work, evaluation, metric)
+        metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, per_example)
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
-            budget=budget, steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds, **_measure(work))],
+            budget=budget,
+            steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds, **outcomes, **_measure(work))],
         )
     trajectory.complete = len(trajectory.order) >= budget
     if checkpoint is not None:
@@ -246,11 +252,12 @@ def _drive(
             seconds = time.perf_counter() - start
             done += len(chosen)
             last = done >= budget
-            metrics, eval_seconds = (None, 0.0)
+            metrics, eval_seconds, outcomes = (None, 0.0, {})
             if last or index % eval_every == 0:
-                metrics, eval_seconds = _evaluate(work, evaluation, metric)
+                metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, per_example)
             trajectory.steps.append(
-                Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded, **_measure(work))
+                Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded,
+                     **outcomes, **_measure(work))
             )
             trajectory.complete = last
             if checkpoint is not None:
@@ -342,6 +349,7 @@ def greedy_prune(
     max_steps: int | None = None,
     inplace: bool = False,
     progress: bool = True,
+    per_example: bool = False,
 ) -> Trajectory:
     """Greedy pruning: score the remaining heads, remove the `heads_per_step` lowest (or highest),
     re-score the pruned model, repeat until `ratio` of the heads (or `steps` steps, or every
@@ -353,7 +361,8 @@ def greedy_prune(
     passed in is not changed unless `inplace` (then it ends pruned to the final state).
     `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
     it. `max_steps` stops this call after that many new steps (resume later with the same
-    checkpoint).
+    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
+    the trajectory (what `gnorm_kernels.evidence` bootstraps).
     """
     return _drive(greedy=True, **locals())
 
@@ -377,6 +386,7 @@ def static_prune(
     max_steps: int | None = None,
     inplace: bool = False,
     progress: bool = True,
+    per_example: bool = False,
 ) -> Trajectory:
     """Static pruning: score the full model once, then remove heads in that order,
     `heads_per_step` at a time, evaluating as `greedy_prune` does (same arguments)."""
@@ -391,19 +401,26 @@ def run_method(
     *,
     seed: int = 0,
     scorer_options: Mapping[str, Any] | None = None,
+    preset: str | None = None,
     **driver_options: Any,
 ) -> Trajectory:
     """Run a method of `gnorm_kernels.scores.METHODS` by name (e.g. "greedy-gnorm", "random").
 
     `seed` reaches seeded methods (random); `scorer_options` go to the scorer; everything else
-    goes to `greedy_prune` / `static_prune`.
+    goes to `greedy_prune` / `static_prune`. `preset` (e.g. "authors", see
+    `gnorm_kernels.presets`) sets the Gnorm scorer's options, under the caller's own.
     """
     spec = get_method(method) if isinstance(method, str) else method
     options = dict(scorer_options or {})
     if spec.seeded:
         options.setdefault("seed", seed)
+    scorer: Any = spec.scorer
+    if preset is not None:
+        from gnorm_kernels.presets import apply_preset
+
+        scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
     driver = greedy_prune if spec.greedy else static_prune
     return driver(
-        model, calibration, evaluation, scorer=spec.scorer, scorer_options=options,
+        model, calibration, evaluation, scorer=scorer, scorer_options=options,
         prune_first=spec.prune_first, method=spec.name, **driver_options,
     )
