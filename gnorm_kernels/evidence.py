@@ -191,17 +191,18 @@ def bootstrap_evidence(
 
     point, boot, per_draw, bands = {}, {}, {}, {}
     for m, rs in read.items():
-        points, boots = [], []
+        points, boots, curves = [], [], []
         for r in rs:
             w = np.stack([point_weights(r.xs, f) for f in budgets]
                          + [range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
-            curve = metric_on_resamples(counts, r.predictions, r.golds, metric)  # [B, S]
-            points.append(r.ys @ np.nan_to_num(w) + np.where(np.isnan(w).any(0), np.nan, 0.0))
-            boots.append(curve @ np.nan_to_num(w) + np.where(np.isnan(w).any(0), np.nan, 0.0))
+            missing = np.where(np.isnan(w).any(0), np.nan, 0.0)  # keys past the end of this run
+            curves.append(metric_on_resamples(counts, r.predictions, r.golds, metric))  # [B, S]
+            points.append(r.ys @ np.nan_to_num(w) + missing)
+            boots.append(curves[-1] @ np.nan_to_num(w) + missing)
         point[m], boot[m] = np.median(points, 0), np.median(boots, 0)
         draws = sorted({r.draw for r in rs})
         per_draw[m] = np.stack([np.median([p for p, r in zip(points, rs) if r.draw == d], 0) for d in draws])
-        bands[m] = _band(rs, counts, metric, level)
+        bands[m] = _band(rs, curves, level)
     estimates = {m: _estimates(point[m], boot[m], per_draw[m], keys, level) for m in methods}
     differences = {}
     for a in methods:
@@ -214,13 +215,13 @@ def bootstrap_evidence(
                     draws=max(len(d) for d in per_draw.values()), budgets=budgets[1:])
 
 
-def _band(rs: list[_Run], counts: np.ndarray, metric: str, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pointwise interval of a method's (median) curve on the union of its evaluated positions."""
+def _band(rs: list[_Run], curves: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pointwise interval of a method's (median) curve on the union of its evaluated positions,
+    from each run's resampled curves [B, S]."""
     grid = np.unique(np.concatenate([r.xs for r in rs]))
     grid = grid[grid <= min(r.xs[-1] for r in rs) + _EPS]
-    curves = [metric_on_resamples(counts, r.predictions, r.golds, metric)
-              @ np.stack([point_weights(r.xs, x) for x in grid], 1) for r in rs]
-    low, high = _interval(np.median(curves, 0), level)
+    on_grid = [c @ np.stack([point_weights(r.xs, x) for x in grid], 1) for r, c in zip(rs, curves)]
+    low, high = _interval(np.median(on_grid, 0), level)
     return grid, low, high
 
 
@@ -377,11 +378,11 @@ def compare(
             for s in (range(seed, seed + random_seeds) if get_method(m).seeded else [seed])]
     runs: dict[str, list[Trajectory]] = {m: [] for m in methods}
     for i, (method, s, d) in enumerate(jobs, 1):
-        seeded = get_method(method).seeded
-        label = method + (f"-seed{s}" if seeded else "") + (f"-calib{d}" if len(draws) > 1 and reads_calibration(method) else "")
+        seeded, drawn = get_method(method).seeded, len(draws) > 1 and reads_calibration(method)
+        label = method + (f"-seed{s}" if seeded else "") + (f"-calib{d}" if drawn else "")
         if log is not None:
             log(f"[{i}/{len(jobs)}] {method}" + (f" (seed {s})" if seeded else "")
-                + (f" (calibration draw {d})" if len(draws) > 1 and reads_calibration(method) else ""))
+                + (f" (calibration draw {d})" if drawn else ""))
         path = None if folder is None else folder / f"{label}.json"
         trajectory = run_method(method, model, draws[d], evaluation, seed=s, metric=metric,
                                 scorer_options=(scorer_options or {}).get(method), checkpoint=path,

@@ -127,7 +127,8 @@ def evidence_markdown(
               "|" + "|".join(["---"] + ["---:"] * len(diff_keys)) + "|"]
     for r in rows:
         name = label(r) + (" (reference)" if r["method"] == reference else "")
-        lines.append("| " + " | ".join([name, *[_interval_cell(r, f"{k}_diff", signed=True) for k in diff_keys]]) + " |")
+        diffs = [_interval_cell(r, f"{k}_diff", signed=True) for k in diff_keys]
+        lines.append("| " + " | ".join([name, *diffs]) + " |")
     return "\n".join(lines) + "\n"
 
 

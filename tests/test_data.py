@@ -375,9 +375,11 @@ def test_two_files_calibrate_on_the_first_and_evaluate_on_every_row_of_the_secon
     assert len(calibration) == 100 and len(task.splits["train"]) == len(train_rows) - 2 - 100
     assert not set(calibration) & {r["sentence"] for r in dev_rows}
     assert task.info["overlap_left_out"] == 2
-    assert sorted(calibration + [ex.text for ex in task.splits["train"]]) == sorted(r["sentence"] for r in train_rows[2:])
+    rest = [ex.text for ex in task.splits["train"]]
+    assert sorted(calibration + rest) == sorted(r["sentence"] for r in train_rows[2:])
     assert load_task(train, eval_file=dev, calibration_size=100, seed=3).splits == task.splits
-    assert load_task(train, eval_file=dev, calibration_size=100, seed=4).splits["calibration"] != task.splits["calibration"]
+    reseeded = load_task(train, eval_file=dev, calibration_size=100, seed=4)
+    assert reseeded.splits["calibration"] != task.splits["calibration"]
     assert data.task_from_files(train, dev, calibration_size=100, seed=3).splits == task.splits
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from gnorm_kernels import evidence
 from gnorm_kernels.bootstrap import metric_on_resamples, point_weights, range_weights, resample_counts
 from gnorm_kernels.evaluate import _binary_f1, _matthews, evaluate
 from gnorm_kernels.evidence import bootstrap_evidence
@@ -234,7 +233,7 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
                  "--calib-draws", "2", "--calib-size", "32", "--eval-size", "96", "--heads-per-step", "8",
                  "--budgets", "0.1", "--resamples", "300", "--quiet", "--out", str(out)]) == 0
     names = sorted(p.name for p in (out / "trajectories").iterdir())
-    assert names == ["entropy-calib0.json", "entropy-calib1.json", "greedy-gnorm-calib0.json", "greedy-gnorm-calib1.json"]
+    assert names == [f"{m}-calib{d}.json" for m in ("entropy", "greedy-gnorm") for d in (0, 1)]
     for f in ("accuracy.png", "masks.png", "table.md", "differences.csv"):
         assert (out / f).stat().st_size > 0
     first, second = (Trajectory.load(out / "trajectories" / f"greedy-gnorm-calib{d}.json") for d in (0, 1))
