@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
-from gnorm_kernels.data import Example, Task
+from gnorm_kernels.tasks import Example, Task
 from gnorm_kernels.models import TrainingStuck, _lr_factor, _torch_threads, cache_dir
 from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
 
@@ -37,6 +37,7 @@ __all__ = [
     "VERDICTS",
     "VERDICT_CUE",
     "LM_SPECIAL_TOKENS",
+    "LMTask",
     "lm_tokenizer",
     "lm_text",
     "lm_batches",
@@ -177,7 +178,7 @@ def lm_batches(
         rows = [Example(lm_text(ex, verdicts), None, ex.label) for ex in examples]
     else:
         rows = [Example(ex.text, None, 0) for ex in examples]
-    task = Task(name="lm-rows", label_names=list(verdicts or ["text"]), splits={"train": rows, "calibration": [], "test": []})
+    task = Task("lm-rows", list(verdicts or ["text"]), {"train": rows, "calibration": [], "test": []})
     batches = task.batches(
         "train", tokenizer, batch_size=batch_size, limit=limit, max_length=max_length + 1, shuffle=shuffle, seed=seed,
         group_by_length=group_by_length, pool_batches=pool_batches, epochs=epochs,
@@ -197,15 +198,27 @@ def lm_batches(
     return batches
 
 
+class LMTask(Task):
+    """A `Task` whose texts a causal LM reads with their verdict words (its label names):
+    `batches` gives the labelled LM batches of `lm_batches` (``labelled=False``: text only)."""
+
+    def batches(self, split: str, tokenizer: Any, *, labelled: bool = True, max_length: int = 64,
+                **options: Any) -> list[dict[str, torch.Tensor]]:
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; this task has {sorted(self.splits)}")
+        verdicts = self.label_names if labelled else None
+        return lm_batches(self.splits[split], tokenizer, verdicts, max_length=max_length, **options)
+
+
 def synthetic_lm_task(
     *, seed: int = 0, train_size: int = 40_000, calibration_size: int = 512, test_size: int = 2_000
-) -> Task:
+) -> LMTask:
     """The synthetic reviews as an LM task: the splits of `synthetic_task`, named by verdict word.
 
-    Texts are the bare reviews; `lm_batches` (or `lm_text`) appends the cue and the verdict.
+    Texts are the bare reviews; its `batches` (like `lm_batches`) append the cue and the verdict.
     """
     base = synthetic_task(seed=seed, train_size=train_size, calibration_size=calibration_size, test_size=test_size)
-    return Task(
+    return LMTask(
         name="synthetic-lm",
         label_names=list(VERDICTS),
         splits=base.splits,
@@ -243,8 +256,8 @@ def _lm_config(recipe: LMRecipe, tokenizer: Any) -> Any:
     )
 
 
-def _lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], verdict_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over real tokens plus `verdict_weight` x the verdict token's loss;
+def _lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss over real tokens plus `weight` x the verdict token's loss;
     also the verdict predictions (arg-max over the verdict words)."""
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     keep = mask[:, 1:] & mask[:, :-1]
@@ -254,7 +267,7 @@ def _lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], verdict_weigh
     before = batch["verdict_index"] - 1
     verdict_loss = nll[rows, before].mean()
     choice = logits[rows, before][:, batch["label_token_ids"]].argmax(-1)
-    return token_loss + verdict_weight * verdict_loss, choice
+    return token_loss + weight * verdict_loss, choice
 
 
 def _train_loop(model, optimizer, schedule, batches, recipe: LMRecipe, progress: bool) -> dict[str, float]:
@@ -303,10 +316,9 @@ def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> t
     task = synthetic_lm_task(seed=recipe.data_seed, train_size=recipe.train_size)
     tokenizer = lm_tokenizer(model_max_length=recipe.max_positions)
     epochs = math.ceil(recipe.steps * recipe.batch_size / recipe.train_size)
-    batches = lm_batches(
-        task.splits["train"], tokenizer, task.label_names, batch_size=recipe.batch_size, shuffle=True,
-        seed=recipe.seed, group_by_length=True, pool_batches=recipe.length_pool, epochs=epochs,
-        max_length=recipe.max_positions,
+    batches = task.batches(
+        "train", tokenizer, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed, group_by_length=True,
+        pool_batches=recipe.length_pool, epochs=epochs, max_length=recipe.max_positions,
     )[: recipe.steps]
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM._from_config(_lm_config(recipe, tokenizer), attn_implementation="sdpa")
@@ -324,10 +336,7 @@ def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> t
     with _torch_threads(recipe.threads):
         timing = _train_loop(model, optimizer, schedule, batches, recipe, progress)
         model.eval()
-        scores = {
-            split: evaluate(model, lm_batches(task.splits[split], tokenizer, task.label_names, batch_size=256))
-            for split in ("calibration", "test")
-        }
+        scores = {s: evaluate(model, task.batches(s, tokenizer, batch_size=256)) for s in ("calibration", "test")}
     if scores["calibration"]["accuracy"] < recipe.min_accuracy:
         raise TrainingStuck(
             f"tiny-lm reached calibration verdict accuracy {scores['calibration']['accuracy']:.3f}, expected >= "

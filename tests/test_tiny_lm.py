@@ -37,7 +37,7 @@ def lm() -> LMSetup:
 
 @pytest.fixture(scope="session")
 def lm_test(lm: LMSetup) -> list[dict[str, torch.Tensor]]:
-    return lm_batches(lm.task.splits["test"], lm.tokenizer, lm.task.label_names, batch_size=500)
+    return lm.task.batches("test", lm.tokenizer, batch_size=500)
 
 
 def reviews(n: int = 6) -> list[Example]:
@@ -91,11 +91,24 @@ def test_a_row_longer_than_max_length_is_an_error_not_a_cut_verdict() -> None:
 
 def test_the_task_is_the_synthetic_reviews_named_by_verdict() -> None:
     from gnorm_kernels.synthetic import synthetic_task
+    from gnorm_kernels.tasks import Task
 
     task = synthetic_lm_task(train_size=50, calibration_size=10, test_size=20)
     base = synthetic_task(train_size=50, calibration_size=10, test_size=20)
-    assert task.name == "synthetic-lm" and task.label_names == list(VERDICTS)
+    assert isinstance(task, Task) and task.name == "synthetic-lm" and task.label_names == list(VERDICTS)
     assert task.splits == base.splits
+
+
+def test_the_task_batches_its_splits_as_lm_batches() -> None:
+    task = synthetic_lm_task(train_size=50, calibration_size=10, test_size=20)
+    tokenizer = lm_tokenizer()
+    for labelled, verdicts in ((True, VERDICTS), (False, None)):
+        got = task.batches("calibration", tokenizer, batch_size=4, labelled=labelled, shuffle=True, seed=3)
+        want = lm_batches(task.splits["calibration"], tokenizer, verdicts, batch_size=4, shuffle=True, seed=3)
+        assert len(got) == len(want) == 3
+        assert all(sorted(g) == sorted(w) and all(torch.equal(g[k], w[k]) for k in g) for g, w in zip(got, want))
+    with pytest.raises(KeyError, match="validation"):
+        task.batches("validation", tokenizer)
 
 
 def test_the_tokenizer_reloads_the_same(tmp_path) -> None:
