@@ -207,9 +207,12 @@ def bootstrap_evidence(
     differences = {}
     for a in methods:
         for b in methods:
-            same_draws = per_draw[a].shape == per_draw[b].shape
-            diff_draws = per_draw[a] - per_draw[b] if same_draws else np.zeros((1, len(keys)))
-            differences[(a, b)] = _estimates(point[a] - point[b], boot[a] - boot[b], diff_draws, keys, level)
+            # draw by draw; a method run on one draw only (random: it reads no calibration data) counts for each
+            if len(per_draw[a]) != len(per_draw[b]) and 1 not in (len(per_draw[a]), len(per_draw[b])):
+                raise ValueError(f"{a!r} and {b!r} ran on {len(per_draw[a])} and {len(per_draw[b])} calibration "
+                                 "draws: expected the same draws (or one, for a method that reads none)")
+            differences[(a, b)] = _estimates(point[a] - point[b], boot[a] - boot[b], per_draw[a] - per_draw[b],
+                                             keys, level)
     return Evidence(metric=metric, methods=methods, reference=reference, keys=keys, estimates=estimates,
                     differences=differences, bands=bands, resamples=resamples, level=level, examples=len(golds),
                     draws=max(len(d) for d in per_draw.values()), budgets=budgets[1:])
@@ -355,7 +358,8 @@ def compare(
     `driver_options` (ratio, steps, heads_per_step, ...) go to every run, `scorer_options[method]`
     to that method's scorer. Each trajectory is tagged with its seed and calibration draw (and
     `settings`) and, with `checkpoint_dir`, written there as it runs. The random baseline's
-    order does not depend on the calibration data: it runs once per seed, for every draw. The `Evidence` uses the
+    order does not read the calibration data: it runs once per seed, on the first draw, and its
+    differences from other methods take each of their draws against it. The `Evidence` uses the
     paired bootstrap with `resamples` resamples seeded with `seed` (see the module docstring).
     """
     from gnorm_kernels.greedy import run_method
@@ -392,9 +396,6 @@ def compare(
         if path is not None:
             trajectory.save(path)
         runs[method].append(trajectory)
-        if not reads_calibration(method):
-            runs[method] += [replace(trajectory, settings={**trajectory.settings, "calibration_draw": e})
-                             for e in range(1, len(draws))]
     evidence = bootstrap_evidence(runs, metric=metric, budgets=budgets, ranges=ranges, reference=reference,
                                   resamples=resamples, level=level, seed=seed)
     return Comparison(runs=runs, evidence=evidence)

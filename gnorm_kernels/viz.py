@@ -112,7 +112,10 @@ def plot_accuracy_curves(
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
     ax.grid(True, alpha=0.3)
-    legend_title = f"shaded: {bands_label}" if bands else None
+    legend_title = None
+    if bands:
+        several = any(len(groups[name]) > 1 for name in bands)
+        legend_title = f"shaded: {bands_label}" + ("\ndotted: lowest and highest run" if several else "")
     if len(groups) > 3:  # many curves: keep the legend off them
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False,
                   title=legend_title, title_fontsize="small")

@@ -138,6 +138,13 @@ def test_calibration_draws_give_their_own_spread_and_can_leave_a_difference_unre
     assert est.value == pytest.approx(0.8) and est.calib_low < 0.76 and est.calib_high > 0.84
     diff = ev.difference("b")["at_50%"]  # b - a: +0.05 in draw 0, -0.05 in draw 1
     assert diff.calib_low < 0 < diff.calib_high and not diff.resolved
+    # a method run on one draw only (random reads no calibration data) is set against each draw of the others
+    ev = bootstrap_evidence({"a": method("a", [300, 340]), "r": method("r", [200])}, resamples=200)
+    assert ev.estimates["r"]["at_50%"].calib_low is None
+    diff = ev.difference("r")["at_50%"]
+    assert diff.value == pytest.approx(-0.3) and diff.calib_low < -0.3 < diff.calib_high and diff.resolved
+    with pytest.raises(ValueError, match="calibration draws"):
+        bootstrap_evidence({"a": method("a", [300, 340]), "b": method("b", [1, 2, 3])}, resamples=10)
 
 
 def test_runs_without_per_example_records_or_on_other_examples_are_refused():
@@ -229,11 +236,12 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
     from gnorm_kernels.cli import main
 
     out = tmp_path / "cmp"
-    assert main(["compare", "--model", "tiny", "--task", "synthetic", "--methods", "greedy-gnorm,entropy",
-                 "--calib-draws", "2", "--calib-size", "32", "--eval-size", "96", "--heads-per-step", "8",
+    assert main(["compare", "--model", "tiny", "--task", "synthetic", "--methods", "greedy-gnorm,random",
+                 "--random-seeds", "2", "--calib-draws", "2", "--calib-size", "32", "--eval-size", "96", "--heads-per-step", "8",
                  "--budgets", "0.1", "--resamples", "300", "--quiet", "--out", str(out)]) == 0
     names = sorted(p.name for p in (out / "trajectories").iterdir())
-    assert names == [f"{m}-calib{d}.json" for m in ("entropy", "greedy-gnorm") for d in (0, 1)]
+    # random reads no calibration data: it runs once per seed, not once per draw
+    assert names == ["greedy-gnorm-calib0.json", "greedy-gnorm-calib1.json", "random-seed0.json", "random-seed1.json"]
     for f in ("accuracy.png", "masks.png", "table.md", "differences.csv"):
         assert (out / f).stat().st_size > 0
     first, second = (Trajectory.load(out / "trajectories" / f"greedy-gnorm-calib{d}.json") for d in (0, 1))
@@ -242,7 +250,7 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
     assert len(first.steps[-1].predictions) == 96
 
     rows = list(csv.DictReader(open(out / "table.csv")))
-    assert [r["method"] for r in rows] == ["greedy-gnorm", "entropy"] and rows[0]["runs"] == "2"
+    assert [r["method"] for r in rows] == ["greedy-gnorm", "random"] and rows[0]["runs"] == rows[1]["runs"] == "2"
     for key in ("at_10%", "at_25%", "at_50%", "at_75%", "auc", "auc_0-50%", "auc_0-75%"):
         for suffix in ("", "_lo", "_hi", "_calib_lo", "_calib_hi", "_diff", "_diff_lo", "_diff_hi", "_resolved"):
             assert f"{key}{suffix}" in rows[0], f"{key}{suffix}"
@@ -252,7 +260,7 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
         assert float(rows[0][f"{key}_diff_lo"]) <= 0.0 <= float(rows[0][f"{key}_diff_hi"])
         assert rows[0][f"{key}_resolved"] == "False"
     pairs = list(csv.DictReader(open(out / "differences.csv")))
-    assert [(p["method"], p["versus"]) for p in pairs] == [("greedy-gnorm", "entropy"), ("entropy", "greedy-gnorm")]
+    assert [(p["method"], p["versus"]) for p in pairs] == [("greedy-gnorm", "random"), ("random", "greedy-gnorm")]
     assert float(pairs[0]["auc"]) == pytest.approx(-float(pairs[1]["auc"]))
     printed = capsys.readouterr().out
     assert "paired bootstrap" in printed and "calib [" in printed and "Differences from greedy-gnorm" in printed
@@ -276,6 +284,7 @@ def test_accuracy_curves_shade_the_bootstrap_bands(tmp_path):
     assert xs.min() == pytest.approx(0.0) and xs.max() == pytest.approx(100.0)
     assert "bootstrap" in ax.get_legend().get_title().get_text()
     assert sum(line.get_linestyle() == ":" for line in ax.lines) == 2
+    assert "dotted: lowest and highest run" in ax.get_legend().get_title().get_text()
     fig.savefig(tmp_path / "bands.png")
     plt.close(fig)
     with pytest.raises(ValueError, match="not among the runs"):
