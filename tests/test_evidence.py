@@ -289,3 +289,18 @@ def test_accuracy_curves_shade_the_bootstrap_bands(tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="not among the runs"):
         plot_accuracy_curves({"a": [a]}, bands={"zzz": ev.bands["a"]})
+
+
+def test_gnorm_prune_with_the_authors_preset(model_dir, tmp_path):
+    from gnorm_kernels.cli import main
+
+    common = ["prune", "--model", model_dir, "--task", "synthetic", "--preset", "authors", "--steps", "1",
+              "--eval-size", "32", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    t = Trajectory.load(tmp_path / "a" / "trajectory.json")
+    assert (t.settings["calibration_examples"], t.settings["calibration_batches"]) == (1000, 8)
+    assert t.settings["scorer"].endswith("authors_gnorm_scores") and t.settings["preset"] == "authors"
+    assert t.settings["scorer_options"]["dropout"] is True and t.settings["heads_per_step"] == 1
+    assert main([*common, "--calib-size", "64", "--batch-size", "32", "--out", str(tmp_path / "b")]) == 0
+    t = Trajectory.load(tmp_path / "b" / "trajectory.json")
+    assert (t.settings["calibration_examples"], t.settings["calibration_batches"]) == (64, 2)
