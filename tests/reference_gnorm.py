@@ -12,6 +12,12 @@ It does what the method's description and the authors' code do, in the most dire
 
 The objective is the Frobenius norm of the batch's logits; scores are averaged over batches and
 combined as G_Q * G_K * G_V. Used by tests/test_greedy.py and bench/greedy_speed.py.
+
+The decoder half (`reference_decoder_norms`, `reference_decoder_scores`,
+`reference_decoder_greedy_order`, used by tests/test_decoder_scores.py) does the same for causal
+LMs and both units: the logits' norm over the non-padding positions, GPT-2's fused c_attn read in
+column blocks, a query head scored with its group's K/V, a key/value group with the norm of its
+stacked Q rows taken on each batch's (or example's) gradient, every aggregation.
 """
 
 from __future__ import annotations

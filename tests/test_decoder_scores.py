@@ -187,13 +187,21 @@ def test_causal_entropy_skips_one_token_prefixes_and_normalises_by_the_prefix():
         torch.testing.assert_close(ent[:, 1:], torch.ones(2, 3), rtol=1e-5, atol=1e-5)
 
 
-def test_a_uniform_decoder_head_has_entropy_one_and_groups_average_their_heads():
-    model = _model("llama")
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_a_uniform_decoder_head_has_entropy_one(family):
+    model = _model(family, "sdpa")
     with torch.no_grad():
         for block in head_layout(model).blocks:  # zero queries: uniform attention over each prefix
-            block.query.weight.zero_()
+            block.qkv_weights()[0].zero_()  # GPT-2: the query columns of c_attn
+            bias = block.query.bias
+            if bias is not None:
+                bias[: bias.shape[0] // 3 if block.fused_qkv else None].zero_()
     batches = _batches(model)
     torch.testing.assert_close(attention_entropy(model, batches), torch.ones(2, 4), rtol=1e-5, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_group_entropy_averages_its_heads_also_when_groups_are_uneven():
     model = _model("llama", "sdpa")
     batches = _batches(model)
     heads = attention_entropy(model, batches)
