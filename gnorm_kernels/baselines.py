@@ -1,7 +1,8 @@
 """The baselines Greedy-Gnorm is compared with: attention entropy, head-gate Taylor importance, random.
 
 Each is called as ``scorer(model, batches, **options)`` like `gnorm_scores` and returns a float32
-[num_layers, num_heads] grid on the CPU, NaN for heads already pruned.
+[num_layers, num_heads] grid on the CPU, NaN for heads already pruned. Under torch.distributed
+the batches are this rank's shard and the grid is the global one (sums all-reduced).
 
 * `attention_entropy`: the epsilon-rectified row entropy of each head's attention matrix (AE).
 * `taylor_importance`: |d objective / d gate| of per-head gates (Michel et al., 2019).
@@ -16,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import AttentionBlock, head_layout
 from gnorm_kernels.gnorm import (
     Batch,
@@ -113,7 +115,7 @@ def attention_entropy(
                 ent = torch.stack(per_depth).mean(dim=0)  # [B, H_l]
                 total[block.index, list(block.kept_heads)] += ent.sum(dim=0).cpu()
             examples += int(ids.shape[0])
-    out = (total / examples).float()
+    out = distributed.mean_over_ranks(total, examples, model).float()
     out[~layout.kept_mask()] = float("nan")
     return out
 
@@ -145,6 +147,8 @@ def taylor_importance(
             if not torch.isfinite(grad).all():
                 raise NonFiniteGradientError(f"NaN or infinite head-gate gradient on calibration batch {i}")
             total += grad.abs().double().cpu()
+    if distributed.data_parallel(model):
+        (total,) = distributed.all_reduce_sums(total)
     out = total.float()
     out[~layout.kept_mask()] = float("nan")
     return out
@@ -155,7 +159,9 @@ def random_scores(model: nn.Module, batches: Sequence[Batch] | None = None, *, s
 
     The draw covers the whole original grid, so the order it gives does not depend on which
     heads are already gone. `batches` is accepted for the common signature and not used.
+    Under torch.distributed every rank must pass the same seed (checked): one grid everywhere.
     """
+    distributed.check_same(int(seed), "random_scores seeds")
     layout = head_layout(model)
     gen = torch.Generator().manual_seed(int(seed))
     out = torch.rand(layout.shape, generator=gen)

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gnorm_kernels.kernels as kernels
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
 from gnorm_kernels.modes import model_mode
 
@@ -195,7 +196,8 @@ def qkv_gradient_norms(
       the examples of a batch so that the per-example gradients separate.
     * "accumulated": the block norms of the gradient summed over all batches.
 
-    With `include_bias` a head's block also holds its rows of the bias.
+    With `include_bias` a head's block also holds its rows of the bias. Under torch.distributed
+    the batches are this rank's shard and the result is global (`gnorm_kernels.distributed`).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
@@ -277,8 +279,24 @@ def _batch_norms(
     h_max = max(len(b.kept_heads) for b in blocks)
     device = model_device(model)
     total = torch.zeros(len(blocks), 3, h_max)
-    buffer = kernels.QKVGradientBuffer(weights, layout.head_size, backend=backend)
+    buffer_type = kernels.QKVGradientBuffer
+    if distributed.is_sharded(model):  # FSDP2: DTensor gradients, norms from per-rank partial sums
+        from gnorm_kernels.fsdp import ShardedQKVGradients as buffer_type
+        if include_bias:
+            raise ValueError("include_bias=True is not supported on an FSDP-sharded model; score weights only")
+    buffer = buffer_type(weights, layout.head_size, backend=backend)
     bias_grads = [b.grad for b in biases]
+
+    def read(index: int) -> torch.Tensor:
+        norms = buffer.norms().detach().float().cpu()[:, :, :h_max]
+        if include_bias:
+            norms = (norms.square() + _bias_norms(blocks, layout.head_size, h_max).square()).sqrt()
+        bad = ~torch.isfinite(norms)
+        for j, block in enumerate(blocks):  # only each block's own heads count
+            bad[j, :, len(block.kept_heads):] = False
+        _raise_non_finite(bad, blocks, index)
+        return norms
+
     try:
         with scoring_mode(model, [w for triple in weights for w in triple] + biases), buffer:
             for i, batch in enumerate(progress_over(batches, progress, "gradient norms")):
@@ -290,18 +308,16 @@ def _batch_norms(
                 value.backward()
                 # accumulated: the norms of the running sum, checked after each batch to name the
                 # first batch that brings a NaN or inf in; the last batch's norms are the result
-                norms = buffer.norms().detach().float().cpu()[:, :, :h_max]
-                if include_bias:
-                    norms = (norms.square() + _bias_norms(blocks, layout.head_size, h_max).square()).sqrt()
-                bad = ~torch.isfinite(norms)
-                for j, block in enumerate(blocks):  # only each block's own heads count
-                    bad[j, :, len(block.kept_heads):] = False
-                _raise_non_finite(bad, blocks, i)
+                norms = read(i)
                 total = norms if accumulate else total + norms
+            if accumulate and distributed.data_parallel(model):
+                # every rank's summed gradients: one collective over the flat buffer (and biases)
+                distributed.all_reduce_(buffer.buffer, *[b.grad for b in biases])
+                total = read(len(batches) - 1)
     finally:
         for b, grad in zip(biases, bias_grads):
             b.grad = grad
-    return total if accumulate else total / len(batches)
+    return total if accumulate else distributed.mean_over_ranks(total, len(batches), model)
 
 
 def _bias_norms(blocks: Sequence[AttentionBlock], head_size: int, h_max: int) -> torch.Tensor:
@@ -391,7 +407,7 @@ def _per_example_norms(
                 norms[j, :, :n] = per.sum(dim=1).cpu()
             total += norms.double()
             examples += int(values.shape[0])
-    return (total / examples).float()
+    return distributed.mean_over_ranks(total, examples, model).float()
 
 
 def _per_example_block(
