@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from typing import Any, Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -45,18 +46,22 @@ __all__ = [
     "from_main",
     "gather_shards",
     "init_from_env",
+    "output_folder",
     "is_distributed",
+    "is_initialised",
     "is_main",
     "is_sharded",
+    "main_first",
     "mean_over_ranks",
     "rank",
     "shard",
     "shutdown",
+    "where",
     "world_size",
 ]
 
 T = TypeVar("T")
-CHECK_TIMEOUT = datetime.timedelta(seconds=60)
+CHECK_TIMEOUT = datetime.timedelta(seconds=300)
 
 
 class DistributedError(RuntimeError):
@@ -86,6 +91,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_initialised() -> bool:
+    """True once a process group is initialised (even one of a single process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def where() -> str:
+    """" (rank r of N)" under torch.distributed, "" in one process: for messages every rank prints."""
+    return f" (rank {rank()} of {world_size()})" if is_distributed() else ""
+
+
+def output_folder(out: str | os.PathLike, *, force: bool = False):
+    """The command line's `OutputFolder` on rank 0; on other ranks one checked the same way (so
+    each rank refuses a bad --out alike), written into by no one and discarded at the end."""
+    from gnorm_kernels.outputs import OutputFolder
+
+    class OtherRank(OutputFolder):
+        def commit(self):
+            self.discard()
+            return self.out
+
+    return (OutputFolder if is_main() else OtherRank)(out, force=force)
+
+
 def is_sharded(model: nn.Module) -> bool:
     """True when the model's parameters are DTensors (sharded by FSDP2's `fully_shard`)."""
     if not dist.is_available():
@@ -104,12 +132,12 @@ def data_parallel(model: nn.Module | None = None) -> bool:
 # --------------------------------------------------------------------------- set-up
 
 
-def init_from_env(device: str | torch.device = "cpu", timeout_s: float = 300.0) -> bool:
+def init_from_env(device: str | torch.device = "cpu", timeout_s: float = 1800.0) -> bool:
     """Initialise the default process group from torchrun's environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...), with the backend that suits `device`: gloo for CPU, nccl for CUDA.
     Returns False (and does nothing) outside torchrun; True once initialised. Collectives give
     up after `timeout_s` seconds (a rank that died or hangs is then an error on the others)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialised():
         return True
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
@@ -135,10 +163,22 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float = 300.0) 
     return True
 
 
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (filling caches: the tiny model trained on first use, hub
+    downloads), the other ranks when it has finished; the identity in one process."""
+    waits = is_distributed() and not is_main()
+    if waits:
+        dist.barrier()
+    yield
+    if is_distributed() and not waits:
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Destroy the default process group, if one is initialised (the end of a torchrun job)."""
     global _CHECKS
-    if dist.is_available() and dist.is_initialized():
+    if is_initialised():
         dist.destroy_process_group()
     _CHECKS = None
 
