@@ -14,10 +14,8 @@ the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or inte
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
 
-Started by torchrun (``torchrun --nproc-per-node N -m gnorm_kernels.cli prune ...``), prune, compare
-and ablate split the calibration and evaluation batches across the processes (`gnorm_kernels.distributed`);
-with `--fsdp` the model is sharded instead and every process sees every batch (`gnorm_kernels.fsdp`).
-Rank 0 writes the same folder one process writes.
+Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli ...`` prune, compare and ablate split their batches
+across the processes and rank 0 writes the folder (`gnorm_kernels.distributed`); `--fsdp` shards the model.
 """
 
 from __future__ import annotations
@@ -68,6 +66,9 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     budget.add_argument("--steps", type=int, default=None, help="number of pruning steps instead of a ratio")
     p.add_argument("--heads-per-step", type=int, default=1, help="heads removed per step (default 1)")
     p.add_argument("--min-heads-per-layer", type=int, default=0, help="never prune a layer below this (default 0)")
+    p.add_argument("--unit", default="head", choices=("head", "kv_group"),
+                   help="what is ranked and removed: a query head, or a key/value group with all its query "
+                        "heads (grouped-query decoders; shrinks the KV cache) (default head)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N steps (default 1; the last step always)")
     p.add_argument("--objective", default="logits_norm", choices=("logits_norm", "loss"),
                    help="what Gnorm differentiates (default logits_norm: no labels needed)")
@@ -99,7 +100,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if steps is not None and steps < 0:
         raise CLIError(f"--steps must be >= 0, got {steps}")
     from gnorm_kernels.distributed import is_initialised
-
     if getattr(args, "fsdp", False) and not is_initialised():
         raise CLIError("--fsdp shards the model across processes: start the command with "
                        "torchrun --nproc-per-node N -m gnorm_kernels.cli ...")
@@ -160,7 +160,7 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         ratio = args.default_ratio
     return dict(
         ratio=ratio, steps=args.steps, heads_per_step=args.heads_per_step,
-        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every,
+        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
         progress=not args.quiet,
     )
 
@@ -208,7 +208,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
             from gnorm_kernels.fsdp import save_pruned_sharded
 
-            save_pruned_sharded(model, trajectory.order, folder.path("model"), tokenizer=tokenizer)
+            save_pruned_sharded(model, trajectory.pruned_heads_at(steps=len(trajectory.steps) - 1),
+                                folder.path("model"), tokenizer=tokenizer)
         if not is_main():
             return 0  # rank 0 writes the outputs
         trajectory.settings.update(model=str(args.model), task=str(args.task))
@@ -217,7 +218,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
                                          title=f"{method} on {args.task}: {args.metric} as heads are pruned"),
                     folder.path("accuracy.png"))
-        final_mask = trajectory.mask_at(steps=last)
+        final_mask = trajectory.head_mask_at(steps=last)
         save_figure(plot_head_grid(final_mask, kind="mask",
                                    title=f"{method}: {int(final_mask.sum())} of {final_mask.numel()} heads kept"),
                     folder.path("mask.png"))

@@ -37,7 +37,6 @@ __all__ = [
     "all_reduce_",
     "all_reduce_max",
     "all_reduce_sums",
-    "batches_fingerprint",
     "broadcast_object",
     "check_same",
     "data_parallel",
@@ -215,20 +214,12 @@ def gather_shards(items: Sequence[T], what: str = "calibration batches") -> list
     return [part[i] for i in range(longest) for part in parts if i < len(part)]
 
 
-def batches_fingerprint(batches: Sequence[Any]) -> str:
-    """A short hash of the batches' token ids and masks, so a resumed run can check its data."""
-    digest = hashlib.sha256()
-    for batch in batches:
-        for key in ("input_ids", "attention_mask"):
-            if key in batch:
-                digest.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def data_settings(calibration: Sequence[Any], evaluation: Sequence[Any] | None, *, parallel: bool) -> dict[str, Any]:
     """What a pruning run records about its data: calibration batches, examples and fingerprint,
     evaluation examples. With `parallel` the batches are this rank's shards and the record is
     the global one (shards gathered in `shard`'s order), the same as one process given them all."""
+    from gnorm_kernels.resume import batches_fingerprint
+
     light = [{k: b[k] for k in ("input_ids", "attention_mask") if k in b} for b in calibration]
     examples = None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation)
     if parallel:
@@ -271,13 +262,17 @@ def all_reduce_sums(*tensors: torch.Tensor, dtype: torch.dtype | None = None) ->
     return tuple(out)
 
 
-def mean_over_ranks(total: torch.Tensor, count: int, model: nn.Module | None = None) -> torch.Tensor:
-    """total / count, where under data parallelism (`data_parallel(model)`) both are first summed
-    over the ranks (one collective): the global mean, the same on every rank."""
+def mean_over_ranks(total: Any, count: int, model: nn.Module | None = None) -> Any:
+    """total / count for a tensor or a list of tensors, where under data parallelism
+    (`data_parallel(model)`) the totals and the count are first summed over the ranks (one
+    collective): the global mean, the same on every rank."""
+    single = isinstance(total, torch.Tensor)
+    parts = [total] if single else list(total)
     if data_parallel(model):
-        total, reduced = all_reduce_sums(total, torch.tensor(float(count)))
+        *parts, reduced = all_reduce_sums(*parts, torch.tensor(float(count)))
         count = int(reduced)
-    return total / count
+    means = [t / count for t in parts]
+    return means[0] if single else means
 
 
 def all_reduce_(*tensors: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -160,23 +160,27 @@ def unsharded_copy(model: nn.Module, device: str | torch.device = "meta") -> nn.
 
 
 class MaskedPruning:
-    """The greedy driver's work model when it is sharded: heads are removed by masking.
+    """The greedy driver's work model when it is sharded: units are removed by masking.
 
     `model` is the sharded model (scored and evaluated inside `applied()`, where `mask` gates the
-    removed heads to zero); `structure` is a meta-device copy pruned for real, whose layout and
-    sizes are those of the pruned model (what the trajectory records)."""
+    removed query heads to zero); `structure` is a meta-device copy pruned for real, whose layout
+    and sizes are those of the pruned model (what the trajectory records). `unit` is "head" or
+    "kv_group" (a key/value group goes with all its query heads)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, unit: str = "head"):
+        layout = head_layout(model)
+        self.model, self.unit = model, unit
+        self.group = layout.num_heads // layout.kv_heads if unit == "kv_group" else 1
         self.structure = unsharded_copy(model, "meta")
-        self.mask = head_layout(model).kept_mask().float()
+        self.mask = layout.kept_mask().float()
 
-    def prune(self, heads: Sequence[Head]) -> None:
-        """Mask `heads` [(layer, original head), ...] and prune them from `structure`."""
+    def prune(self, units: Sequence[Head]) -> None:
+        """Mask `units` [(layer, original unit), ...] and prune them from `structure`."""
         by_layer: dict[int, list[int]] = {}
-        for layer, head in heads:
-            self.mask[layer, head] = 0.0
-            by_layer.setdefault(layer, []).append(head)
+        for layer, unit in units:
+            heads = range(unit * self.group, (unit + 1) * self.group)
+            self.mask[layer, list(heads)] = 0.0
+            by_layer.setdefault(layer, []).extend(heads)
         prune_heads(self.structure, by_layer)
 
     @contextmanager
@@ -186,10 +190,12 @@ class MaskedPruning:
             yield self.model
 
 
-def save_pruned_sharded(model: nn.Module, heads: Sequence[Head], path: str | Path, tokenizer=None) -> Path | None:
-    """Gather `model`'s full weights on rank 0, prune `heads` from them for real and write an
-    ordinary pruned checkpoint there (`pruning.save_pruned`; `load_pruned` reloads it in one
-    process). Every rank must call it (the gathering is collective); rank 0 returns the path."""
+def save_pruned_sharded(model: nn.Module, heads: Mapping[int, Sequence[int]], path: str | Path,
+                        tokenizer=None) -> Path | None:
+    """Gather `model`'s full weights on rank 0, prune `heads` ({layer: [original query heads]},
+    e.g. `Trajectory.pruned_heads_at`) from them for real and write an ordinary pruned checkpoint
+    there (`pruning.save_pruned`; `load_pruned` reloads it in one process). Every rank must call
+    it (the gathering is collective); rank 0 returns the path, the others None."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -197,9 +203,6 @@ def save_pruned_sharded(model: nn.Module, heads: Sequence[Head], path: str | Pat
         return None
     full = unsharded_copy(model, "cpu")
     full.load_state_dict(state, strict=True)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    if by_layer:
-        prune_heads(full, by_layer)
+    if any(heads.values()):
+        prune_heads(full, heads)  # heads pruned before sharding are skipped
     return save_pruned(full, path, tokenizer=tokenizer)

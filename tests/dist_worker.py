@@ -134,10 +134,11 @@ def run(out: Path) -> dict:
     for name in FSDP_SCORERS:
         results[f"fsdp/{name}"] = score(sharded, calibration, name)
     trajectory = greedy_prune(sharded, calibration, evaluation, checkpoint=out / "fsdp.json", **FSDP_GREEDY)
-    mask = trajectory.mask_at(steps=len(trajectory.steps) - 1).float()
+    last = len(trajectory.steps) - 1
+    mask = trajectory.head_mask_at(steps=last).float()
     with torch.no_grad(), mask_heads(sharded, mask):
         results["fsdp/masked_logits"] = sharded(**{k: v for k, v in evaluation[0].items() if k != "labels"}).logits
-    fsdp.save_pruned_sharded(sharded, trajectory.order, out / "fsdp_model")
+    fsdp.save_pruned_sharded(sharded, trajectory.pruned_heads_at(steps=last), out / "fsdp_model")
 
     # bad input: every rank raises, none hangs
     other = setup("bert")[0] if distributed.rank() == 0 else fsdp_setup()[0]
