@@ -172,6 +172,8 @@ def lm_batches(
     `Task.batches`; a row the `max_length` would cut is an error, not a silent truncation.
     """
     examples = list(examples)
+    if any(ex.text_pair is not None for ex in examples):
+        raise ValueError("an LM row is one text; got examples with a text_pair (join the pair into one text first)")
     labelled = verdicts is not None
     if labelled:
         token_ids = _verdict_token_ids(tokenizer, verdicts)
