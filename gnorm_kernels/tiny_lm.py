@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
-from gnorm_kernels.tasks import Example, Task
 from gnorm_kernels.models import TrainingStuck, _lr_factor, _torch_threads, cache_dir
 from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
+from gnorm_kernels.tasks import Example, Task
 
 __all__ = [
     "LMRecipe",
