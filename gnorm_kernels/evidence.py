@@ -271,6 +271,26 @@ class Comparison:
         caption += ". AUC: the curve's mean over the fractions pruned (the whole run, or the range named)."
         return evidence_markdown(self.table(), metric=ev.metric, keys=ev.keys, reference=ev.reference, caption=caption)
 
+    def save(self, folder: str | os.PathLike, *, title: str | None = None) -> Path:
+        """Write what `gnorm compare` writes besides the trajectories into `folder`: table.md,
+        table.csv, differences.csv (`pairs`), accuracy.png (curves with their bootstrap bands) and
+        masks.png (the heads each method keeps at 50% pruned, where the runs get that far)."""
+        from gnorm_kernels.report import masks_figure, save_figure, write_csv
+        from gnorm_kernels.viz import plot_accuracy_curves
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "table.md").write_text(self.markdown())
+        write_csv(self.table(), folder / "table.csv")
+        write_csv(self.pairs(), folder / "differences.csv")
+        metric = self.evidence.metric
+        save_figure(plot_accuracy_curves(self.runs, metric=metric, bands=self.evidence.bands,
+                                         title=title or f"{metric} as heads are pruned"), folder / "accuracy.png")
+        masks = masks_figure(self.runs, ratio=0.5)
+        if masks is not None:
+            save_figure(masks, folder / "masks.png")
+        return folder
+
     def pairs(self) -> list[dict[str, Any]]:
         """One row per ordered pair of different methods: the difference (method minus versus)
         of every key with its intervals and whether it is resolved."""
@@ -362,14 +382,17 @@ def compare(
     differences from other methods take each of their draws against it. The `Evidence` uses the
     paired bootstrap with `resamples` resamples seeded with `seed` (see the module docstring).
     """
+    from gnorm_kernels import distributed
     from gnorm_kernels.greedy import run_method
     from gnorm_kernels.scores import METHODS, get_method
 
     methods = list(METHODS) if methods is None else list(methods)
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"expected distinct method names, got {methods}")
-    if random_seeds < 1:
-        raise ValueError(f"random_seeds must be >= 1, got {random_seeds}")
+    if random_seeds < 1 or resamples < 1:
+        raise ValueError(f"random_seeds and resamples must be >= 1, got {random_seeds} and {resamples}")
+    if not all(isinstance(f, (int, float)) and 0 <= f <= 1 for f in [*budgets, *(x for r in ranges for x in r)]):
+        raise ValueError(f"budgets and ranges are fractions of heads pruned, in [0, 1]; got {list(budgets)}, {list(ranges)}")
     calibration = list(calibration)
     draws = [calibration] if not calibration or isinstance(calibration[0], Mapping) else [list(c) for c in calibration]
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -393,7 +416,7 @@ def compare(
                                 preset=preset, per_example=True, **driver_options)
         trajectory.settings.update(dict(settings or {}), seed=s, calibration_draw=d,
                                    **({"preset": preset} if preset is not None else {}))
-        if path is not None:
+        if path is not None and distributed.is_main():  # under torchrun rank 0 writes
             trajectory.save(path)
         runs[method].append(trajectory)
     evidence = bootstrap_evidence(runs, metric=metric, budgets=budgets, ranges=ranges, reference=reference,

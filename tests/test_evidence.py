@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gnorm_kernels.bootstrap import metric_on_resamples, point_weights, range_weights, resample_counts
-from gnorm_kernels.evaluate import _binary_f1, _matthews, evaluate
+from gnorm_kernels.evaluate import _binary_f1, _confusion, _matthews, evaluate
 from gnorm_kernels.evidence import bootstrap_evidence
 from gnorm_kernels.trajectory import Step, Trajectory
 
@@ -60,12 +60,12 @@ def test_metrics_on_unit_counts_are_evaluate_s_metrics():
     f1 = metric_on_resamples(ones, preds, golds, "f1")[0]
     mcc = metric_on_resamples(ones, preds, golds, "matthews")[0]
     for s in range(3):
-        p, g = torch.tensor(preds[s]), torch.tensor(golds)
-        assert f1[s] == pytest.approx(_binary_f1(p, g)) and mcc[s] == pytest.approx(_matthews(p, g, 2))
+        confusion = _confusion(torch.tensor(preds[s]), torch.tensor(golds), 2)
+        assert f1[s] == pytest.approx(_binary_f1(confusion)) and mcc[s] == pytest.approx(_matthews(confusion))
     three = rng.integers(0, 3, (2, 300))
     gold3 = rng.integers(0, 3, 300)
     assert metric_on_resamples(ones, three, gold3, "matthews")[0][1] == pytest.approx(
-        _matthews(torch.tensor(three[1]), torch.tensor(gold3), 3))
+        _matthews(_confusion(torch.tensor(three[1]), torch.tensor(gold3), 3)))
     with pytest.raises(ValueError, match="binary"):
         metric_on_resamples(ones, three, gold3, "f1")
 
