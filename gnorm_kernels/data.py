@@ -224,7 +224,7 @@ def task_from_file(
 # The one entry point
 # ---------------------------------------------------------------------------
 
-ACCEPTED_FORMS = '"synthetic", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
+ACCEPTED_FORMS = '"synthetic", "synthetic-lm", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
 
 
 def load_task(name: str | os.PathLike, *, seed: int = 0, **options: Any) -> Task:
@@ -235,6 +235,10 @@ def load_task(name: str | os.PathLike, *, seed: int = 0, **options: Any) -> Task
     (label_column, text_columns, calibration_size, test_fraction, metric).
     """
     text = os.fspath(name)
+    if text == "synthetic-lm":
+        from gnorm_kernels.tiny_lm import synthetic_lm_task
+
+        return synthetic_lm_task(seed=seed, **options)
     if text == "synthetic":
         return synthetic_task(seed=seed, **options)
     if text.startswith("glue/"):
