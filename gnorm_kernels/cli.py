@@ -9,10 +9,14 @@ Building the parser imports neither torch nor the rest of the package, so `gnorm
 `gnorm <command> --help` answer at once; a command imports what it needs when it runs (GRAIN's
 runner is `gnorm_kernels.grain.cli.run`).
 
-Output folders are written into a temporary folder beside `--out` and moved into place only when
+Output folders are written into `.NAME.partial` beside `--out` and moved into place only when
 the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or interrupted run leaves
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
+One run writes a folder at a time (a lock beside it). A run killed outright (SIGKILL, power loss)
+leaves its partial folder: `prune` and `compare` with `--resume` carry on from its last step and
+end as an uninterrupted run would. Model, tokenizer and labels are checked to agree before any
+work (`gnorm_kernels.cli_load`).
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) 
     p.add_argument("--eval-size", type=int, default=eval_size,
                    help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'})")
     p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32, as the authors use)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default 128, or the model's positions if fewer; never more than those)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's own)")
+    p.add_argument("--new-head", action="store_true",
+                   help="give the model a new, untrained classifier when its class count differs from the task's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,6 +81,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that was killed while writing --out, from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
@@ -106,20 +116,19 @@ def _check_methods(names: Sequence[str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
-    """(model, tokenizer, task, calibration batches, evaluation batches)."""
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.models import load_model
+    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree."""
+    from gnorm_kernels.cli_load import check_device, fit_max_length, load_model_and_task
 
-    progress = not args.quiet
+    device = check_device(args.device)
     # only the calibration and test splits are used here; the synthetic generator draws those
     # first, so a one-example train split leaves them unchanged and saves generating 40k texts
     options = {"train_size": 1} if str(args.task) == "synthetic" else {}
-    task = load_task(args.task, **options)
-    model, tokenizer = load_model(args.model, num_labels=task.num_labels, device=args.device, progress=progress)
+    model, tokenizer, task = load_model_and_task(args, device, **options)
+    max_length = fit_max_length(args.max_length, model)
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
-                               limit=args.calib_size, max_length=args.max_length)
+                               limit=args.calib_size, max_length=max_length)
     # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=args.max_length,
+    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
                               group_by_length=True)
     available = len(task.splits["calibration"])
     if available < args.calib_size:
@@ -136,6 +145,30 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every,
         progress=not args.quiet,
     )
+
+
+def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
+                folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
+    """`run_method` checkpointed at `path`; a resumed run says where it picks up, and a
+    checkpoint of another run (settings, weights, data) is refused with what differs."""
+    from gnorm_kernels import greedy
+    from gnorm_kernels.trajectory import Trajectory
+
+    if folder.resumed and path.is_file():
+        try:
+            saved = Trajectory.load(path)
+            done = "finished" if saved.complete else f"{len(saved.order)} of {saved.budget} heads pruned"
+            print(f"resuming {saved.method} from step {len(saved.steps) - 1} ({done})", file=sys.stderr, flush=True)
+        except ValueError:
+            pass  # the driver reports a damaged checkpoint
+    try:
+        return greedy.run_method(
+            method, model, calibration, evaluation, seed=seed, metric=args.metric,
+            scorer_options=_scorer_options(method, args), checkpoint=path, **options, **_driver_options(args),
+        )
+    except greedy.ResumeMismatch as err:
+        raise CLIError(f"--resume: {path} is from a different run ({'; '.join(err.differences)}); "
+                       "rerun with the same settings, or pass --force without --resume to start over") from None
 
 
 def _scorer_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -162,22 +195,20 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from gnorm_kernels.greedy import run_method
+    import shutil
+
     from gnorm_kernels.pruning import save_pruned
     from gnorm_kernels.report import save_figure
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid
 
     _check_args(args)
     (method,) = _check_methods([args.method])
-    with OutputFolder(args.out, force=args.force) as folder:
+    with OutputFolder(args.out, force=args.force, resume=args.resume, command="prune") as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
-        trajectory = run_method(
-            method, model, calibration, evaluation, seed=args.seed, metric=args.metric,
-            scorer_options=_scorer_options(method, args), checkpoint=folder.path("trajectory.json"),
-            inplace=True, **_driver_options(args),
-        )
-        trajectory.settings.update(model=str(args.model), task=str(args.task))
+        trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
+                                 args.seed, inplace=True)
+        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
@@ -187,6 +218,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         save_figure(plot_head_grid(final_mask, kind="mask",
                                    title=f"{method}: {int(final_mask.sum())} of {final_mask.numel()} heads kept"),
                     folder.path("mask.png"))
+        shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
         save_pruned(model, folder.path("model"), tokenizer=tokenizer)
     first, final = trajectory.steps[0], trajectory.steps[-1]
     print(f"{method}: pruned {len(trajectory.order)} of {trajectory.num_heads_start} heads in {last} steps")
@@ -218,7 +250,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from gnorm_kernels.greedy import run_method
     from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
     from gnorm_kernels.scores import get_method
     from gnorm_kernels.viz import plot_accuracy_curves
@@ -227,7 +258,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     methods = _check_methods(args.methods.split(","))
     if args.random_seeds < 1:
         raise CLIError(f"--random-seeds must be >= 1, got {args.random_seeds}")
-    with OutputFolder(args.out, force=args.force) as folder:
+    with OutputFolder(args.out, force=args.force, resume=args.resume, command="compare") as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         jobs = [(m, s) for m in methods
                 for s in (range(args.seed, args.seed + args.random_seeds) if get_method(m).seeded else [args.seed])]
@@ -236,10 +267,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             seeded = get_method(method).seeded
             print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
             path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
-            trajectory = run_method(
-                method, model, calibration, evaluation, seed=seed, metric=args.metric,
-                scorer_options=_scorer_options(method, args), checkpoint=path, **_driver_options(args),
-            )
+            trajectory = _run_method(method, model, calibration, evaluation, args, folder, path, seed)
             trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
             trajectory.save(path)
             runs.setdefault(method, []).append(trajectory)
@@ -280,7 +308,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
     from gnorm_kernels.viz import plot_head_grid
 
     _check_args(args)
-    with OutputFolder(args.out, force=args.force) if args.out is not None else nullcontext() as folder:
+    with OutputFolder(args.out, force=args.force, command="ablate") if args.out is not None else nullcontext() as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         base = evaluate(model, evaluation, metric=args.metric)[args.metric]
         drops = single_head_ablation(model, evaluation, metric=args.metric, progress=not args.quiet)
@@ -378,14 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything heavy is imported
-    from gnorm_kernels.scores import NonFiniteGradientError
-
     try:
         with _exit_cleanly_on_sigterm():
             return int(args.handler(args) or 0)
     except CLIError as err:
         parser.exit(2, f"gnorm {args.command}: error: {err}\n")
-    except (ValueError, OSError, NonFiniteGradientError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:  # FloatingPointError: NaN/inf, named by step
         parser.exit(1, f"gnorm {args.command}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")

@@ -15,7 +15,6 @@ run would have ended.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -28,13 +27,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gnorm_kernels.arch import HeadLayout, head_layout
+from gnorm_kernels.fingerprints import EVALUATION_KEYS, FINGERPRINTS, batch_fingerprint, model_fingerprint
 from gnorm_kernels.pruning import prune_heads
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
-__all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT"]
+__all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT", "ResumeMismatch"]
 
 Head = tuple[int, int]
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint that belongs to another run: other settings, model weights or data.
+    `differences` lists them in words (e.g. "the model's weights changed, model_fingerprint: ...")."""
+
+    def __init__(self, path: str | os.PathLike, differences: list[str]):
+        self.path, self.differences = Path(path), differences
+        super().__init__(
+            f"checkpoint {path} belongs to a different run ({'; '.join(differences)}); "
+            "delete it or choose another checkpoint path"
+        )
 
 
 # --------------------------------------------------------------------------- checks
@@ -73,13 +85,16 @@ def _budget(layout: HeadLayout, ratio: float | None, steps: int | None, per_step
 
 
 def _choose(
-    scores: torch.Tensor, kept: torch.Tensor, k: int, prune_first: str, min_heads: int, step: int
+    scores: torch.Tensor, kept: torch.Tensor, k: int, prune_first: str, min_heads: int, where: str
 ) -> list[Head]:
     """The next `k` heads: lowest (or highest) scores first, ties broken by (layer, head)."""
     bad = kept & ~torch.isfinite(scores)
     if bad.any():
         l, h = bad.nonzero()[0].tolist()
-        raise NonFiniteGradientError(f"step {step}: the score of present head ({l}, {h}) is {scores[l, h].item()}")
+        raise NonFiniteGradientError(
+            f"{where}: the score of present head ({l}, {h}) is {scores[l, h].item()}: the model gives non-finite "
+            "values (NaN or inf in its weights or inputs?), so no head can be chosen"
+        )
     key = scores.double() if prune_first == "lowest" else -scores.double()
     key = torch.where(kept, key, torch.full_like(key, math.inf))
     order = torch.argsort(key.flatten(), stable=True).tolist()
@@ -104,16 +119,6 @@ def _as_map(heads: Sequence[Head]) -> dict[int, list[int]]:
     return out
 
 
-def _fingerprint(batches: Sequence[Batch]) -> str:
-    """A short hash of the batches' token ids and masks, so a resumed run can check its data."""
-    digest = hashlib.sha256()
-    for batch in batches:
-        for key in ("input_ids", "attention_mask"):
-            if key in batch:
-                digest.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _describe(value: Any) -> Any:
     """A JSON-friendly, run-to-run stable description of a setting (callables by name)."""
     if callable(value):
@@ -135,13 +140,16 @@ def _measure(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _evaluate(model: nn.Module, batches: Sequence[Batch] | None, metric: str) -> tuple[dict | None, float]:
+def _evaluate(model: nn.Module, batches: Sequence[Batch] | None, metric: str, where: str) -> tuple[dict | None, float]:
     if batches is None:
         return None, 0.0
     from gnorm_kernels.evaluate import evaluate
 
     start = time.perf_counter()
-    result = evaluate(model, batches, metric=metric)
+    try:
+        result = evaluate(model, batches, metric=metric)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{where}, evaluating: {err}") from err
     return {k: float(v) for k, v in result.items()}, time.perf_counter() - start
 
 
@@ -203,8 +211,10 @@ def _drive(
         "metric": metric,
         "calibration_batches": len(calibration),
         "calibration_examples": sum(int(b["input_ids"].shape[0]) for b in calibration),
-        "calibration_fingerprint": _fingerprint(calibration),
+        "calibration_fingerprint": batch_fingerprint(calibration),
         "evaluation_examples": None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation),
+        "evaluation_fingerprint": None if evaluation is None else batch_fingerprint(evaluation, EVALUATION_KEYS),
+        "model_fingerprint": model_fingerprint(model),
     }
     initially_pruned = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()]
     name = method or f"{'greedy' if greedy else 'static'}-{scorer_name}"
@@ -214,7 +224,7 @@ def _drive(
     if trajectory is not None and trajectory.order:
         prune_heads(work, _as_map(trajectory.order))  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
-        metrics, eval_seconds = _evaluate(work, evaluation, metric)
+        metrics, eval_seconds = _evaluate(work, evaluation, metric, f"{name}, step 0 (the model as given)")
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
@@ -238,8 +248,9 @@ def _drive(
                 scores = recorded = _score(score_fn, work, calibration, options, layout, f"{name}, step {index}")
                 if not greedy:
                     static_scores = scores
+            where = f"{name}, step {index}"
             chosen = _choose(scores, head_layout(work).kept_mask(), min(heads_per_step, budget - done),
-                             prune_first, min_heads, index)
+                             prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable heads
                 raise RuntimeError(f"step {index}: no head left to prune")
             prune_heads(work, _as_map(chosen))
@@ -248,7 +259,7 @@ def _drive(
             last = done >= budget
             metrics, eval_seconds = (None, 0.0)
             if last or index % eval_every == 0:
-                metrics, eval_seconds = _evaluate(work, evaluation, metric)
+                metrics, eval_seconds = _evaluate(work, evaluation, metric, where)
             trajectory.steps.append(
                 Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded, **_measure(work))
             )
@@ -309,13 +320,12 @@ def _resume(
         if mine != theirs:
             mismatch.append(f"{what}: {theirs!r} saved, {mine!r} now")
     for key, value in settings.items():
-        if json.loads(json.dumps(value)) != saved.settings.get(key):
-            mismatch.append(f"{key}: {saved.settings.get(key)!r} saved, {value!r} now")
+        theirs = saved.settings.get(key, "not recorded")
+        if json.loads(json.dumps(value)) != theirs:
+            what = f"{FINGERPRINTS[key]} changed, " if key in FINGERPRINTS else ""
+            mismatch.append(f"{what}{key}: {theirs!r} saved, {value!r} now")
     if mismatch:
-        raise ValueError(
-            f"checkpoint {path} belongs to a different run ({'; '.join(mismatch)}); "
-            "delete it or choose another checkpoint path"
-        )
+        raise ResumeMismatch(path, mismatch)
     return saved
 
 # --------------------------------------------------------------------------- the public drivers

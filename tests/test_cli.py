@@ -17,7 +17,9 @@ SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--qu
 
 
 def _leftovers(parent):
-    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    """What a run may leave beside --out: partial folders, replaced runs, lock files."""
+    return [p.name for p in parent.iterdir() if p.name.startswith(".") and
+            (".partial" in p.name or ".old" in p.name or p.name.endswith(".lock"))]
 
 
 def test_prune_writes_trajectory_plots_and_a_loadable_pruned_model(model_dir, tmp_path, capsys):
