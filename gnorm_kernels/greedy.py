@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from gnorm_kernels.arch import HeadLayout, head_layout
 from gnorm_kernels.fingerprints import EVALUATION_KEYS, FINGERPRINTS, batch_fingerprint, model_fingerprint
 from gnorm_kernels.pruning import prune_heads
+from gnorm_kernels.gnorm import check_batches
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
@@ -150,6 +151,9 @@ def _evaluate(model: nn.Module, batches: Sequence[Batch] | None, metric: str, wh
         result = evaluate(model, batches, metric=metric)
     except FloatingPointError as err:
         raise FloatingPointError(f"{where}, evaluating: {err}") from err
+    bad = {k: v for k, v in result.items() if not math.isfinite(v)}
+    if bad:  # finite logits can still overflow the loss: never a NaN/inf in the record
+        raise FloatingPointError(f"{where}, evaluating: the metrics {bad} are not finite (logits too large?)")
     return {k: float(v) for k, v in result.items()}, time.perf_counter() - start
 
 
@@ -187,9 +191,7 @@ def _drive(
     eval_every = _check_count(eval_every, "eval_every", 1)
     if max_steps is not None:
         _check_count(max_steps, "max_steps", 0)
-    calibration = list(calibration)
-    if not calibration:
-        raise ValueError("the calibration set is empty: expected at least one batch of model inputs")
+    calibration = check_batches(calibration)  # a list of non-empty batches with input_ids, or a clear error
     evaluation = None if evaluation is None else list(evaluation)
     if evaluation is not None and not evaluation:
         raise ValueError("the evaluation set is empty: pass batches with labels, or None to skip evaluation")

@@ -106,8 +106,8 @@ def fit_labels(task: Task, label2id: Mapping[str, Any]) -> Task:
     model_names = _model_names(label2id)
     n = len(model_names)
     used = sorted({ex.label for split in task.splits.values() for ex in split})
-    bad = [i for i in used if not 0 <= i < n]
-    if task.info.get("label_kind") == "ids" or bad:
+    if task.info.get("label_kind") == "ids":  # a file of class ids: they are the model's ids
+        bad = [i for i in used if not 0 <= i < n]
         if bad:
             raise ValueError(
                 f"task {task.name!r} has class ids {bad[:10]} outside the model's {n} classes "
