@@ -71,6 +71,9 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     budget.add_argument("--steps", type=int, default=None, help="number of pruning steps instead of a ratio")
     p.add_argument("--heads-per-step", type=int, default=1, help="heads removed per step (default 1)")
     p.add_argument("--min-heads-per-layer", type=int, default=0, help="never prune a layer below this (default 0)")
+    p.add_argument("--unit", default="head", choices=("head", "kv_group"),
+                   help="what is ranked and removed: a query head, or a key/value group with all its query "
+                        "heads (grouped-query decoders; shrinks the KV cache) (default head)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N steps (default 1; the last step always)")
     p.add_argument("--objective", default="logits_norm", choices=("logits_norm", "loss"),
                    help="what Gnorm differentiates (default logits_norm: no labels needed)")
@@ -142,7 +145,7 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         ratio = args.default_ratio
     return dict(
         ratio=ratio, steps=args.steps, heads_per_step=args.heads_per_step,
-        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every,
+        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
         progress=not args.quiet,
     )
 
@@ -214,7 +217,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
                                          title=f"{method} on {args.task}: {args.metric} as heads are pruned"),
                     folder.path("accuracy.png"))
-        final_mask = trajectory.mask_at(steps=last)
+        final_mask = trajectory.head_mask_at(steps=last)
         save_figure(plot_head_grid(final_mask, kind="mask",
                                    title=f"{method}: {int(final_mask.sum())} of {final_mask.numel()} heads kept"),
                     folder.path("mask.png"))

@@ -126,6 +126,10 @@ def load_model_and_task(args: argparse.Namespace, device: str, **task_options: A
         _labels_in_range(task, int(model.config.num_labels))
         return model, tokenizer, task
     model, tokenizer = load_model(args.model, **options)
+    from gnorm_kernels.batch import is_causal_lm
+
+    if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids
+        return model, tokenizer, task
     try:
         task = fit_labels(task, model.config.label2id)
     except ValueError as err:

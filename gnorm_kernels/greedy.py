@@ -1,7 +1,9 @@
 """The pruning drivers: greedy (re-score after every step) and static (score once).
 
 `greedy_prune` is Greedy-Gnorm's loop: score every remaining head, physically remove the lowest
-(or highest) `heads_per_step`, evaluate, repeat, with no fine-tuning. `static_prune` scores once
+(or highest) `heads_per_step`, evaluate, repeat, with no fine-tuning. The unit pruned is a query
+head (``unit="head"``, `prune_heads`) or, on grouped-query models, a whole key/value group with its
+query heads (``unit="kv_group"``, `prune_kv_groups`: what shrinks the KV cache). `static_prune` scores once
 and removes heads in that order. Both are the same loop (`_drive`), told whether to re-score.
 They work on a copy of the model (the caller's model is left as it was unless ``inplace=True``,
 which prunes it once, at the end) and return a `Trajectory` (`gnorm_kernels.trajectory`): the
@@ -15,11 +17,9 @@ run would have ended.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -27,27 +27,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gnorm_kernels.arch import HeadLayout, head_layout
-from gnorm_kernels.fingerprints import EVALUATION_KEYS, FINGERPRINTS, batch_fingerprint, model_fingerprint
-from gnorm_kernels.pruning import prune_heads
-from gnorm_kernels.gnorm import check_batches
+from gnorm_kernels.batch import is_causal_lm
+from gnorm_kernels.head_units import check_unit, kept_unit_mask, unit_shape
+from gnorm_kernels.pruning import prune_heads, prune_kv_groups
+from gnorm_kernels.objectives import check_batches
+from gnorm_kernels.resume import (
+    EVALUATION_KEYS, ResumeMismatch, batches_fingerprint, describe_setting, model_fingerprint, resume_run,
+)
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
 __all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT", "ResumeMismatch"]
 
 Head = tuple[int, int]
-
-
-class ResumeMismatch(ValueError):
-    """A checkpoint that belongs to another run: other settings, model weights or data.
-    `differences` lists them in words (e.g. "the model's weights changed, model_fingerprint: ...")."""
-
-    def __init__(self, path: str | os.PathLike, differences: list[str]):
-        self.path, self.differences = Path(path), differences
-        super().__init__(
-            f"checkpoint {path} belongs to a different run ({'; '.join(differences)}); "
-            "delete it or choose another checkpoint path"
-        )
 
 
 # --------------------------------------------------------------------------- checks
@@ -58,21 +50,28 @@ def _check_count(value: Any, name: str, low: int) -> int:
     return value
 
 
-def _budget(layout: HeadLayout, ratio: float | None, steps: int | None, per_step: int, min_heads: int) -> int:
-    """Heads to prune, checked against what `min_heads_per_layer` allows."""
-    present = layout.num_kept_heads
-    prunable = sum(max(0, len(b.kept_heads) - min_heads) for b in layout.blocks)
+def _words(unit: str) -> str:
+    return "heads" if unit == "head" else "key/value groups"
+
+
+def _budget(
+    layout: HeadLayout, unit: str, ratio: float | None, steps: int | None, per_step: int, min_heads: int
+) -> int:
+    """Units to prune, checked against what `min_heads_per_layer` allows."""
+    kept = [len(b.kept_heads if unit == "head" else b.kept_kv_heads) for b in layout.blocks]
+    present = sum(kept)
+    prunable = sum(max(0, n - min_heads) for n in kept)
     if ratio is not None and steps is not None:
         raise ValueError(f"give ratio= or steps=, not both (got ratio={ratio!r}, steps={steps!r})")
     if ratio is not None:
         wanted = round(check_ratio(ratio) * present)
-        what = f"ratio {ratio} means {wanted} of {present} heads"
+        what = f"ratio {ratio} means {wanted} of {present} {_words(unit)}"
     elif steps is not None:
         steps = _check_count(steps, "steps", 0)
         max_steps = math.ceil(prunable / per_step)
         if steps > max_steps:
             raise ValueError(
-                f"steps={steps} is more than this model allows: {prunable} prunable heads at "
+                f"steps={steps} is more than this model allows: {prunable} prunable {_words(unit)} at "
                 f"{per_step} per step make at most {max_steps} steps"
             )
         return min(steps * per_step, prunable)
@@ -93,8 +92,8 @@ def _choose(
     if bad.any():
         l, h = bad.nonzero()[0].tolist()
         raise NonFiniteGradientError(
-            f"{where}: the score of present head ({l}, {h}) is {scores[l, h].item()}: the model gives non-finite "
-            "values (NaN or inf in its weights or inputs?), so no head can be chosen"
+            f"{where}: the score of present unit ({l}, {h}) is {scores[l, h].item()}: the model gives non-finite "
+            "values (NaN or inf in its weights or inputs?), so nothing can be chosen"
         )
     key = scores.double() if prune_first == "lowest" else -scores.double()
     key = torch.where(kept, key, torch.full_like(key, math.inf))
@@ -120,15 +119,9 @@ def _as_map(heads: Sequence[Head]) -> dict[int, list[int]]:
     return out
 
 
-def _describe(value: Any) -> Any:
-    """A JSON-friendly, run-to-run stable description of a setting (callables by name)."""
-    if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
-    if isinstance(value, Mapping):
-        return {str(k): _describe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
-    return value
+def _prune(model: nn.Module, units: Sequence[Head], unit: str) -> nn.Module:
+    """Remove (layer, unit) pairs: query heads, or key/value groups with all their query heads."""
+    return (prune_heads if unit == "head" else prune_kv_groups)(model, _as_map(units))
 
 
 def _measure(model: nn.Module) -> dict[str, Any]:
@@ -169,6 +162,7 @@ def _drive(
     scorer: str | Callable[..., torch.Tensor],
     scorer_options: Mapping[str, Any] | None,
     prune_first: Literal["lowest", "highest"],
+    unit: Literal["head", "kv_group"],
     method: str | None,
     ratio: float | None,
     steps: int | None,
@@ -196,15 +190,20 @@ def _drive(
     if evaluation is not None and not evaluation:
         raise ValueError("the evaluation set is empty: pass batches with labels, or None to skip evaluation")
     options = dict(scorer_options or {})
+    if "unit" in options:
+        raise ValueError(f"give the unit to the driver (unit={options['unit']!r}), not in scorer_options")
     layout = head_layout(model)
+    unit = check_unit(unit, layout)
+    grid = unit_shape(layout, unit)
+    _check_evaluation(model, evaluation, metric)
     min_heads = _check_count(min_heads_per_layer, "min_heads_per_layer", 0)
-    if min_heads > layout.num_heads:
-        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {layout.num_heads} heads of a layer")
-    budget = _budget(layout, ratio, steps, heads_per_step, min_heads)
-    scorer_name = scorer if isinstance(scorer, str) else _describe(scorer)
+    if min_heads > grid[1]:
+        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {_words(unit)} of a layer")
+    budget = _budget(layout, unit, ratio, steps, heads_per_step, min_heads)
+    scorer_name = scorer if isinstance(scorer, str) else describe_setting(scorer)
     settings = {
         "scorer": scorer_name,
-        "scorer_options": _describe(options),
+        "scorer_options": describe_setting(options),
         "ratio": ratio,
         "steps": steps,
         "heads_per_step": heads_per_step,
@@ -213,24 +212,27 @@ def _drive(
         "metric": metric,
         "calibration_batches": len(calibration),
         "calibration_examples": sum(int(b["input_ids"].shape[0]) for b in calibration),
-        "calibration_fingerprint": batch_fingerprint(calibration),
+        "calibration_fingerprint": batches_fingerprint(calibration),
         "evaluation_examples": None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation),
-        "evaluation_fingerprint": None if evaluation is None else batch_fingerprint(evaluation, EVALUATION_KEYS),
+        "evaluation_fingerprint": None if evaluation is None else batches_fingerprint(evaluation, EVALUATION_KEYS),
         "model_fingerprint": model_fingerprint(model),
     }
-    initially_pruned = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()]
+    initially_pruned = [tuple(x) for x in (~kept_unit_mask(layout, unit)).nonzero().tolist()]
+    pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit == "kv_group" else []
     name = method or f"{'greedy' if greedy else 'static'}-{scorer_name}"
+    call_options = options if unit == "head" else {**options, "unit": unit}
 
     work = copy.deepcopy(model)
-    trajectory = _resume(checkpoint, name, layout, greedy, prune_first, settings, initially_pruned, budget)
+    trajectory = resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget)
     if trajectory is not None and trajectory.order:
-        prune_heads(work, _as_map(trajectory.order))  # replay the saved run on the copy
+        _prune(work, trajectory.order, unit)  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
         metrics, eval_seconds = _evaluate(work, evaluation, metric, f"{name}, step 0 (the model as given)")
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
             budget=budget, steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds, **_measure(work))],
+            unit=unit, num_kv_heads=layout.kv_heads if layout.grouped else 0, initially_pruned_heads=pruned_heads,
         )
     trajectory.complete = len(trajectory.order) >= budget
     if checkpoint is not None:
@@ -239,7 +241,7 @@ def _drive(
     done = len(trajectory.order)
     static_scores = None if greedy else trajectory.scores_at(len(trajectory.steps) - 1)
     new_steps = 0
-    bar = tqdm(total=budget, initial=done, desc=name, unit="head", disable=not progress)
+    bar = tqdm(total=budget, initial=done, desc=name, unit=unit.replace("kv_", ""), disable=not progress)
     try:
         while done < budget and (max_steps is None or new_steps < max_steps):
             index = len(trajectory.steps)
@@ -247,15 +249,15 @@ def _drive(
             scores = static_scores  # static: the grid scored at the first step, reused
             recorded = None  # the grid recorded on this step: only a newly scored one
             if scores is None:
-                scores = recorded = _score(score_fn, work, calibration, options, layout, f"{name}, step {index}")
+                scores = recorded = _score(score_fn, work, calibration, call_options, grid, f"{name}, step {index}")
                 if not greedy:
                     static_scores = scores
             where = f"{name}, step {index}"
-            chosen = _choose(scores, head_layout(work).kept_mask(), min(heads_per_step, budget - done),
+            chosen = _choose(scores, kept_unit_mask(head_layout(work), unit), min(heads_per_step, budget - done),
                              prune_first, min_heads, where)
-            if not chosen:  # cannot happen: the budget counts only prunable heads
-                raise RuntimeError(f"step {index}: no head left to prune")
-            prune_heads(work, _as_map(chosen))
+            if not chosen:  # cannot happen: the budget counts only prunable units
+                raise RuntimeError(f"step {index}: no {unit} left to prune")
+            _prune(work, chosen, unit)
             seconds = time.perf_counter() - start
             done += len(chosen)
             last = done >= budget
@@ -271,64 +273,38 @@ def _drive(
             new_steps += 1
             bar.update(len(chosen))
             if metrics is not None:
-                bar.set_postfix(accuracy=f"{metrics.get('accuracy', float('nan')):.3f}")
+                bar.set_postfix({metric: f"{metrics.get(metric, float('nan')):.3f}"})
     finally:
         bar.close()
     if inplace and trajectory.order:
-        prune_heads(model, _as_map(trajectory.order))
+        _prune(model, trajectory.order, unit)
     return trajectory
+
+
+def _check_evaluation(model: nn.Module, evaluation: Sequence[Batch] | None, metric: str) -> None:
+    """A causal LM evaluated on text alone has only a perplexity: say so before any work."""
+    if evaluation is None or metric == "perplexity" or not is_causal_lm(model):
+        return
+    if not all("labels" in batch for batch in evaluation):
+        raise ValueError(
+            f"metric {metric!r} needs labelled evaluation batches (labels, label_token_ids, verdict_index), but "
+            "these carry text only: pass metric='perplexity' (a labelled LM task records perplexity beside its metric)"
+        )
 
 
 def _score(
     score_fn: Callable[..., torch.Tensor], model: nn.Module, calibration: list[Batch],
-    options: Mapping[str, Any], layout: HeadLayout, where: str,
+    options: Mapping[str, Any], grid: tuple[int, int], where: str,
 ) -> torch.Tensor:
-    """The scorer's float32 CPU grid, checked to be the layout's shape; errors name the step."""
+    """The scorer's float32 CPU grid, checked to be the unit grid's shape; errors name the step."""
     try:
         scores = score_fn(model, calibration, **options).detach().float().cpu()
     except NonFiniteGradientError as err:
         raise NonFiniteGradientError(f"{where}: {err}") from err
-    if tuple(scores.shape) != layout.shape:
-        raise ValueError(f"scorer returned shape {list(scores.shape)}, expected {list(layout.shape)}")
+    if tuple(scores.shape) != grid:
+        raise ValueError(f"scorer returned shape {list(scores.shape)}, expected {list(grid)}")
     return scores
 
-
-def _resume(
-    checkpoint: str | os.PathLike | None,
-    name: str,
-    layout: HeadLayout,
-    greedy: bool,
-    prune_first: str,
-    settings: dict[str, Any],
-    initially_pruned: list[Head],
-    budget: int,
-) -> Trajectory | None:
-    """The saved trajectory at `checkpoint`, checked to belong to this run; None if there is none."""
-    if checkpoint is None or not Path(checkpoint).exists():
-        return None
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint must be a file path for the trajectory JSON, got the folder {path}")
-    saved = Trajectory.load(path)
-    mismatch = []
-    for what, mine, theirs in (
-        ("method", name, saved.method),
-        ("grid", layout.shape, saved.shape),
-        ("greedy", greedy, saved.greedy),
-        ("prune_first", prune_first, saved.prune_first),
-        ("heads pruned before the run", sorted(initially_pruned), sorted(saved.initially_pruned)),
-        ("budget", budget, saved.budget),
-    ):
-        if mine != theirs:
-            mismatch.append(f"{what}: {theirs!r} saved, {mine!r} now")
-    for key, value in settings.items():
-        theirs = saved.settings.get(key, "not recorded")
-        if json.loads(json.dumps(value)) != theirs:
-            what = f"{FINGERPRINTS[key]} changed, " if key in FINGERPRINTS else ""
-            mismatch.append(f"{what}{key}: {theirs!r} saved, {value!r} now")
-    if mismatch:
-        raise ResumeMismatch(path, mismatch)
-    return saved
 
 # --------------------------------------------------------------------------- the public drivers
 # Both keep their full signatures visible to users and type checkers, and pass every argument,
@@ -343,6 +319,7 @@ def greedy_prune(
     scorer: str | Callable[..., torch.Tensor] = "gnorm",
     scorer_options: Mapping[str, Any] | None = None,
     prune_first: Literal["lowest", "highest"] = "lowest",
+    unit: Literal["head", "kv_group"] = "head",
     method: str | None = None,
     ratio: float | None = None,
     steps: int | None = None,
@@ -359,9 +336,14 @@ def greedy_prune(
     re-score the pruned model, repeat until `ratio` of the heads (or `steps` steps, or every
     prunable head) is gone. No fine-tuning between steps.
 
+    `unit="kv_group"` (grouped-query models) ranks and removes whole key/value groups instead of
+    query heads (`prune_kv_groups`); `ratio`, `steps`, `heads_per_step` and `min_heads_per_layer`
+    then count groups, and the trajectory's grid is [L, H_kv].
     `scorer` is a name from `gnorm_kernels.scores.SCORERS` or any ``f(model, batches, **options)``
-    returning an [L, H] grid; Greedy-Gnorm is the default. `evaluation` batches (with labels) are
-    scored with `metric` after step 0 and every `eval_every` steps and after the last. The model
+    returning the unit's grid ([L, H]; it is called with ``unit="kv_group"`` for groups); Greedy-Gnorm
+    is the default. `evaluation` batches (with labels; for a causal LM text alone with
+    ``metric="perplexity"``) are scored with `metric` after step 0 and every `eval_every` steps and
+    after the last; a causal LM's steps record its perplexity beside the task metric. The model
     passed in is not changed unless `inplace` (then it ends pruned to the final state).
     `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
     it. `max_steps` stops this call after that many new steps (resume later with the same
@@ -378,6 +360,7 @@ def static_prune(
     scorer: str | Callable[..., torch.Tensor] = "gnorm",
     scorer_options: Mapping[str, Any] | None = None,
     prune_first: Literal["lowest", "highest"] = "lowest",
+    unit: Literal["head", "kv_group"] = "head",
     method: str | None = None,
     ratio: float | None = None,
     steps: int | None = None,
@@ -403,19 +386,22 @@ def run_method(
     *,
     seed: int = 0,
     scorer_options: Mapping[str, Any] | None = None,
+    unit: Literal["head", "kv_group"] = "head",
     **driver_options: Any,
 ) -> Trajectory:
     """Run a method of `gnorm_kernels.scores.METHODS` by name (e.g. "greedy-gnorm", "random").
 
-    `seed` reaches seeded methods (random); `scorer_options` go to the scorer; everything else
-    goes to `greedy_prune` / `static_prune`.
+    `seed` reaches seeded methods (random); `scorer_options` go to the scorer; `unit` ("head" or
+    "kv_group") is what the method ranks and removes; everything else goes to `greedy_prune` /
+    `static_prune`.
     """
     spec = get_method(method) if isinstance(method, str) else method
+    unit = spec.check_unit(unit)
     options = dict(scorer_options or {})
     if spec.seeded:
         options.setdefault("seed", seed)
     driver = greedy_prune if spec.greedy else static_prune
     return driver(
         model, calibration, evaluation, scorer=spec.scorer, scorer_options=options,
-        prune_first=spec.prune_first, method=spec.name, **driver_options,
+        prune_first=spec.prune_first, unit=unit, method=spec.name, **driver_options,
     )
