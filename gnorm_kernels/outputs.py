@@ -64,7 +64,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = os.read(fd, 64).decode(errors="replace").strip()
                 os.close(fd)
                 pid = f" (pid {holder})" if holder.isdigit() else ""
@@ -72,6 +72,9 @@ class RunLock:
                     f"another gnorm run{pid} is writing {what} now; wait for it to finish or choose another "
                     f"folder (lock: {self.path})"
                 ) from None
+            except OSError as err:  # a file system without locks: say so rather than run unguarded
+                os.close(fd)
+                raise CLIError(f"cannot lock {self.path} ({err}); expected a local file system for {what}") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
