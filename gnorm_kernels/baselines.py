@@ -3,6 +3,8 @@
 Each is called as ``scorer(model, batches, **options)`` like `gnorm_scores` and returns a float32
 grid on the CPU, NaN for units already pruned: [num_layers, num_heads] for ``unit="head"``,
 [num_layers, num_kv_heads] for ``unit="kv_group"`` (grouped-query models; `gnorm_kernels.head_units`).
+Under torch.distributed the batches are this rank's shard and the grid is the global one (sums
+all-reduced).
 
 * `attention_entropy`: the epsilon-rectified row entropy of each head's attention matrix (AE);
   for causal LMs over each position's prefix, normalised by its maximum.
@@ -18,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
 from gnorm_kernels.batch import is_causal_lm, model_device, model_inputs
 from gnorm_kernels.grouped_attention import GROUPED_IMPLEMENTATIONS
@@ -159,6 +162,9 @@ def attention_entropy(
                 ent = torch.stack(per_depth).mean(dim=0)  # [B, H_l]
                 total[block.index, list(block.kept_heads)] += ent[counted].sum(dim=0).cpu()
             examples += int(counted.sum())
+    if distributed.data_parallel(model):  # every rank's sums and count of examples
+        total, reduced = distributed.all_reduce_sums(total, torch.tensor(float(examples)))
+        examples = int(reduced)
     if examples == 0:
         raise ValueError("no calibration example has a position with more than one token to attend to")
     out = (total / examples).float()
@@ -200,6 +206,8 @@ def taylor_importance(
                 raise NonFiniteGradientError(f"NaN or infinite head-gate gradient on calibration batch {i}")
             grad = grad.double().cpu()
             total += (group_sum(grad, layout) if unit == "kv_group" else grad).abs()
+    if distributed.data_parallel(model):
+        (total,) = distributed.all_reduce_sums(total)
     return _pruned_nan(total.float(), layout, unit)
 
 
@@ -211,7 +219,9 @@ def random_scores(
 
     The draw covers the whole original grid, so the order it gives does not depend on which
     units are already gone. `batches` is accepted for the common signature and not used.
+    Under torch.distributed every rank must pass the same seed (checked): one grid everywhere.
     """
+    distributed.check_same(int(seed), "random_scores seeds")
     layout = head_layout(model)
     unit = check_unit(unit, layout)
     gen = torch.Generator().manual_seed(int(seed))

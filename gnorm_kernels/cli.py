@@ -13,10 +13,11 @@ Output folders are written into `.NAME.partial` beside `--out` and moved into pl
 the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or interrupted run leaves
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
-One run writes a folder at a time (a lock beside it). A run killed outright (SIGKILL, power loss)
-leaves its partial folder: `prune` and `compare` with `--resume` carry on from its last step and
-end as an uninterrupted run would. Model, tokenizer and labels are checked to agree before any
-work (`gnorm_kernels.cli_load`).
+One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
+killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
+
+Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli ...`` prune, compare and ablate split their batches
+across the processes and rank 0 writes the folder (`gnorm_kernels.distributed`); `--fsdp` shards the model.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"),
                    help="metric of the curve and the table (default accuracy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (every process sees every batch)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.add_argument("--resume", action="store_true",
@@ -104,6 +107,16 @@ def _check_args(args: argparse.Namespace) -> None:
     steps = getattr(args, "steps", None)
     if steps is not None and steps < 0:
         raise CLIError(f"--steps must be >= 0, got {steps}")
+    from gnorm_kernels.distributed import is_initialised
+    if getattr(args, "fsdp", False) and not is_initialised():
+        raise CLIError("--fsdp shards the model across processes: start the command with "
+                       "torchrun --nproc-per-node N -m gnorm_kernels.cli ...")
+
+
+def _output_folder(args: argparse.Namespace) -> OutputFolder:
+    from gnorm_kernels.distributed import output_folder
+
+    return output_folder(args.out, force=args.force, resume=getattr(args, "resume", None), command=args.command)
 
 
 def _check_methods(names: Sequence[str]) -> list[str]:
@@ -119,24 +132,11 @@ def _check_methods(names: Sequence[str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
-    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree."""
-    from gnorm_kernels.cli_load import check_device, fit_max_length, load_model_and_task
+    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree before
+    any work (`gnorm_kernels.cli_load.load_inputs`)."""
+    from gnorm_kernels.cli_load import load_inputs
 
-    device = check_device(args.device)
-    # only the calibration and test splits are used here; the synthetic generator draws those
-    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1} if str(args.task) == "synthetic" else {}
-    model, tokenizer, task = load_model_and_task(args, device, **options)
-    max_length = fit_max_length(args.max_length, model)
-    calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
-                               limit=args.calib_size, max_length=max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
-                              group_by_length=True)
-    available = len(task.splits["calibration"])
-    if available < args.calib_size:
-        print(f"note: the calibration split has {available} examples; using all of them", file=sys.stderr)
-    return model, tokenizer, task, calibration, evaluation
+    return load_inputs(args)
 
 
 def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,26 +152,16 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
                 folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
-    """`run_method` checkpointed at `path`; a resumed run says where it picks up, and a
-    checkpoint of another run (settings, weights, data) is refused with what differs."""
+    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
+    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
     from gnorm_kernels import greedy
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.cli_load import checkpointed
 
-    if folder.resumed and path.is_file():
-        try:
-            saved = Trajectory.load(path)
-            done = "finished" if saved.complete else f"{len(saved.order)} of {saved.budget} heads pruned"
-            print(f"resuming {saved.method} from step {len(saved.steps) - 1} ({done})", file=sys.stderr, flush=True)
-        except ValueError:
-            pass  # the driver reports a damaged checkpoint
-    try:
+    with checkpointed(folder, path):
         return greedy.run_method(
             method, model, calibration, evaluation, seed=seed, metric=args.metric,
             scorer_options=_scorer_options(method, args), checkpoint=path, **options, **_driver_options(args),
         )
-    except greedy.ResumeMismatch as err:
-        raise CLIError(f"--resume: {path} is from a different run ({'; '.join(err.differences)}); "
-                       "rerun with the same settings, or pass --force without --resume to start over") from None
 
 
 def _scorer_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -200,17 +190,27 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 def _run_prune(args: argparse.Namespace) -> int:
     import shutil
 
+    from gnorm_kernels.distributed import is_main
     from gnorm_kernels.pruning import save_pruned
     from gnorm_kernels.report import save_figure
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid
 
     _check_args(args)
     (method,) = _check_methods([args.method])
-    with OutputFolder(args.out, force=args.force, resume=args.resume, command="prune") as folder:
+    with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
         trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
-                                 args.seed, inplace=True)
+                                 args.seed, inplace=not args.fsdp)
+        if is_main():
+            shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
+        if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
+            from gnorm_kernels.fsdp import save_pruned_sharded
+
+            save_pruned_sharded(model, trajectory.pruned_heads_at(steps=len(trajectory.steps) - 1),
+                                folder.path("model"), tokenizer=tokenizer)
+        if not is_main():
+            return 0  # rank 0 writes the outputs
         trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
@@ -221,8 +221,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         save_figure(plot_head_grid(final_mask, kind="mask",
                                    title=f"{method}: {int(final_mask.sum())} of {final_mask.numel()} heads kept"),
                     folder.path("mask.png"))
-        shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
-        save_pruned(model, folder.path("model"), tokenizer=tokenizer)
+        if not args.fsdp:
+            save_pruned(model, folder.path("model"), tokenizer=tokenizer)
     first, final = trajectory.steps[0], trajectory.steps[-1]
     print(f"{method}: pruned {len(trajectory.order)} of {trajectory.num_heads_start} heads in {last} steps")
     if first.metrics is not None and final.metrics is not None:
@@ -253,6 +253,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from gnorm_kernels.distributed import is_main
     from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
     from gnorm_kernels.scores import get_method
     from gnorm_kernels.viz import plot_accuracy_curves
@@ -261,19 +262,23 @@ def _run_compare(args: argparse.Namespace) -> int:
     methods = _check_methods(args.methods.split(","))
     if args.random_seeds < 1:
         raise CLIError(f"--random-seeds must be >= 1, got {args.random_seeds}")
-    with OutputFolder(args.out, force=args.force, resume=args.resume, command="compare") as folder:
+    with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         jobs = [(m, s) for m in methods
                 for s in (range(args.seed, args.seed + args.random_seeds) if get_method(m).seeded else [args.seed])]
         runs: dict[str, list] = {}
         for i, (method, seed) in enumerate(jobs, 1):
             seeded = get_method(method).seeded
-            print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
+            if is_main():
+                print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
             path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
             trajectory = _run_method(method, model, calibration, evaluation, args, folder, path, seed)
             trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
-            trajectory.save(path)
+            if is_main():
+                trajectory.save(path)
             runs.setdefault(method, []).append(trajectory)
+        if not is_main():
+            return 0  # rank 0 writes the outputs
         rows = comparison_table(runs, metric=args.metric)
         table = markdown_table(rows, args.metric)
         folder.path("table.md").write_text(table)
@@ -306,15 +311,18 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
+    from gnorm_kernels.distributed import is_main
     from gnorm_kernels.evaluate import evaluate, single_head_ablation
     from gnorm_kernels.report import ablation_table, save_figure, write_ablation_csv
     from gnorm_kernels.viz import plot_head_grid
 
     _check_args(args)
-    with OutputFolder(args.out, force=args.force, command="ablate") if args.out is not None else nullcontext() as folder:
+    with _output_folder(args) if args.out is not None else nullcontext() as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         base = evaluate(model, evaluation, metric=args.metric)[args.metric]
-        drops = single_head_ablation(model, evaluation, metric=args.metric, progress=not args.quiet)
+        drops = single_head_ablation(model, evaluation, metric=args.metric, progress=not args.quiet and is_main())
+        if not is_main():
+            return 0  # rank 0 writes and prints the table
         text = ablation_table(drops, base, args.metric)
         if folder is not None:
             write_ablation_csv(drops, folder.path("ablation.csv"))
@@ -361,8 +369,11 @@ def _add_grain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_grain(args: argparse.Namespace) -> int:
+    from gnorm_kernels.distributed import is_distributed
     from gnorm_kernels.grain.cli import run
 
+    if is_distributed():
+        raise CLIError("gnorm grain runs in one process; start it without torchrun")
     if args.lr is None:
         args.lr = GRAIN_LR.get(str(args.model), GRAIN_PAPER_LR)
     return run(args)
@@ -409,15 +420,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything heavy is imported
+    from gnorm_kernels import distributed
+
+    owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
         with _exit_cleanly_on_sigterm():
+            owned = not distributed.is_initialised() and distributed.init_from_env(getattr(args, "device", "cpu"))
             return int(args.handler(args) or 0)
     except CLIError as err:
-        parser.exit(2, f"gnorm {args.command}: error: {err}\n")
-    except (ValueError, OSError, FloatingPointError) as err:  # FloatingPointError: NaN/inf, named by step
-        parser.exit(1, f"gnorm {args.command}: error: {err}\n")
+        parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
+    except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
+        parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")
+    finally:
+        if owned:
+            distributed.shutdown()
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What a `gnorm` command loads, checked to agree before any work: device, task, model, lengths.
+"""What a `gnorm` command loads, checked to agree before any work (device, task, model, lengths),
+and how its checkpointed runs pick up after a kill.
 
 * `--device` must name a device this machine has;
 * the task's labels are numbered as the model's classes (`gnorm_kernels.labels.fit_labels`):
@@ -6,7 +7,8 @@
   unless `--new-head` gives the model a new, untrained classifier for the task's classes;
 * `--max-length` never exceeds the model's position table (`models.max_positions`).
 
-Notes on what was decided go to stderr, beside the progress bars.
+`checkpointed` says where a resumed run picks up and turns a checkpoint of another run
+(settings, weights, data) into a command-line error. Notes go to stderr (rank 0 only under torchrun).
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import argparse
 import json
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from gnorm_kernels.outputs import CLIError
+from gnorm_kernels import distributed
+from gnorm_kernels.outputs import CLIError, OutputFolder
 
-__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "fit_max_length", "load_model_and_task"]
+__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "fit_max_length", "load_model_and_task", "load_inputs",
+           "checkpointed"]
 
 DEFAULT_MAX_LENGTH = 128
 
 
 def note(text: str) -> None:
-    print(f"note: {text}", file=sys.stderr, flush=True)
+    if distributed.is_main():
+        print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def check_device(name: str) -> str:
@@ -109,7 +115,8 @@ def load_model_and_task(args: argparse.Namespace, device: str, **task_options: A
     from gnorm_kernels.models import load_model
 
     task = _load_task(str(args.task), task_options)  # a bad file fails before a slow model load
-    options = dict(device=device, progress=not args.quiet, tokenizer=getattr(args, "tokenizer", None))
+    options = dict(device=device, progress=not args.quiet and distributed.is_main(),
+                   tokenizer=getattr(args, "tokenizer", None))
     if getattr(args, "new_head", False):
         before = _checkpoint_classes(str(args.model))
         model, tokenizer = load_model(args.model, num_labels=task.num_labels, new_head=True, **options)
@@ -136,3 +143,52 @@ def load_model_and_task(args: argparse.Namespace, device: str, **task_options: A
         raise CLIError(str(err)) from None
     _labels_in_range(task, int(model.config.num_labels))
     return model, tokenizer, task
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
+    """(model, tokenizer, task, calibration batches, evaluation batches) of a command's flags,
+    checked to agree; under torchrun this rank's share of the batches (or the model sharded)."""
+    device = check_device(args.device)
+    # only the calibration and test splits are used here; the synthetic generator draws those
+    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
+    options = {"train_size": 1} if str(args.task) == "synthetic" else {}
+    with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
+        model, tokenizer, task = load_model_and_task(args, device, **options)
+    max_length = fit_max_length(args.max_length, model)
+    calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
+                               limit=args.calib_size, max_length=max_length)
+    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
+    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
+                              group_by_length=True)
+    available = len(task.splits["calibration"])
+    if available < args.calib_size:
+        note(f"the calibration split has {available} examples; using all of them")
+    if getattr(args, "fsdp", False):  # gradients are averaged over ranks: each must see every batch
+        from gnorm_kernels.fsdp import shard_model
+
+        shard_model(model)
+    else:  # torchrun: this rank's share of the batches (all of them in one process)
+        calibration = distributed.shard(calibration)
+        evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
+    return model, tokenizer, task, calibration, evaluation
+
+
+@contextmanager
+def checkpointed(folder: OutputFolder, path: Path) -> Iterator[None]:
+    """Around a driver run checkpointed at `path`: a resumed run says where it picks up, and a
+    checkpoint that belongs to another run is refused with what differs (its progress is kept)."""
+    from gnorm_kernels.resume import ResumeMismatch
+    from gnorm_kernels.trajectory import Trajectory
+
+    if folder.resumed and path.is_file():
+        try:
+            saved = Trajectory.load(path)
+            done = "finished" if saved.complete else f"{len(saved.order)} of {saved.budget} units pruned"
+            print(f"resuming {saved.method} from step {len(saved.steps) - 1} ({done})", file=sys.stderr, flush=True)
+        except ValueError:
+            pass  # the driver reports a damaged checkpoint
+    try:
+        yield
+    except ResumeMismatch as err:
+        raise CLIError(f"--resume: {path} is from a different run ({'; '.join(err.differences)}); "
+                       "rerun with the same settings, or pass --force without --resume to start over") from None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import gnorm_kernels.kernels as kernels
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
 from gnorm_kernels.batch import is_causal_lm, model_device
 from gnorm_kernels.head_units import check_unit, unit_qkv_norms, unit_shape
@@ -84,7 +85,8 @@ def qkv_gradient_norms(
     the group's stacked Q rows, i.e. sqrt of the sum of its query heads' squared Q norms, taken on
     each batch's (example's) gradient before averaging. With `include_bias` a unit's block also holds
     its rows of the bias. `dropout=True` scores in train mode (dropout on, so the result is random);
-    the default is eval mode, deterministic.
+    the default is eval mode, deterministic. Under torch.distributed the batches are this rank's
+    shard and the result is global (`gnorm_kernels.distributed`; FSDP2: `gnorm_kernels.fsdp`).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
@@ -168,16 +170,23 @@ class _QKVGradients:
     gradients start empty; on exit every parameter's previous .grad comes back.
     """
 
-    def __init__(self, blocks: Sequence[AttentionBlock], layout: HeadLayout, include_bias: bool, backend: str):
+    def __init__(self, blocks: Sequence[AttentionBlock], layout: HeadLayout, include_bias: bool, backend: str,
+                 sharded: bool = False):
         self.blocks, self.head_size, self.backend = list(blocks), layout.head_size, backend
         self.counts = [(len(b.kept_heads), len(b.kept_kv_heads)) for b in blocks]
         self.buffered = [j for j, (b, (n, kv)) in enumerate(zip(blocks, self.counts)) if not b.fused_qkv and n % kv == 0]
         buffered = [blocks[j] for j in self.buffered]
         weights = [(b.query.weight, b.key.weight, b.value.weight) for b in buffered]
         self.buffer = None
+        buffer_type = kernels.QKVGradientBuffer
+        if sharded:  # FSDP2: DTensor gradients, norms from per-rank partial sums of squares
+            from gnorm_kernels.fsdp import ShardedQKVGradients as buffer_type
+            if include_bias or len(self.buffered) < len(blocks):
+                raise ValueError("an FSDP-sharded model is scored on Linear Q/K/V weights with even groups only: "
+                                 "include_bias, GPT-2's fused c_attn and uneven groups are not supported")
         if weights:
             kv = [self.counts[j][1] for j in self.buffered] if layout.grouped else None
-            self.buffer = kernels.QKVGradientBuffer(weights, self.head_size, num_kv_heads=kv, backend=backend)
+            self.buffer = buffer_type(weights, self.head_size, num_kv_heads=kv, backend=backend)
         own = [b for j, b in enumerate(blocks) if j not in set(self.buffered)]
         self.own = list({id(w): w for b in own for w in _weights(b)}.values())
         self.include_bias = include_bias
@@ -209,6 +218,13 @@ class _QKVGradients:
             self.buffer.zero_()
         for p in self.own + self.biases:
             p.grad = None
+
+    def all_reduce_(self) -> None:
+        """Sum every gradient over the ranks, in place, with one collective (data parallelism)."""
+        for p in self.own + self.biases:
+            p.grad = _grad(p)
+        distributed.all_reduce_(*([self.buffer.buffer] if self.buffer is not None else []),
+                                *(p.grad for p in self.own + self.biases))
 
     def norms(self) -> list[Norms]:
         """Per block: float32 CPU block norms of Q [kept heads], K and V [kept key/value heads]."""
@@ -277,7 +293,7 @@ def _batch_norms(
     accumulate: bool,
 ) -> list[torch.Tensor]:
     """Per block [3, units kept]: mean per-batch block norms, or (`accumulate`) those of the summed gradient."""
-    grads = _QKVGradients(blocks, layout, include_bias, backend)
+    grads = _QKVGradients(blocks, layout, include_bias, backend, sharded=distributed.is_sharded(model))
     device = model_device(model)
     total: list[torch.Tensor] | None = None
     with scoring_mode(model, grads.parameters, training=dropout), grads:
@@ -292,7 +308,12 @@ def _batch_norms(
             _check_finite(norms, blocks, i)
             units = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
             total = units if accumulate or total is None else [t + u for t, u in zip(total, units)]
-    return total if accumulate else [t / len(batches) for t in total]
+        if accumulate and distributed.data_parallel(model):  # every rank's summed gradients
+            grads.all_reduce_()
+            norms = grads.norms()
+            _check_finite(norms, blocks, len(batches) - 1)
+            total = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
+    return total if accumulate else distributed.mean_over_ranks(total, len(batches), model)
 
 
 # ---- per example: captured inputs and output gradients, no weight gradients at all
@@ -382,7 +403,7 @@ def _per_example_norms(
                 summed = unit_qkv_norms(*norms, block, unit).sum(dim=1).double()  # [3, units]
                 totals[j] = summed if totals[j] is None else totals[j] + summed
             examples += int(values.shape[0])
-    return [(t / examples).float() for t in totals]
+    return [t.float() for t in distributed.mean_over_ranks(totals, examples, model)]
 
 
 def _per_example_block(

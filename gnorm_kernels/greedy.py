@@ -12,6 +12,11 @@ pruning order, the score grid each choice was made on, the metrics, sizes and ti
 A trajectory can be written after every step (``checkpoint=path``, atomically); a run started
 again with the same path replays the pruned heads and carries on, ending where an uninterrupted
 run would have ended.
+
+Under torch.distributed every rank runs the loop on its shard of the batches (the scorers and
+`evaluate` reduce to global values), every rank takes the same decision (checked each step), and
+only rank 0 reads and writes the checkpoint and shows progress. A model sharded with FSDP2 is
+pruned by masking (`gnorm_kernels.fsdp.MaskedPruning`), every rank seeing every batch.
 """
 
 from __future__ import annotations
@@ -20,20 +25,20 @@ import copy
 import math
 import os
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import HeadLayout, head_layout
 from gnorm_kernels.batch import is_causal_lm
 from gnorm_kernels.head_units import check_unit, kept_unit_mask, unit_shape
 from gnorm_kernels.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.objectives import check_batches
-from gnorm_kernels.resume import (
-    EVALUATION_KEYS, ResumeMismatch, batches_fingerprint, describe_setting, model_fingerprint, resume_run,
-)
+from gnorm_kernels.resume import ResumeMismatch, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
@@ -124,6 +129,21 @@ def _prune(model: nn.Module, units: Sequence[Head], unit: str) -> nn.Module:
     return (prune_heads if unit == "head" else prune_kv_groups)(model, _as_map(units))
 
 
+class _Copy:
+    """The loop's work model: a private copy pruned for real (`fsdp.MaskedPruning` on a sharded
+    model); `structure` has the pruned model's layout and sizes, `applied()` gives the model to run."""
+
+    def __init__(self, model: nn.Module, unit: str):
+        self.model = self.structure = copy.deepcopy(model)
+        self.unit = unit
+
+    def prune(self, units: Sequence[Head]) -> None:
+        _prune(self.model, units, self.unit)
+
+    def applied(self):
+        return nullcontext(self.model)
+
+
 def _measure(model: nn.Module) -> dict[str, Any]:
     from gnorm_kernels.evaluate import model_size_mb, parameter_count
 
@@ -134,14 +154,15 @@ def _measure(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _evaluate(model: nn.Module, batches: Sequence[Batch] | None, metric: str, where: str) -> tuple[dict | None, float]:
+def _evaluate(work: Any, batches: Sequence[Batch] | None, metric: str, where: str) -> tuple[dict | None, float]:
     if batches is None:
         return None, 0.0
     from gnorm_kernels.evaluate import evaluate
 
     start = time.perf_counter()
     try:
-        result = evaluate(model, batches, metric=metric)
+        with work.applied() as model:
+            result = evaluate(model, batches, metric=metric)
     except FloatingPointError as err:
         raise FloatingPointError(f"{where}, evaluating: {err}") from err
     bad = {k: v for k, v in result.items() if not math.isfinite(v)}
@@ -185,10 +206,13 @@ def _drive(
     eval_every = _check_count(eval_every, "eval_every", 1)
     if max_steps is not None:
         _check_count(max_steps, "max_steps", 0)
-    calibration = check_batches(calibration)  # a list of non-empty batches with input_ids, or a clear error
+    # a rank's shard is checked over all ranks; else a list of non-empty batches with input_ids, or an error
+    calibration = list(calibration) if distributed.data_parallel(model) else check_batches(calibration)
     evaluation = None if evaluation is None else list(evaluation)
-    if evaluation is not None and not evaluation:
-        raise ValueError("the evaluation set is empty: pass batches with labels, or None to skip evaluation")
+    sharded = distributed.is_sharded(model)
+    if inplace and sharded:
+        raise ValueError("inplace=True cannot cut heads out of an FSDP-sharded model; "
+                         "save the result with gnorm_kernels.fsdp.save_pruned_sharded")
     options = dict(scorer_options or {})
     if "unit" in options:
         raise ValueError(f"give the unit to the driver (unit={options['unit']!r}), not in scorer_options")
@@ -210,54 +234,67 @@ def _drive(
         "min_heads_per_layer": min_heads,
         "eval_every": eval_every,
         "metric": metric,
-        "calibration_batches": len(calibration),
-        "calibration_examples": sum(int(b["input_ids"].shape[0]) for b in calibration),
-        "calibration_fingerprint": batches_fingerprint(calibration),
-        "evaluation_examples": None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation),
-        "evaluation_fingerprint": None if evaluation is None else batches_fingerprint(evaluation, EVALUATION_KEYS),
+        **distributed.data_settings(calibration, evaluation, parallel=distributed.data_parallel(model)),
         "model_fingerprint": model_fingerprint(model),
     }
     initially_pruned = [tuple(x) for x in (~kept_unit_mask(layout, unit)).nonzero().tolist()]
     pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit == "kv_group" else []
     name = method or f"{'greedy' if greedy else 'static'}-{scorer_name}"
     call_options = options if unit == "head" else {**options, "unit": unit}
+    if distributed.is_distributed():  # same model (a sharded one: same shapes), same run, every rank
+        model_id = layout.describe() if sharded else distributed.fingerprint_model(model)
+        distributed.check_same({"model": model_id, "method": name, "budget": budget, **settings}, "models or settings")
 
-    work = copy.deepcopy(model)
-    trajectory = resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget)
+    if sharded:
+        from gnorm_kernels.fsdp import MaskedPruning
+
+        work = MaskedPruning(model, unit)
+    else:
+        work = _Copy(model, unit)
+    trajectory = distributed.from_main(
+        lambda: resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget),
+        "the checkpoint",
+    )
     if trajectory is not None and trajectory.order:
-        _prune(work, trajectory.order, unit)  # replay the saved run on the copy
+        work.prune(trajectory.order)  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
         metrics, eval_seconds = _evaluate(work, evaluation, metric, f"{name}, step 0 (the model as given)")
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
-            budget=budget, steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds, **_measure(work))],
+            budget=budget, steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds,
+                                       **_measure(work.structure))],
             unit=unit, num_kv_heads=layout.kv_heads if layout.grouped else 0, initially_pruned_heads=pruned_heads,
         )
     trajectory.complete = len(trajectory.order) >= budget
-    if checkpoint is not None:
+    write = checkpoint is not None and distributed.is_main()
+    if write:
         trajectory.save(checkpoint)
 
     done = len(trajectory.order)
     static_scores = None if greedy else trajectory.scores_at(len(trajectory.steps) - 1)
     new_steps = 0
-    bar = tqdm(total=budget, initial=done, desc=name, unit=unit.replace("kv_", ""), disable=not progress)
+    bar = tqdm(total=budget, initial=done, desc=name, unit=unit.replace("kv_", ""),
+               disable=not progress or not distributed.is_main())
     try:
         while done < budget and (max_steps is None or new_steps < max_steps):
             index = len(trajectory.steps)
             start = time.perf_counter()
             scores = static_scores  # static: the grid scored at the first step, reused
             recorded = None  # the grid recorded on this step: only a newly scored one
+            kept = kept_unit_mask(head_layout(work.structure), unit)
             if scores is None:
-                scores = recorded = _score(score_fn, work, calibration, call_options, grid, f"{name}, step {index}")
+                with work.applied() as scored:
+                    scores = _score(score_fn, scored, calibration, call_options, grid, f"{name}, step {index}")
+                scores = recorded = scores.masked_fill(~kept, float("nan"))  # masked units score 0
                 if not greedy:
                     static_scores = scores
             where = f"{name}, step {index}"
-            chosen = _choose(scores, kept_unit_mask(head_layout(work), unit), min(heads_per_step, budget - done),
-                             prune_first, min_heads, where)
+            chosen = _choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable units
                 raise RuntimeError(f"step {index}: no {unit} left to prune")
-            _prune(work, chosen, unit)
+            distributed.check_same(chosen, f"units chosen at step {index}")
+            work.prune(chosen)
             seconds = time.perf_counter() - start
             done += len(chosen)
             last = done >= budget
@@ -265,10 +302,11 @@ def _drive(
             if last or index % eval_every == 0:
                 metrics, eval_seconds = _evaluate(work, evaluation, metric, where)
             trajectory.steps.append(
-                Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded, **_measure(work))
+                Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded,
+                     **_measure(work.structure))
             )
             trajectory.complete = last
-            if checkpoint is not None:
+            if write:
                 trajectory.save(checkpoint)
             new_steps += 1
             bar.update(len(chosen))

@@ -111,17 +111,21 @@ class OutputFolder:
     none; `resumed` says which); False refuses such a folder and says to pass ``--resume`` or
     ``--force``; None is for commands that cannot resume (they are told ``--force``).
     `command` names the command, so that one command never resumes another's files.
+    ``writer=False`` (the other ranks of a torchrun) makes the same checks of `out` and nothing
+    else: no lock, no partial folder, `path` creates nothing, commit and discard do nothing.
     As a context manager it commits when the block finishes and discards the partial folder
     when the block raises (SIGTERM raises SystemExit in `gnorm`), except a resumed one, whose
     progress predates this run and stays for the next ``--resume``; the lock is released either way.
     """
 
     def __init__(
-        self, out: str | os.PathLike, *, force: bool = False, resume: bool | None = None, command: str = "gnorm"
+        self, out: str | os.PathLike, *, force: bool = False, resume: bool | None = None, command: str = "gnorm",
+        writer: bool = True,
     ):
         self.out = Path(out)
         self.force = force
         self.command = command
+        self.writer = writer
         self.resumed = False
         where = Path(os.path.abspath(self.out))
         if not where.name:
@@ -131,6 +135,9 @@ class OutputFolder:
         self._final = where
         self.tmp = where.parent / f".{where.name}.partial"
         self._old = where.parent / f".{where.name}.old"
+        if not writer:
+            self._check_out(resume)
+            return
         try:
             where.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(where.parent / f".{where.name}.lock", f"--out {self.out}")
@@ -196,11 +203,14 @@ class OutputFolder:
     def path(self, *parts: str) -> Path:
         """Where to write a file of this run (inside the partial folder until `commit`)."""
         target = self.tmp.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
     def commit(self) -> Path:
         """Move the finished run into `out` (replacing an earlier one only with `force`)."""
+        if not self.writer:
+            return self.out
         try:
             if self._final.exists() and any(self._final.iterdir()) and not self.force:  # not a gnorm run's doing
                 raise CLIError(
@@ -219,6 +229,8 @@ class OutputFolder:
 
     def discard(self) -> None:
         """Remove the partial folder and everything written into it; release the lock."""
+        if not self.writer:
+            return
         try:
             shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
@@ -231,7 +243,7 @@ class OutputFolder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is not None:  # failed, interrupted or stopped (SIGTERM raises SystemExit in `gnorm`)
-            if self.resumed:  # the progress was there before this run: a command removes only what it made
+            if self.resumed and self.writer:  # the progress was there before this run: a command removes only what it made
                 self._lock.release()
                 print(f"note: the progress in {self.tmp} is kept; --resume continues it, --force starts over",
                       file=sys.stderr)

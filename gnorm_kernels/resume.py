@@ -66,7 +66,10 @@ def model_fingerprint(model: nn.Module) -> str:
     check that it carries on with the model it started with."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = tensor.detach()
+        if hasattr(tensor, "full_tensor"):  # a DTensor shard (FSDP2): every rank hashes the whole tensor
+            tensor = tensor.full_tensor()
+        tensor = tensor.cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
-from gnorm_kernels.tasks import Example, Task
 from gnorm_kernels.models import TrainingStuck, _lr_factor, _torch_threads, cache_dir
 from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
+from gnorm_kernels.tasks import Example, Task
 
 __all__ = [
     "LMRecipe",
@@ -172,6 +172,8 @@ def lm_batches(
     `Task.batches`; a row the `max_length` would cut is an error, not a silent truncation.
     """
     examples = list(examples)
+    if any(ex.text_pair is not None for ex in examples):
+        raise ValueError("an LM row is one text; got examples with a text_pair (join the pair into one text first)")
     labelled = verdicts is not None
     if labelled:
         token_ids = _verdict_token_ids(tokenizer, verdicts)
