@@ -9,10 +9,12 @@ Building the parser imports neither torch nor the rest of the package, so `gnorm
 `gnorm <command> --help` answer at once; a command imports what it needs when it runs (GRAIN's
 runner is `gnorm_kernels.grain.cli.run`).
 
-Output folders are written into a temporary folder beside `--out` and moved into place only when
+Output folders are written into `.NAME.partial` beside `--out` and moved into place only when
 the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or interrupted run leaves
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
+One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
+killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
 
 Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli ...`` prune, compare and ablate split their batches
 across the processes and rank 0 writes the folder (`gnorm_kernels.distributed`); `--fsdp` shards the model.
@@ -54,8 +56,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) 
     p.add_argument("--eval-size", type=int, default=eval_size,
                    help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'})")
     p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32, as the authors use)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default 128, or the model's positions if fewer; never more than those)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's own)")
+    p.add_argument("--new-head", action="store_true",
+                   help="give the model a new, untrained classifier when its class count differs from the task's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -81,6 +87,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
                    help="under torchrun: shard the model with FSDP2 (every process sees every batch)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that was killed while writing --out, from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
@@ -108,7 +116,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _output_folder(args: argparse.Namespace) -> OutputFolder:
     from gnorm_kernels.distributed import output_folder
 
-    return output_folder(args.out, force=args.force)
+    return output_folder(args.out, force=args.force, resume=getattr(args, "resume", None), command=args.command)
 
 
 def _check_methods(names: Sequence[str]) -> list[str]:
@@ -124,34 +132,11 @@ def _check_methods(names: Sequence[str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
-    """(model, tokenizer, task, calibration batches, evaluation batches)."""
-    from gnorm_kernels import distributed
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.models import load_model
+    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree before
+    any work (`gnorm_kernels.cli_load.load_inputs`)."""
+    from gnorm_kernels.cli_load import load_inputs
 
-    progress = not args.quiet and distributed.is_main()
-    # only the calibration and test splits are used here; the synthetic generator draws those
-    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1} if str(args.task) == "synthetic" else {}
-    with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
-        task = load_task(args.task, **options)
-        model, tokenizer = load_model(args.model, num_labels=task.num_labels, device=args.device, progress=progress)
-    calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
-                               limit=args.calib_size, max_length=args.max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=args.max_length,
-                              group_by_length=True)
-    available = len(task.splits["calibration"])
-    if available < args.calib_size and distributed.is_main():
-        print(f"note: the calibration split has {available} examples; using all of them", file=sys.stderr)
-    if getattr(args, "fsdp", False):  # gradients are averaged over ranks: each must see every batch
-        from gnorm_kernels.fsdp import shard_model
-
-        shard_model(model)
-    else:  # torchrun: this rank's share of the batches (all of them in one process)
-        calibration = distributed.shard(calibration)
-        evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
-    return model, tokenizer, task, calibration, evaluation
+    return load_inputs(args)
 
 
 def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,6 +148,20 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
         progress=not args.quiet,
     )
+
+
+def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
+                folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
+    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
+    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
+    from gnorm_kernels import greedy
+    from gnorm_kernels.cli_load import checkpointed
+
+    with checkpointed(folder, path):
+        return greedy.run_method(
+            method, model, calibration, evaluation, seed=seed, metric=args.metric,
+            scorer_options=_scorer_options(method, args), checkpoint=path, **options, **_driver_options(args),
+        )
 
 
 def _scorer_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -189,8 +188,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    import shutil
+
     from gnorm_kernels.distributed import is_main
-    from gnorm_kernels.greedy import run_method
     from gnorm_kernels.pruning import save_pruned
     from gnorm_kernels.report import save_figure
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid
@@ -200,11 +200,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
-        trajectory = run_method(
-            method, model, calibration, evaluation, seed=args.seed, metric=args.metric,
-            scorer_options=_scorer_options(method, args), checkpoint=folder.path("trajectory.json"),
-            inplace=not args.fsdp, **_driver_options(args),
-        )
+        trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
+                                 args.seed, inplace=not args.fsdp)
+        if is_main():
+            shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
         if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
             from gnorm_kernels.fsdp import save_pruned_sharded
 
@@ -212,7 +211,7 @@ def _run_prune(args: argparse.Namespace) -> int:
                                 folder.path("model"), tokenizer=tokenizer)
         if not is_main():
             return 0  # rank 0 writes the outputs
-        trajectory.settings.update(model=str(args.model), task=str(args.task))
+        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
@@ -255,7 +254,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels.distributed import is_main
-    from gnorm_kernels.greedy import run_method
     from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
     from gnorm_kernels.scores import get_method
     from gnorm_kernels.viz import plot_accuracy_curves
@@ -274,10 +272,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             if is_main():
                 print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
             path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
-            trajectory = run_method(
-                method, model, calibration, evaluation, seed=seed, metric=args.metric,
-                scorer_options=_scorer_options(method, args), checkpoint=path, **_driver_options(args),
-            )
+            trajectory = _run_method(method, model, calibration, evaluation, args, folder, path, seed)
             trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
             if is_main():
                 trajectory.save(path)
@@ -426,7 +421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything heavy is imported
     from gnorm_kernels import distributed
-    from gnorm_kernels.scores import NonFiniteGradientError
 
     owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
@@ -435,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args) or 0)
     except CLIError as err:
         parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
-    except (ValueError, OSError, NonFiniteGradientError, distributed.DistributedError) as err:
+    except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
         parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")
