@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.tasks import Example, Task
     from gnorm_kernels.synthetic import synthetic_tokenizer
     from gnorm_kernels.models import TinyRecipe, load_model, train_tiny
+    from gnorm_kernels.tiny_lm import LMRecipe, synthetic_lm_task
     from gnorm_kernels.evaluate import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
     from gnorm_kernels.gnorm import gnorm_scores, qkv_gradient_norms
     from gnorm_kernels.baselines import attention_entropy, random_scores, taylor_importance
@@ -48,6 +49,8 @@ _EXPORTS = {
     "Example": "tasks",
     "synthetic_tokenizer": "synthetic",
     "load_model": "models",
+    "LMRecipe": "tiny_lm",
+    "synthetic_lm_task": "tiny_lm",
     "train_tiny": "models",
     "TinyRecipe": "models",
     "evaluate": "evaluate",

@@ -9,10 +9,12 @@ Building the parser imports neither torch nor the rest of the package, so `gnorm
 `gnorm <command> --help` answer at once; a command imports what it needs when it runs (GRAIN's
 runner is `gnorm_kernels.grain.cli.run`).
 
-Output folders are written into a temporary folder beside `--out` and moved into place only when
+Output folders are written into `.NAME.partial` beside `--out` and moved into place only when
 the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or interrupted run leaves
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
+One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
+killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
 
 Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli ...`` prune, compare and ablate split their batches
 across the processes and rank 0 writes the folder (`gnorm_kernels.distributed`); `--fsdp` shards the model.
@@ -57,8 +59,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) 
     p.add_argument("--eval-size", type=int, help=f"test examples used for evaluation (default: "
                    f"{eval_size or 'the whole test split'}; every row of --eval-data)")
     p.add_argument("--batch-size", type=int, help="calibration batch size (default 32, as the authors use; authors: 128)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default 128, or the model's positions if fewer; never more than those)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's own)")
+    p.add_argument("--new-head", action="store_true",
+                   help="give the model a new, untrained classifier when its class count differs from the task's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(default_eval_size=eval_size)
 
@@ -86,6 +92,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--preset", choices=tuple(PRESET_DATA), help="authors: their revised code (gnorm_kernels.presets)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that was killed while writing --out, from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
@@ -119,7 +127,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _output_folder(args: argparse.Namespace) -> OutputFolder:
     from gnorm_kernels.distributed import output_folder
 
-    return output_folder(args.out, force=args.force)
+    return output_folder(args.out, force=args.force, resume=getattr(args, "resume", None), command=args.command)
 
 
 def _check_methods(names: Sequence[str]) -> list[str]:
@@ -135,38 +143,11 @@ def _check_methods(names: Sequence[str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
-    """(model, tokenizer, task, calibration batches, evaluation batches)."""
-    from gnorm_kernels import distributed
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.models import load_model
+    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree before
+    any work (`gnorm_kernels.cli_load.load_inputs`)."""
+    from gnorm_kernels.cli_load import load_inputs
 
-    progress = not args.quiet and distributed.is_main()
-    needed = args.calib_size * getattr(args, "calib_draws", 1)
-    # only the calibration and test splits are used here; the synthetic generator draws those
-    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) == "synthetic" else {}
-    source = args.calib_data or args.task  # two files: calibrate on one, evaluate on every row of the other
-    if args.calib_data is not None:
-        options, args.task = {"eval_file": args.eval_data, "calibration_size": needed}, f"{source} + {args.eval_data}"
-    with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
-        task = load_task(source, **options)
-        model, tokenizer = load_model(args.model, num_labels=task.num_labels, device=args.device, progress=progress)
-    calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
-                               limit=args.calib_size, max_length=args.max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=args.max_length,
-                              group_by_length=True)
-    available = len(task.splits["calibration"])
-    if available < args.calib_size and distributed.is_main():
-        print(f"note: the calibration split has {available} examples; using all of them", file=sys.stderr)
-    if getattr(args, "fsdp", False):  # gradients are averaged over ranks: each must see every batch
-        from gnorm_kernels.fsdp import shard_model
-
-        shard_model(model)
-    else:  # torchrun: this rank's share of the batches (all of them in one process)
-        calibration = distributed.shard(calibration)
-        evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
-    return model, tokenizer, task, calibration, evaluation
+    return load_inputs(args)
 
 
 def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,6 +159,21 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
         progress=not args.quiet,
     )
+
+
+def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
+                folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
+    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
+    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
+    from gnorm_kernels import greedy
+    from gnorm_kernels.cli_load import checkpointed
+
+    with checkpointed(folder, path):
+        return greedy.run_method(
+            method, model, calibration, evaluation, seed=seed, metric=args.metric,
+            scorer_options=_scorer_options(method, args), checkpoint=path, preset=args.preset, **options,
+            **_driver_options(args),
+        )
 
 
 def _scorer_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -204,8 +200,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    import shutil
+
     from gnorm_kernels.distributed import is_main
-    from gnorm_kernels.greedy import run_method
     from gnorm_kernels.pruning import save_pruned
     from gnorm_kernels.report import save_figure
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid
@@ -215,11 +212,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
-        trajectory = run_method(
-            method, model, calibration, evaluation, seed=args.seed, metric=args.metric,
-            scorer_options=_scorer_options(method, args), checkpoint=folder.path("trajectory.json"),
-            inplace=not args.fsdp, preset=args.preset, **_driver_options(args),
-        )
+        trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
+                                 args.seed, inplace=not args.fsdp)
+        if is_main():
+            shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
         if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
             from gnorm_kernels.fsdp import save_pruned_sharded
 
@@ -227,7 +223,8 @@ def _run_prune(args: argparse.Namespace) -> int:
                                 folder.path("model"), tokenizer=tokenizer)
         if not is_main():
             return 0  # rank 0 writes the outputs
-        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"preset": args.preset} if args.preset else {}))
+        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}),
+                                   **({"preset": args.preset} if args.preset else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
@@ -274,24 +271,22 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels import distributed
-    from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
+    from gnorm_kernels.cli_load import checkpointed
+    from gnorm_kernels.evidence import DEFAULT_BUDGETS, compare
 
     _check_args(args)
     methods = _check_methods(args.methods.split(","))
     for name in (n for n in ("random_seeds", "calib_draws", "resamples") if getattr(args, n) < 1):
         raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with _output_folder(args) as folder:
-        model, tokenizer, task, calibration, evaluation = _load(args)
-        if args.calib_draws > 1:  # disjoint samples, shared out over the ranks as _load shares the first
-            calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
-                           draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size, max_length=args.max_length)]
+        model, tokenizer, task, calibration, evaluation = _load(args)  # calibration: a list per draw with --calib-draws
         comparison = compare(
             model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
             budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
             scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
             checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
             log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
-            **_driver_options(args),
+            around_run=lambda path: checkpointed(folder, path), **_driver_options(args),
         )
         if not distributed.is_main():
             return 0  # rank 0 writes the outputs
@@ -427,7 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything heavy is imported
     from gnorm_kernels import distributed
-    from gnorm_kernels.scores import NonFiniteGradientError
 
     owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
@@ -436,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args) or 0)
     except CLIError as err:
         parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
-    except (ValueError, OSError, NonFiniteGradientError, distributed.DistributedError) as err:
+    except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
         parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")

@@ -100,17 +100,12 @@ def where() -> str:
     return f" (rank {rank()} of {world_size()})" if is_distributed() else ""
 
 
-def output_folder(out: str | os.PathLike, *, force: bool = False):
-    """The command line's `OutputFolder` on rank 0; on other ranks one checked the same way (so
-    each rank refuses a bad --out alike), written into by no one and discarded at the end."""
+def output_folder(out: str | os.PathLike, *, force: bool = False, resume: bool | None = None, command: str = "gnorm"):
+    """The command line's `OutputFolder`: rank 0 writes it and holds its lock; the other ranks
+    check --out the same way (so each refuses a bad --out alike) and write nothing."""
     from gnorm_kernels.outputs import OutputFolder
 
-    class OtherRank(OutputFolder):
-        def commit(self):
-            self.discard()
-            return self.out
-
-    return (OutputFolder if is_main() else OtherRank)(out, force=force)
+    return OutputFolder(out, force=force, resume=resume, command=command, writer=is_main())
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -216,16 +211,19 @@ def gather_shards(items: Sequence[T], what: str = "calibration batches") -> list
 
 def data_settings(calibration: Sequence[Any], evaluation: Sequence[Any] | None, *, parallel: bool) -> dict[str, Any]:
     """What a pruning run records about its data: calibration batches, examples and fingerprint,
-    evaluation examples. With `parallel` the batches are this rank's shards and the record is
-    the global one (shards gathered in `shard`'s order), the same as one process given them all."""
-    from gnorm_kernels.resume import batches_fingerprint
+    evaluation examples and fingerprint. With `parallel` the batches are this rank's shards and the
+    record is the global one (shards gathered in `shard`'s order), the same as one process given them all."""
+    from gnorm_kernels.resume import EVALUATION_KEYS, batches_fingerprint
 
     light = [{k: b[k] for k in ("input_ids", "attention_mask") if k in b} for b in calibration]
     examples = None if evaluation is None else sum(int(b["input_ids"].shape[0]) for b in evaluation)
+    evaluated = None if evaluation is None else [{k: b[k] for k in EVALUATION_KEYS if k in b} for b in evaluation]
     if parallel:
         light = gather_shards(light)
         if examples is not None:
             examples = int(all_reduce_sums(torch.tensor(float(examples)))[0])
+            parts = _all_gather(evaluated)  # a rank may hold no evaluation batch
+            evaluated = [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
     if examples == 0:
         raise ValueError("the evaluation set is empty: pass batches with labels, or None to skip evaluation")
     return {
@@ -233,6 +231,7 @@ def data_settings(calibration: Sequence[Any], evaluation: Sequence[Any] | None, 
         "calibration_examples": sum(int(b["input_ids"].shape[0]) for b in light),
         "calibration_fingerprint": batches_fingerprint(light),
         "evaluation_examples": examples,
+        "evaluation_fingerprint": None if evaluated is None else batches_fingerprint(evaluated, EVALUATION_KEYS),
     }
 
 

@@ -37,11 +37,13 @@ from gnorm_kernels.arch import HeadLayout, head_layout
 from gnorm_kernels.batch import is_causal_lm
 from gnorm_kernels.head_units import check_unit, kept_unit_mask, unit_shape
 from gnorm_kernels.pruning import prune_heads, prune_kv_groups
-from gnorm_kernels.resume import describe_setting, resume_run
+from gnorm_kernels.objectives import check_batches
+from gnorm_kernels.presets import apply_preset
+from gnorm_kernels.resume import ResumeMismatch, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
 
-__all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT"]
+__all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT", "ResumeMismatch"]
 
 Head = tuple[int, int]
 
@@ -89,13 +91,16 @@ def _budget(
 
 
 def _choose(
-    scores: torch.Tensor, kept: torch.Tensor, k: int, prune_first: str, min_heads: int, step: int
+    scores: torch.Tensor, kept: torch.Tensor, k: int, prune_first: str, min_heads: int, where: str
 ) -> list[Head]:
     """The next `k` heads: lowest (or highest) scores first, ties broken by (layer, head)."""
     bad = kept & ~torch.isfinite(scores)
     if bad.any():
         l, h = bad.nonzero()[0].tolist()
-        raise NonFiniteGradientError(f"step {step}: the score of present head ({l}, {h}) is {scores[l, h].item()}")
+        raise NonFiniteGradientError(
+            f"{where}: the score of present unit ({l}, {h}) is {scores[l, h].item()}: the model gives non-finite "
+            "values (NaN or inf in its weights or inputs?), so nothing can be chosen"
+        )
     key = scores.double() if prune_first == "lowest" else -scores.double()
     key = torch.where(kept, key, torch.full_like(key, math.inf))
     order = torch.argsort(key.flatten(), stable=True).tolist()
@@ -150,18 +155,21 @@ def _measure(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _evaluate(
-    work: Any, batches: Sequence[Batch] | None, metric: str, per_example: bool = False
-) -> tuple[dict | None, float, dict[str, list[int]]]:
-    """(metrics, seconds, per-example predictions and golds: empty unless `per_example`)."""
+def _evaluate(work: Any, batches: Sequence[Batch] | None, metric: str, per_example: bool, where: str) -> tuple:
     if batches is None:
         return None, 0.0, {}
     from gnorm_kernels.evaluate import evaluate
 
     start = time.perf_counter()
-    with work.applied() as model:
-        result = evaluate(model, batches, metric=metric, per_example=per_example)
+    try:
+        with work.applied() as model:
+            result = evaluate(model, batches, metric=metric, per_example=per_example)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{where}, evaluating: {err}") from err
     outcomes = {k: result.pop(k) for k in ("predictions", "golds") if k in result}
+    bad = {k: v for k, v in result.items() if not math.isfinite(v)}
+    if bad:  # finite logits can still overflow the loss: never a NaN/inf in the record
+        raise FloatingPointError(f"{where}, evaluating: the metrics {bad} are not finite (logits too large?)")
     return {k: float(v) for k, v in result.items()}, time.perf_counter() - start, outcomes
 
 
@@ -201,9 +209,8 @@ def _drive(
     eval_every = _check_count(eval_every, "eval_every", 1)
     if max_steps is not None:
         _check_count(max_steps, "max_steps", 0)
-    calibration = list(calibration)
-    if not calibration and not distributed.data_parallel(model):  # a rank's shard: checked over all ranks
-        raise ValueError("the calibration set is empty: expected at least one batch of model inputs")
+    # a rank's shard is checked over all ranks; else a list of non-empty batches with input_ids, or an error
+    calibration = list(calibration) if distributed.data_parallel(model) else check_batches(calibration)
     evaluation = None if evaluation is None else list(evaluation)
     sharded = distributed.is_sharded(model)
     if inplace and sharded:
@@ -231,6 +238,7 @@ def _drive(
         "eval_every": eval_every,
         "metric": metric,
         **distributed.data_settings(calibration, evaluation, parallel=distributed.data_parallel(model)),
+        "model_fingerprint": model_fingerprint(model),
     }
     initially_pruned = [tuple(x) for x in (~kept_unit_mask(layout, unit)).nonzero().tolist()]
     pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit == "kv_group" else []
@@ -246,6 +254,7 @@ def _drive(
         work = MaskedPruning(model, unit)
     else:
         work = _Copy(model, unit)
+    evaluate_at = lambda where: _evaluate(work, evaluation, metric, per_example, where)  # noqa: E731
     trajectory = distributed.from_main(
         lambda: resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget),
         "the checkpoint",
@@ -253,7 +262,7 @@ def _drive(
     if trajectory is not None and trajectory.order:
         work.prune(trajectory.order)  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
-        metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, per_example)
+        metrics, eval_seconds, outcomes = evaluate_at(f"{name}, step 0 (the model as given)")
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
@@ -284,7 +293,8 @@ def _drive(
                 scores = recorded = scores.masked_fill(~kept, float("nan"))  # masked units score 0
                 if not greedy:
                     static_scores = scores
-            chosen = _choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, index)
+            where = f"{name}, step {index}"
+            chosen = _choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable units
                 raise RuntimeError(f"step {index}: no {unit} left to prune")
             distributed.check_same(chosen, f"units chosen at step {index}")
@@ -292,9 +302,7 @@ def _drive(
             seconds = time.perf_counter() - start
             done += len(chosen)
             last = done >= budget
-            metrics, eval_seconds, outcomes = (None, 0.0, {})
-            if last or index % eval_every == 0:
-                metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, per_example)
+            metrics, eval_seconds, outcomes = evaluate_at(where) if last or index % eval_every == 0 else (None, 0.0, {})
             trajectory.steps.append(
                 Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded,
                      **outcomes, **_measure(work.structure))
@@ -380,8 +388,7 @@ def greedy_prune(
     passed in is not changed unless `inplace` (then it ends pruned to the final state).
     `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
     it. `max_steps` stops this call after that many new steps (resume later with the same
-    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
-    the trajectory (what `gnorm_kernels.evidence` bootstraps).
+    checkpoint). `per_example` keeps each evaluated step's per-example predictions (for evidence.py).
     """
     return _drive(greedy=True, **locals())
 
@@ -429,19 +436,12 @@ def run_method(
 
     `seed` reaches seeded methods (random); `scorer_options` go to the scorer; `unit` ("head" or
     "kv_group") is what the method ranks and removes; everything else goes to `greedy_prune` /
-    `static_prune`. `preset` (e.g. "authors", see `gnorm_kernels.presets`) sets the Gnorm
-    scorer's options, under the caller's own.
+    `static_prune`. `preset` ("authors": `gnorm_kernels.presets`) sets the Gnorm scorer's options.
     """
     spec = get_method(method) if isinstance(method, str) else method
     unit = spec.check_unit(unit)
-    options = dict(scorer_options or {})
-    if spec.seeded:
-        options.setdefault("seed", seed)
-    scorer: Any = spec.scorer
-    if preset is not None:
-        from gnorm_kernels.presets import apply_preset
-
-        scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
+    options = {"seed": seed, **(scorer_options or {})} if spec.seeded else dict(scorer_options or {})
+    scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
     driver = greedy_prune if spec.greedy else static_prune
     return driver(
         model, calibration, evaluation, scorer=scorer, scorer_options=options,

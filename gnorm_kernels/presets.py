@@ -95,18 +95,20 @@ def get_preset(name: str | Preset) -> Preset:
 
 
 def apply_preset(
-    preset: str | Preset,
+    preset: str | Preset | None,
     method: Method,
     scorer_options: Mapping[str, Any],
     driver_options: Mapping[str, Any],
     *,
     seed: int = 0,
 ) -> tuple[str | Any, dict[str, Any], dict[str, Any]]:
-    """(scorer, scorer options, driver options) for running `method` under `preset`.
+    """(scorer, scorer options, driver options) for running `method` under `preset` (None: as they are).
 
     Gnorm-scored methods get `authors_gnorm_scores` with the preset's options under the caller's
     (an option the caller gives wins); every method gets the preset's heads per step unless the
     caller gave one. Other scorers are left as they are."""
+    if preset is None:
+        return method.scorer, dict(scorer_options), dict(driver_options)
     spec = get_preset(preset)
     driver = dict(driver_options)
     driver.setdefault("heads_per_step", spec.heads_per_step)

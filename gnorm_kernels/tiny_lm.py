@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
-from gnorm_kernels.models import TrainingStuck, _lr_factor, _torch_threads, cache_dir
+from gnorm_kernels.training import TrainingStuck, cache_dir, lr_factor, torch_threads
 from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
 from gnorm_kernels.tasks import Example, Task
 
@@ -332,10 +332,10 @@ def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> t
         lr=recipe.lr,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, recipe.warmup_steps, recipe.steps)
+        optimizer, lambda step: lr_factor(step, recipe.warmup_steps, recipe.steps)
     )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    with _torch_threads(recipe.threads):
+    with torch_threads(recipe.threads):
         timing = _train_loop(model, optimizer, schedule, batches, recipe, progress)
         model.eval()
         scores = {s: evaluate(model, task.batches(s, tokenizer, batch_size=256)) for s in ("calibration", "test")}
@@ -364,7 +364,7 @@ def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> t
 
 
 def tiny_lm_cache_path(recipe: LMRecipe | None = None, cache: str | os.PathLike | None = None) -> Path:
-    """The folder the tiny LM of `recipe` is cached in (under `cache`, default `models.cache_dir()`)."""
+    """The folder the tiny LM of `recipe` is cached in (under `cache`, default `training.cache_dir()`)."""
     base = Path(cache) if cache is not None else cache_dir()
     return base / f"tiny-lm-{(recipe or LMRecipe()).key()}"
 

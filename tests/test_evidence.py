@@ -304,3 +304,38 @@ def test_gnorm_prune_with_the_authors_preset(model_dir, tmp_path):
     assert main([*common, "--calib-size", "64", "--batch-size", "32", "--out", str(tmp_path / "b")]) == 0
     t = Trajectory.load(tmp_path / "b" / "trajectory.json")
     assert (t.settings["calibration_examples"], t.settings["calibration_batches"]) == (64, 2)
+
+
+def _per_example_on_a_shard(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from gnorm_kernels import distributed
+    from gnorm_kernels.testing import tiny_random_model
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=3)
+    try:
+        model = tiny_random_model("bert")
+        torch.manual_seed(1)
+        batches = [{"input_ids": torch.randint(5, 99, (n, 6)), "labels": torch.randint(0, 2, (n,))} for n in (4, 3)]
+        mine = distributed.shard(batches, "evaluation batches", allow_empty=True)  # rank 2 holds none
+        result = evaluate(model, mine, per_example=True)
+        torch.save({k: result[k] for k in ("predictions", "golds", "accuracy")}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_per_example_predictions_are_gathered_across_ranks_in_batch_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    from gnorm_kernels.testing import tiny_random_model
+
+    mp.spawn(_per_example_on_a_shard, args=(f"file://{tmp_path}/init", str(tmp_path)), nprocs=3, join=True)
+    model = tiny_random_model("bert")
+    torch.manual_seed(1)
+    batches = [{"input_ids": torch.randint(5, 99, (n, 6)), "labels": torch.randint(0, 2, (n,))} for n in (4, 3)]
+    alone = evaluate(model, batches, per_example=True)
+    for rank in range(3):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["predictions"] == alone["predictions"] and got["golds"] == alone["golds"]
+        assert got["accuracy"] == pytest.approx(alone["accuracy"])
