@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.greedy import greedy_prune, run_method, static_prune
     from gnorm_kernels.trajectory import Trajectory
     from gnorm_kernels.report import comparison_table
+    from gnorm_kernels.evidence import compare
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
     from gnorm_kernels.kernels import QKVGradientBuffer, combine_qkv_norms, head_block_norms, per_example_head_norms, per_example_qkv_head_norms, qkv_head_norms, qkv_head_scores
     from gnorm_kernels.widgets import head_toggle_grid, pruning_explorer
@@ -70,6 +71,7 @@ _EXPORTS = {
     "run_method": "greedy",
     "Trajectory": "trajectory",
     "comparison_table": "report",
+    "compare": "evidence",
     "plot_accuracy_curves": "viz",
     "plot_head_grid": "viz",
     "plot_rank_changes": "viz",

@@ -44,6 +44,7 @@ GRAIN_LR = {"tiny": 1e-3}
 GRAIN_PAPER_LR = 3e-5
 # gnorm_kernels.grain.attention.IMPLEMENTATIONS, the default first (tests/test_cli.py holds them together)
 GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
+PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRESETS: (calibration examples, batch)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -52,10 +53,12 @@ GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
     p.add_argument("--model", default="tiny", help='"tiny" (trained here on first use), a hub id, or a local folder')
     p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
-    p.add_argument("--calib-size", type=int, default=256, help="calibration examples used for scoring (default 256)")
-    p.add_argument("--eval-size", type=int, default=eval_size,
-                   help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'})")
-    p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32, as the authors use)")
+    p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl file to calibrate on ...")
+    p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
+    p.add_argument("--calib-size", type=int, help="calibration examples used for scoring (default 256; authors: 1000)")
+    p.add_argument("--eval-size", type=int, help=f"test examples used for evaluation (default: "
+                   f"{eval_size or 'the whole test split'}; every row of --eval-data)")
+    p.add_argument("--batch-size", type=int, help="calibration batch size (default 32, as the authors use; authors: 128)")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per example (default 128, or the model's positions if fewer; never more than those)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -63,6 +66,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) 
     p.add_argument("--new-head", action="store_true",
                    help="give the model a new, untrained classifier when its class count differs from the task's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(default_eval_size=eval_size)
 
 
 def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None) -> None:
@@ -85,6 +89,7 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model with FSDP2 (every process sees every batch)")
+    p.add_argument("--preset", choices=tuple(PRESET_DATA), help="authors: their revised code (gnorm_kernels.presets)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.add_argument("--resume", action="store_true",
@@ -93,6 +98,12 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    for name, default in zip(("calib_size", "batch_size"), PRESET_DATA.get(getattr(args, "preset", None), DATA_DEFAULTS)):
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))  # flags left unset
+    if args.eval_size is None and args.eval_data is None:  # --eval-data: every row unless told otherwise
+        args.eval_size = args.default_eval_size
+    if (args.calib_data is None) != (args.eval_data is None) or (args.calib_data and args.task != "synthetic"):
+        raise CLIError("--calib-data and --eval-data go together, instead of --task: give both files, or --task")
     for name in ("calib_size", "batch_size", "max_length", "heads_per_step", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -201,7 +212,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
         trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
-                                 args.seed, inplace=not args.fsdp)
+                                 args.seed, inplace=not args.fsdp, preset=args.preset)
         if is_main():
             shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
         if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
@@ -211,7 +222,8 @@ def _run_prune(args: argparse.Namespace) -> int:
                                 folder.path("model"), tokenizer=tokenizer)
         if not is_main():
             return 0  # rank 0 writes the outputs
-        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}))
+        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}),
+                                   **({"preset": args.preset} if args.preset else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
@@ -238,59 +250,50 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="run several pruning methods and compare their accuracy curves",
-        description="Run several methods on one model and task; write one overlaid accuracy plot "
-                    "(accuracy.png), a table (table.md, table.csv: accuracy at 25/50/75% of heads pruned "
-                    "and the area under each curve), the kept masks at 50% (masks.png) and every "
-                    "trajectory (trajectories/) into --out.",
+        description="Run several methods on one model and task; write accuracy curves with 95% bootstrap bands "
+                    "(accuracy.png), the metric at 25/50/75% pruned and the AUC (whole run, 0-50%, 0-75%) with 95% "
+                    "intervals and differences from --reference (table.md, table.csv), every pairwise difference "
+                    "(differences.csv), the masks at 50% (masks.png) and the trajectories (trajectories/) into --out.",
     )
     # every method is evaluated after every step: a smaller default test set keeps the demo short
     _add_data_args(p, eval_size=500)
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated, from: {', '.join(METHOD_NAMES)} (default: all)")
     p.add_argument("--random-seeds", type=int, default=5, help="runs of the random baseline (seeds seed..seed+N-1; default 5)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[], help="more fractions pruned to report (e.g. 0.1 0.9)")
+    p.add_argument("--calib-draws", type=int, default=1, help="run on N disjoint calibration samples (default 1)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--reference", help="the method differences are taken from (default: the first)")
     _add_pruning_args(p, default_ratio=1.0)
     p.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from gnorm_kernels.distributed import is_main
-    from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
-    from gnorm_kernels.scores import get_method
-    from gnorm_kernels.viz import plot_accuracy_curves
+    from gnorm_kernels import distributed
+    from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
 
     _check_args(args)
     methods = _check_methods(args.methods.split(","))
-    if args.random_seeds < 1:
-        raise CLIError(f"--random-seeds must be >= 1, got {args.random_seeds}")
+    for name in (n for n in ("random_seeds", "calib_draws", "resamples") if getattr(args, n) < 1):
+        raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
-        jobs = [(m, s) for m in methods
-                for s in (range(args.seed, args.seed + args.random_seeds) if get_method(m).seeded else [args.seed])]
-        runs: dict[str, list] = {}
-        for i, (method, seed) in enumerate(jobs, 1):
-            seeded = get_method(method).seeded
-            if is_main():
-                print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
-            path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
-            trajectory = _run_method(method, model, calibration, evaluation, args, folder, path, seed)
-            trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
-            if is_main():
-                trajectory.save(path)
-            runs.setdefault(method, []).append(trajectory)
-        if not is_main():
+        if args.calib_draws > 1:  # disjoint samples, shared out over the ranks as _load shares the first
+            calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
+                           draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size,
+                           max_length=args.effective_max_length)]
+        comparison = compare(
+            model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
+            budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
+            scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
+            checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
+            log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
+            **_driver_options(args),
+        )
+        if not distributed.is_main():
             return 0  # rank 0 writes the outputs
-        rows = comparison_table(runs, metric=args.metric)
-        table = markdown_table(rows, args.metric)
-        folder.path("table.md").write_text(table)
-        write_csv(rows, folder.path("table.csv"))
-        save_figure(plot_accuracy_curves(runs, metric=args.metric,
-                                         title=f"{args.task}: {args.metric} as heads are pruned"),
-                    folder.path("accuracy.png"))
-        masks = masks_figure(runs, ratio=0.5)
-        if masks is not None:
-            save_figure(masks, folder.path("masks.png"))
-    print(table, end="")
-    print(f"wrote {folder.out}/: table.md, table.csv, accuracy.png, masks.png, trajectories/")
+        comparison.save(folder.path("."), title=f"{args.task}: {args.metric} as heads are pruned")
+    print(comparison.markdown() + f"wrote {folder.out}/: table.md, table.csv, differences.csv, accuracy.png, masks.png, trajectories/")
     return 0
 
 

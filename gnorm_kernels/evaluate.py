@@ -125,8 +125,13 @@ def _totals(model: torch.nn.Module, found: dict[str, Any]) -> tuple[torch.Tensor
 
 
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = False
-) -> dict[str, float]:
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    metric: str = "accuracy",
+    progress: bool = False,
+    per_example: bool = False,
+) -> dict[str, Any]:
     """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation; for a
     causal LM also perplexity (next-token, padding ignored) and, where its batches carry verdict
     labels, the same class metrics on the verdict token.
@@ -134,11 +139,17 @@ def evaluate(
     `score` repeats the value of `metric`, the task's own metric ("perplexity" for text-only LM
     tasks: lower is better there). Runs without gradients in eval mode; the model's modes are
     restored afterwards. Non-finite logits are an error, never a metric.
+
+    With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
+    the predicted and the true class of every example, as lists of ints in batch order, so the
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence`);
+    under data parallelism every rank gets all of them.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     with model_mode(model, training=False):
-        confusion, (loss_sum, token_nll, tokens, _) = _totals(model, _predict(model, batches, progress))
+        found = _predict(model, batches, progress)
+        confusion, (loss_sum, token_nll, tokens, _) = _totals(model, found)
     result: dict[str, float] = {}
     if tokens:
         token_loss = token_nll / tokens
@@ -155,12 +166,25 @@ def evaluate(
         )
         if num_classes == 2:
             result["f1"] = _binary_f1(confusion)
+    if per_example and not n:
+        raise ValueError("per_example=True needs labelled batches: there is no class prediction to report")
     if metric not in result:
         if metric == "perplexity" or not n:
             raise ValueError(f"metric {metric!r} needs {'a causal LM' if metric == 'perplexity' else 'labelled batches'}")
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
+    if per_example:
+        result.update(_per_example(model, found))
     return result
+
+
+def _per_example(model: torch.nn.Module, found: dict[str, Any]) -> dict[str, list[int]]:
+    """Every example's predicted and true class in batch order; under data parallelism gathered
+    from every rank back into the order of the batches before they were shared out."""
+    per_batch = [(p.tolist(), g.tolist()) for p, g in zip(found["preds"], found["golds"])]
+    if distributed.data_parallel(model):  # a leading empty entry on each rank, so a rank with no batch takes part
+        per_batch = distributed.gather_shards([([], []), *per_batch], "evaluation batches")
+    return {"predictions": [v for p, _ in per_batch for v in p], "golds": [v for _, g in per_batch for v in g]}
 
 
 def parameter_count(model: torch.nn.Module, *, encoder_only: bool = False) -> int:

@@ -55,6 +55,19 @@ def _grid_from_json(data: list | None) -> torch.Tensor | None:
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in data], dtype=torch.float32)
 
 
+def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
+    """Per-example classes compactly: a digit string when every class is 0-9, else a list."""
+    if labels is None or not all(0 <= v <= 9 for v in labels):
+        return labels
+    return "".join(map(str, labels))
+
+
+def _labels_from_json(data: str | list | None) -> list[int] | None:
+    if data is None:
+        return None
+    return [int(c) for c in data]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -74,6 +87,10 @@ class Step:
     seconds: float  # scoring + choosing + pruning
     eval_seconds: float = 0.0
     scores: torch.Tensor | None = None  # unit grid this step's choice was made on (NaN: pruned)
+    # per evaluation example, in evaluation order: the predicted and the true class (evaluated
+    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence resamples)
+    predictions: list[int] | None = None
+    golds: list[int] | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -86,8 +103,9 @@ class Step:
         return None if self.metrics is None else self.metrics.get("perplexity")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (score grids as nested lists, NaN written as null)."""
-        return {
+        """A JSON-ready dict (score grids as nested lists, NaN written as null; per-example
+        classes, where kept, as digit strings)."""
+        data = {
             "step": self.step,
             "pruned": [list(h) for h in self.pruned],
             "accuracy": self.accuracy,
@@ -99,6 +117,9 @@ class Step:
             "eval_seconds": self.eval_seconds,
             "scores": _grid_to_json(self.scores),
         }
+        if self.predictions is not None:
+            data.update(predictions=_labels_to_json(self.predictions), golds=_labels_to_json(self.golds))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Step":
@@ -113,6 +134,8 @@ class Step:
             seconds=float(data.get("seconds", 0.0)),
             eval_seconds=float(data.get("eval_seconds", 0.0)),
             scores=_grid_from_json(data.get("scores")),
+            predictions=_labels_from_json(data.get("predictions")),
+            golds=_labels_from_json(data.get("golds")),
         )
 
 

@@ -438,3 +438,72 @@ def test_broken_files_are_errors_naming_the_file_and_line(tmp_path) -> None:
     folder.mkdir()
     with pytest.raises(IsADirectoryError, match=r"x\.csv is a directory"):
         load_task(folder)
+
+
+# --------------------------------------------------------------------------- two files: calibrate on one, evaluate on the other
+
+
+def glue_style_files(tmp_path, *, train: int = 300, dev: int = 520):
+    """GLUE SST-2-style train.tsv and dev.tsv (sentence, label) of synthetic reviews; dev has a
+    repeated row and shares two sentences with train."""
+    task = synthetic_task(seed=7, train_size=train, calibration_size=1, test_size=dev - 1)
+    names = ["negative", "positive"]
+    train_rows = [{"sentence": ex.text, "label": names[ex.label]} for ex in task.splits["train"]]
+    dev_rows = [{"sentence": ex.text, "label": names[ex.label]} for ex in task.splits["test"]]
+    dev_rows += [dev_rows[0]]  # a duplicate: still evaluated
+    train_rows[:2] = dev_rows[1:3]  # in both files: never used for calibration
+    write_rows(tmp_path / "train.tsv", train_rows)
+    write_rows(tmp_path / "dev.tsv", dev_rows)
+    return tmp_path / "train.tsv", tmp_path / "dev.tsv", train_rows, dev_rows
+
+
+def test_two_files_calibrate_on_the_first_and_evaluate_on_every_row_of_the_second(tmp_path) -> None:
+    train, dev, train_rows, dev_rows = glue_style_files(tmp_path)
+    task = load_task(train, eval_file=dev, calibration_size=100, seed=3)
+    assert task.label_names == ["negative", "positive"]
+    assert [(ex.text, task.label_names[ex.label]) for ex in task.splits["test"]] == \
+        [(r["sentence"], r["label"]) for r in dev_rows]
+    calibration = [ex.text for ex in task.splits["calibration"]]
+    assert len(calibration) == 100 and len(task.splits["train"]) == len(train_rows) - 2 - 100
+    assert not set(calibration) & {r["sentence"] for r in dev_rows}
+    assert task.info["overlap_left_out"] == 2
+    rest = [ex.text for ex in task.splits["train"]]
+    assert sorted(calibration + rest) == sorted(r["sentence"] for r in train_rows[2:])
+    assert load_task(train, eval_file=dev, calibration_size=100, seed=3).splits == task.splits
+    reseeded = load_task(train, eval_file=dev, calibration_size=100, seed=4)
+    assert reseeded.splits["calibration"] != task.splits["calibration"]
+    assert data.task_from_files(train, dev, calibration_size=100, seed=3).splits == task.splits
+
+
+def test_two_files_share_label_ids_and_check_their_columns(tmp_path) -> None:
+    write_rows(tmp_path / "a.csv", [{"text": f"a {i}", "label": "pos" if i % 2 else "neg"} for i in range(10)])
+    write_rows(tmp_path / "b.csv", [{"text": f"b {i}", "label": "pos"} for i in range(4)])
+    task = load_task(tmp_path / "a.csv", eval_file=tmp_path / "b.csv")
+    assert task.label_names == ["neg", "pos"] and {ex.label for ex in task.splits["test"]} == {1}
+    write_rows(tmp_path / "pairs.csv", [{"sentence1": "x", "sentence2": "y", "label": 0}])
+    with pytest.raises(ValueError, match="text columns"):
+        load_task(tmp_path / "pairs.csv", eval_file=tmp_path / "b.csv")
+    with pytest.raises(FileNotFoundError):
+        load_task(tmp_path / "a.csv", eval_file=tmp_path / "missing.csv")
+
+
+def test_gnorm_evaluates_on_every_row_of_eval_data(model_dir, tmp_path, capsys) -> None:
+    from gnorm_kernels.cli import main
+    from gnorm_kernels.trajectory import Trajectory
+
+    train, dev, _, dev_rows = glue_style_files(tmp_path)
+    out = tmp_path / "cmp"
+    # compare's default --eval-size (500) does not cap --eval-data: all 520 rows are evaluated
+    assert main(["compare", "--model", model_dir, "--calib-data", str(train), "--eval-data", str(dev),
+                 "--calib-size", "40", "--methods", "random", "--random-seeds", "1", "--steps", "1",
+                 "--resamples", "50", "--quiet", "--out", str(out)]) == 0
+    t = Trajectory.load(out / "trajectories" / "random-seed0.json")
+    assert t.settings["evaluation_examples"] == len(dev_rows) == 520
+    assert t.settings["calibration_examples"] == 40 and str(dev) in t.settings["task"]
+    labels = {"negative": 0, "positive": 1}
+    # evaluated in batches of similar length, so in another order: the same labels, each row once
+    assert Counter(t.steps[0].golds) == Counter(labels[r["label"]] for r in dev_rows)
+    assert "on 520 evaluation examples" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", model_dir, "--calib-data", str(train), "--out", str(tmp_path / "x")])
+    assert err.value.code == 2 and "go together" in capsys.readouterr().err
