@@ -171,8 +171,7 @@ def _run_method(method: str, model: Any, calibration: list, evaluation: list, ar
     with checkpointed(folder, path):
         return greedy.run_method(
             method, model, calibration, evaluation, seed=seed, metric=args.metric,
-            scorer_options=_scorer_options(method, args), checkpoint=path, preset=args.preset, **options,
-            **_driver_options(args),
+            scorer_options=_scorer_options(method, args), checkpoint=path, **options, **_driver_options(args),
         )
 
 
@@ -213,7 +212,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
         trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
-                                 args.seed, inplace=not args.fsdp)
+                                 args.seed, inplace=not args.fsdp, preset=args.preset)
         if is_main():
             shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
         if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them

@@ -108,13 +108,14 @@ def _labels_in_range(task: Any, classes: int) -> None:
         raise CLIError(f"task {task.name!r} has class ids {bad[:10]} outside the model's {classes} classes")
 
 
-def load_model_and_task(args: argparse.Namespace, device: str, **task_options: Any) -> tuple[Any, Any, Any]:
+def load_model_and_task(args: argparse.Namespace, device: str, source: str | None = None,
+                        **task_options: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, task) of a command's --model, --tokenizer, --task and --new-head,
     the task's labels numbered as the model's classes."""
     from gnorm_kernels.labels import fit_labels
     from gnorm_kernels.models import load_model
 
-    task = _load_task(str(args.task), task_options)  # a bad file fails before a slow model load
+    task = _load_task(source or str(args.task), task_options)  # a bad file fails before a slow model load
     options = dict(device=device, progress=not args.quiet and distributed.is_main(),
                    tokenizer=getattr(args, "tokenizer", None))
     if getattr(args, "new_head", False):
@@ -149,16 +150,17 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     """(model, tokenizer, task, calibration batches, evaluation batches) of a command's flags,
     checked to agree; under torchrun this rank's share of the batches (or the model sharded)."""
     device = check_device(args.device)
-    draws = getattr(args, "calib_draws", 1)
+    draws = getattr(args, "calib_draws", 1)  # gnorm compare --calib-draws
     # only the calibration and test splits are used here; the synthetic generator draws those
     # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1, "calibration_size": max(512, draws * args.calib_size)} if str(args.task) == "synthetic" else {}
-    if args.calib_data is not None:  # two files: calibrate on a sample of one, evaluate on every row of the other
-        options, args.task = {"eval_file": args.eval_data, "calibration_size": draws * args.calib_size}, str(args.calib_data)
+    needed = args.calib_size * draws
+    options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) in ("synthetic", "synthetic-lm") else {}
+    source = str(args.task)
+    if getattr(args, "calib_data", None) is not None:  # two files: calibrate on one, evaluate on every row of the other
+        options, source = {"eval_file": args.eval_data, "calibration_size": needed}, str(args.calib_data)
+        args.task = f"{args.calib_data} + {args.eval_data}"
     with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
-        model, tokenizer, task = load_model_and_task(args, device, **options)
-    if args.calib_data is not None:
-        args.task = f"{args.calib_data} + {args.eval_data}"  # what titles and trajectories call the task
+        model, tokenizer, task = load_model_and_task(args, device, source=source, **options)
     max_length = fit_max_length(args.max_length, model)
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
                                limit=args.calib_size, max_length=max_length)

@@ -3,8 +3,9 @@
 Everything downstream (scorers, pruning drivers, evaluation) consumes a list of
 batches: dicts of model keyword arguments plus `labels`, as built by `Task.batches`.
 `load_task` reads "synthetic" (the generated film reviews of `gnorm_kernels.synthetic`,
-the offline default), GLUE through `datasets`, a local csv/tsv/jsonl file, or two of them:
-``load_task(train_file, eval_file=dev_file)`` calibrates on the first, evaluates on all the second.
+the offline default), GLUE through `datasets`, a local csv/tsv/jsonl file (split in three), or
+two local files: ``load_task(train_file, eval_file=dev_file)`` draws the calibration examples
+from the first and evaluates on every row of the second (e.g. GLUE's train.tsv and dev.tsv).
 
 `Task`, `Example` and the synthetic task's names (`synthetic_task`, `synthetic_tokenizer` ...)
 are importable from here too; they live in `gnorm_kernels.tasks` and `gnorm_kernels.synthetic`.
@@ -12,9 +13,6 @@ are importable from here too; they live in `gnorm_kernels.tasks` and `gnorm_kern
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import random
 import warnings
@@ -22,6 +20,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from gnorm_kernels.labels import class_id, fit_labels, label_ids
+from gnorm_kernels.tables import (  # noqa: F401 (FILE_EXTENSIONS ... re-exported)
+    FILE_EXTENSIONS,
+    PAIR_TEXT_COLUMNS,
+    SINGLE_TEXT_COLUMNS,
+    DataWarning,
+    lines_text,
+    pick_text_columns,
+    read_rows,
+    read_table,
+    rows_with_labels,
+)
 
 from gnorm_kernels.synthetic import (
     synthetic_fingerprint,
@@ -107,155 +116,6 @@ def task_from_glue(task: str, dataset: Any, *, seed: int = 0, calibration_size: 
 # Local files
 # ---------------------------------------------------------------------------
 
-FILE_EXTENSIONS = (".csv", ".tsv", ".jsonl")
-SINGLE_TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
-PAIR_TEXT_COLUMNS = (
-    ("sentence1", "sentence2"),
-    ("text_a", "text_b"),
-    ("question", "sentence"),
-    ("question1", "question2"),
-    ("premise", "hypothesis"),
-    ("text", "text_pair"),
-)
-
-
-class DataWarning(UserWarning):
-    """Rows of a data file were skipped (no text or no label) or disagree (one text, two labels)."""
-
-
-def _read_text(path: Path) -> str:
-    """The file as text, checked to be UTF-8 (a BOM is dropped); errors name the line."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - raw.rfind(b"\n", 0, err.start)
-        raise ValueError(
-            f"{path}, line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
-            "expected a UTF-8 file (re-save it as UTF-8)"
-        ) from None
-
-
-def _read_delimited(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """Header and rows of a .csv (quoted fields may hold commas, quotes, newlines) or a .tsv (no
-    quoting: a tab always separates). Every value stays a string; blank lines are skipped."""
-    tsv = path.suffix.lower() == ".tsv"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
-                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=True)
-    header: list[str] | None = None
-    rows: list[tuple[int, dict[str, Any]]] = []
-    line = 1
-    try:
-        for record in reader:
-            if not record or (len(record) == 1 and not record[0].strip()):
-                line = reader.line_num + 1
-                continue
-            if header is None:
-                header = record
-                twice = sorted({c for c in header if header.count(c) > 1})
-                if twice:
-                    raise ValueError(f"{path}, line {line}: the header names {twice} twice; expected distinct names")
-            elif len(record) != len(header):
-                raise ValueError(
-                    f"{path}, line {line}: {len(record)} fields, but the header has {len(header)} ({header}); "
-                    f"a text holding {'a tab' if tsv else 'a comma'} must be {'written without it' if tsv else 'quoted'}"
-                )
-            else:
-                rows.append((line, dict(zip(header, record))))
-            line = reader.line_num + 1
-    except csv.Error as err:
-        raise ValueError(f"{path}, line {line}: cannot read this {path.suffix} row ({err})") from None
-    return header or [], rows
-
-
-def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """Keys (in order of first appearance) and objects of a .jsonl file, one per non-blank line."""
-    columns: dict[str, None] = {}
-    rows: list[tuple[int, dict[str, Any]]] = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); expected one JSON object per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object {{...}}, got {type(row).__name__}")
-        columns.update(dict.fromkeys(row))
-        rows.append((number, row))
-    return list(columns), rows
-
-
-def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """(column names, [(line number, {column: value})]) of a .csv/.tsv/.jsonl file."""
-    text = _read_text(path)
-    if not text.strip():
-        raise ValueError(f"{path} is empty; expected a header row and at least 3 rows")
-    if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path, text)
-    return _read_delimited(path, text)
-
-
-def _field(row: dict[str, Any], column: str, path: Path, line: int) -> str | None:
-    """A text field as a string (numbers as written: "1.50" stays "1.50"); None when empty."""
-    value = row[column]
-    if value is None:
-        return None
-    if isinstance(value, (dict, list)):
-        raise ValueError(f"{path}, line {line}: the {column!r} field is a JSON {type(value).__name__}; expected text")
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if text.strip() else None
-
-
-def _pick_text_columns(found: list[str], text_columns: Sequence[str] | None, path: Path) -> tuple[str, ...]:
-    if text_columns is not None:
-        cols = tuple(text_columns)
-        if not 1 <= len(cols) <= 2:
-            raise ValueError(f"text_columns takes one or two names, got {list(cols)}")
-        missing = [c for c in cols if c not in found]
-        if missing:
-            raise ValueError(f"{path}: text columns {missing} not found; columns are {found}")
-        return cols
-    for pair in PAIR_TEXT_COLUMNS:
-        if all(c in found for c in pair):
-            return pair
-    for col in SINGLE_TEXT_COLUMNS:
-        if col in found:
-            return (col,)
-    raise ValueError(
-        f"{path}: no text column found; columns are {found}. Expected one of {list(SINGLE_TEXT_COLUMNS)}, "
-        f"a pair such as {[list(p) for p in PAIR_TEXT_COLUMNS[:3]]}, or pass text_columns=..."
-    )
-
-
-def _rows_with_labels(
-    rows: list[tuple[int, dict[str, Any]]], cols: tuple[str, ...], label_column: str, path: Path
-) -> tuple[list[tuple[int, tuple[str, ...], Any]], list[int]]:
-    """(line, texts, raw label) of every row that has them; the lines of rows skipped for a
-    missing text or label. A field missing from a .jsonl line is an error, not a skip."""
-    kept, skipped = [], []
-    for line, row in rows:
-        absent = [c for c in (*cols, label_column) if c not in row]
-        if absent:
-            raise ValueError(f"{path}, line {line}: no {absent} field; expected {[*cols, label_column]} on every line")
-        texts = tuple(_field(row, c, path, line) for c in cols)
-        label = row[label_column]
-        if isinstance(label, (dict, list)):
-            raise ValueError(f"{path}, line {line}: the label is a JSON {type(label).__name__}; expected a class")
-        if any(t is None for t in texts) or label is None or (isinstance(label, str) and not label.strip()):
-            skipped.append(line)
-            continue
-        kept.append((line, texts, label.strip() if isinstance(label, str) else label))
-    return kept, skipped
-
-
-def _lines(lines: Sequence[int]) -> str:
-    return ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
-
-
 def task_from_file(
     path: str | os.PathLike,
     *,
@@ -287,13 +147,13 @@ def task_from_file(
         raise FileNotFoundError(f"no such file: {path}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    found, rows = _read_table(path)
+    found, rows = read_table(path)
     if label_column not in found:
         raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
-    cols = _pick_text_columns(found, text_columns, path)
-    kept, skipped = _rows_with_labels(rows, cols, label_column, path)
+    cols = pick_text_columns(found, text_columns, path)
+    kept, skipped = rows_with_labels(rows, cols, label_column, path)
     if skipped:
-        warnings.warn(DataWarning(f"{path}: skipped {len(skipped)} rows without text or label (lines {_lines(skipped)})"),
+        warnings.warn(DataWarning(f"{path}: skipped {len(skipped)} rows without text or label (lines {lines_text(skipped)})"),
                       stacklevel=2)
     if len(kept) < 3:
         raise ValueError(f"{path}: expected at least 3 labelled rows with text, found {len(kept)}")
@@ -339,25 +199,6 @@ def task_from_file(
     return task if label2id is None else fit_labels(task, label2id)
 
 
-def _labelled_rows(path: Path, label_column: str, text_columns: Sequence[str] | None
-                   ) -> tuple[tuple[str, ...], list[tuple[int, tuple[str, ...], Any]]]:
-    """(text columns, [(line, texts, raw label)]) of a file's labelled rows, read as `task_from_file`
-    reads them; the rows skipped for a missing text or label are reported by a `DataWarning`."""
-    if path.suffix.lower() not in FILE_EXTENSIONS:
-        raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
-    found, rows = _read_table(path)  # a missing file: FileNotFoundError
-    if label_column not in found:
-        raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
-    cols = _pick_text_columns(found, text_columns, path)
-    kept, skipped = _rows_with_labels(rows, cols, label_column, path)
-    if skipped:
-        warnings.warn(DataWarning(f"{path}: skipped {len(skipped)} rows without text or label (lines {_lines(skipped)})"),
-                      stacklevel=3)
-    if not kept:
-        raise ValueError(f"{path}: expected labelled rows with text, found none")
-    return cols, kept
-
-
 def task_from_files(
     calibration_file: str | os.PathLike,
     eval_file: str | os.PathLike,
@@ -367,40 +208,42 @@ def task_from_files(
     text_columns: Sequence[str] | None = None,
     calibration_size: int = 512,
     metric: str = "accuracy",
-    label2id: Mapping[str, int] | None = None,
 ) -> Task:
-    """A Task from two local files: the test split is every labelled row of `eval_file` in file
-    order (repeats kept), the calibration split a seeded sample of `calibration_size` rows of
-    `calibration_file` (each text once, none that `eval_file` holds), the train split its other
-    rows. Columns are found and read as `task_from_file` does (the second file needs the first's);
-    labels are numbered alike in both (names in sorted order), or as `label2id` says."""
+    """A Task from two local files: calibration examples drawn from the first, evaluation on the second.
+
+    The test split is every labelled row of `eval_file`, in file order (duplicates kept). The
+    calibration split is a seeded sample of `calibration_size` rows of `calibration_file`
+    (deduplicated, and with every text that also occurs in `eval_file` left out, so the two
+    never overlap); the other rows are the train split. Text columns are found in each file as
+    `task_from_file` finds them; labels map to the same ids in both (strings in sorted order).
+    """
+    if calibration_size < 1:
+        raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
     calibration_file, eval_file = Path(calibration_file), Path(eval_file)
-    cols, source = _labelled_rows(calibration_file, label_column, text_columns)
-    _, held_out = _labelled_rows(eval_file, label_column, text_columns or cols)
-    firsts: dict[tuple[str, ...], tuple] = {}
-    for row in source:  # the first row of each text, and none that is evaluated
-        firsts.setdefault(row[1], row)
-    evaluated = {texts for _, texts, _ in held_out}
-    kept = [row for texts, row in firsts.items() if texts not in evaluated]
+    cols, source = read_rows(calibration_file, label_column, text_columns, dedupe=True, min_rows=1)
+    eval_cols, held_out = read_rows(eval_file, label_column, text_columns or cols, dedupe=False, min_rows=1)
+    if len(eval_cols) != len(cols):
+        raise ValueError(f"{calibration_file} has text columns {list(cols)} but {eval_file} has {list(eval_cols)}")
+    seen = {(t, p) for t, p, _, _ in held_out}
+    kept = [row for row in source if (row[0], row[1]) not in seen]
     if not kept:
-        raise ValueError(f"every text of {calibration_file} also occurs in {eval_file}: nothing left to calibrate on")
+        raise ValueError(f"every row of {calibration_file} also occurs in {eval_file}: nothing left to calibrate on")
     rows = kept + held_out
-    ids, names, kind = label_ids([r[2] for r in rows], [r[0] for r in rows], f"{calibration_file} and {eval_file}")
-    examples = [Example(t[0], t[1] if len(t) == 2 else None, y) for (_, t, _), y in zip(rows, ids)]
+    ids, names, _ = label_ids([r[2] for r in rows], [r[3] for r in rows], f"{calibration_file} and {eval_file}")
+    examples = [Example(t, p, y) for (t, p, _, _), y in zip(rows, ids)]
     pool, test = examples[: len(kept)], examples[len(kept):]
     order = list(range(len(pool)))
     random.Random(seed).shuffle(order)
     chosen = set(order[:calibration_size])
-    task = Task(
+    return Task(
         name=f"{calibration_file.stem}+{eval_file.stem}",
         label_names=names,
         splits={"train": [pool[i] for i in range(len(pool)) if i not in chosen],
                 "calibration": [pool[i] for i in order[:calibration_size]], "test": test},
         metric=metric,
         info={"seed": seed, "calibration_path": str(calibration_file), "eval_path": str(eval_file),
-              "text_columns": list(cols), "label_kind": kind, "left_out_of_calibration": len(source) - len(kept)},
+              "text_columns": list(cols), "overlap_left_out": len(source) - len(kept)},
     )
-    return task if label2id is None else fit_labels(task, label2id)
 
 
 # ---------------------------------------------------------------------------
@@ -418,8 +261,9 @@ def load_task(
     `options` go to the loader: `synthetic_task` (train_size, calibration_size,
     test_size), `task_from_glue` (calibration_size) or `task_from_file`
     (label_column, text_columns, calibration_size, test_fraction, metric).
-    With `eval_file`, `name` is the file to calibrate on and every row of `eval_file` is evaluated
-    (`task_from_files`: label_column, text_columns, calibration_size, metric, label2id).
+    With `eval_file`, `name` is the file calibration examples are drawn from and every row of
+    `eval_file` is evaluated on (`task_from_files`: label_column, text_columns,
+    calibration_size, metric).
     """
     if eval_file is not None:
         return task_from_files(name, eval_file, seed=seed, **options)

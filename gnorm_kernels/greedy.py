@@ -33,15 +33,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gnorm_kernels import distributed
-from gnorm_kernels.arch import HeadLayout, head_layout
+from gnorm_kernels.arch import head_layout
 from gnorm_kernels.batch import is_causal_lm
 from gnorm_kernels.head_units import check_unit, kept_unit_mask, unit_shape
 from gnorm_kernels.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.objectives import check_batches
-from gnorm_kernels.presets import apply_preset
 from gnorm_kernels.resume import ResumeMismatch, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
-from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory, check_ratio
+from gnorm_kernels.choice import budget as unit_budget, check_count, choose, unit_words
+from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory
 
 __all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT", "ResumeMismatch"]
 
@@ -49,74 +49,6 @@ Head = tuple[int, int]
 
 
 # --------------------------------------------------------------------------- checks
-
-def _check_count(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _words(unit: str) -> str:
-    return "heads" if unit == "head" else "key/value groups"
-
-
-def _budget(
-    layout: HeadLayout, unit: str, ratio: float | None, steps: int | None, per_step: int, min_heads: int
-) -> int:
-    """Units to prune, checked against what `min_heads_per_layer` allows."""
-    kept = [len(b.kept_heads if unit == "head" else b.kept_kv_heads) for b in layout.blocks]
-    present = sum(kept)
-    prunable = sum(max(0, n - min_heads) for n in kept)
-    if ratio is not None and steps is not None:
-        raise ValueError(f"give ratio= or steps=, not both (got ratio={ratio!r}, steps={steps!r})")
-    if ratio is not None:
-        wanted = round(check_ratio(ratio) * present)
-        what = f"ratio {ratio} means {wanted} of {present} {_words(unit)}"
-    elif steps is not None:
-        steps = _check_count(steps, "steps", 0)
-        max_steps = math.ceil(prunable / per_step)
-        if steps > max_steps:
-            raise ValueError(
-                f"steps={steps} is more than this model allows: {prunable} prunable {_words(unit)} at "
-                f"{per_step} per step make at most {max_steps} steps"
-            )
-        return min(steps * per_step, prunable)
-    else:
-        return prunable
-    if wanted > prunable:
-        raise ValueError(
-            f"{what}, but only {prunable} can be pruned with min_heads_per_layer={min_heads}"
-        )
-    return wanted
-
-
-def _choose(
-    scores: torch.Tensor, kept: torch.Tensor, k: int, prune_first: str, min_heads: int, where: str
-) -> list[Head]:
-    """The next `k` heads: lowest (or highest) scores first, ties broken by (layer, head)."""
-    bad = kept & ~torch.isfinite(scores)
-    if bad.any():
-        l, h = bad.nonzero()[0].tolist()
-        raise NonFiniteGradientError(
-            f"{where}: the score of present unit ({l}, {h}) is {scores[l, h].item()}: the model gives non-finite "
-            "values (NaN or inf in its weights or inputs?), so nothing can be chosen"
-        )
-    key = scores.double() if prune_first == "lowest" else -scores.double()
-    key = torch.where(kept, key, torch.full_like(key, math.inf))
-    order = torch.argsort(key.flatten(), stable=True).tolist()
-    left = kept.sum(dim=1).tolist()
-    chosen: list[Head] = []
-    width = scores.shape[1]
-    for flat in order:
-        l, h = divmod(flat, width)
-        if not kept[l, h] or left[l] <= min_heads:
-            continue
-        chosen.append((l, h))
-        left[l] -= 1
-        if len(chosen) == k:
-            break
-    return chosen
-
 
 def _as_map(heads: Sequence[Head]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
@@ -155,7 +87,10 @@ def _measure(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _evaluate(work: Any, batches: Sequence[Batch] | None, metric: str, per_example: bool, where: str) -> tuple:
+def _evaluate(
+    work: Any, batches: Sequence[Batch] | None, metric: str, where: str, per_example: bool = False
+) -> tuple[dict | None, float, dict[str, list[int]]]:
+    """(metrics, seconds, per-example predictions and golds: empty unless `per_example`)."""
     if batches is None:
         return None, 0.0, {}
     from gnorm_kernels.evaluate import evaluate
@@ -205,10 +140,10 @@ def _drive(
         raise TypeError(f"scorer must be a registered name or a callable, got {type(scorer).__name__}")
     if prune_first not in ("lowest", "highest"):
         raise ValueError(f"prune_first must be 'lowest' or 'highest', got {prune_first!r}")
-    heads_per_step = _check_count(heads_per_step, "heads_per_step", 1)
-    eval_every = _check_count(eval_every, "eval_every", 1)
+    heads_per_step = check_count(heads_per_step, "heads_per_step", 1)
+    eval_every = check_count(eval_every, "eval_every", 1)
     if max_steps is not None:
-        _check_count(max_steps, "max_steps", 0)
+        check_count(max_steps, "max_steps", 0)
     # a rank's shard is checked over all ranks; else a list of non-empty batches with input_ids, or an error
     calibration = list(calibration) if distributed.data_parallel(model) else check_batches(calibration)
     evaluation = None if evaluation is None else list(evaluation)
@@ -223,10 +158,10 @@ def _drive(
     unit = check_unit(unit, layout)
     grid = unit_shape(layout, unit)
     _check_evaluation(model, evaluation, metric)
-    min_heads = _check_count(min_heads_per_layer, "min_heads_per_layer", 0)
+    min_heads = check_count(min_heads_per_layer, "min_heads_per_layer", 0)
     if min_heads > grid[1]:
-        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {_words(unit)} of a layer")
-    budget = _budget(layout, unit, ratio, steps, heads_per_step, min_heads)
+        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit_words(unit)} of a layer")
+    budget = unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
     scorer_name = scorer if isinstance(scorer, str) else describe_setting(scorer)
     settings = {
         "scorer": scorer_name,
@@ -254,7 +189,6 @@ def _drive(
         work = MaskedPruning(model, unit)
     else:
         work = _Copy(model, unit)
-    evaluate_at = lambda where: _evaluate(work, evaluation, metric, per_example, where)  # noqa: E731
     trajectory = distributed.from_main(
         lambda: resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget),
         "the checkpoint",
@@ -262,7 +196,8 @@ def _drive(
     if trajectory is not None and trajectory.order:
         work.prune(trajectory.order)  # replay the saved run on the copy
     if trajectory is None:  # a new run: step 0 is the model as given
-        metrics, eval_seconds, outcomes = evaluate_at(f"{name}, step 0 (the model as given)")
+        metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, f"{name}, step 0 (the model as given)",
+                                                    per_example)
         trajectory = Trajectory(
             method=name, family=layout.family, num_layers=layout.num_layers, num_heads=layout.num_heads,
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
@@ -294,7 +229,7 @@ def _drive(
                 if not greedy:
                     static_scores = scores
             where = f"{name}, step {index}"
-            chosen = _choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
+            chosen = choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable units
                 raise RuntimeError(f"step {index}: no {unit} left to prune")
             distributed.check_same(chosen, f"units chosen at step {index}")
@@ -302,7 +237,9 @@ def _drive(
             seconds = time.perf_counter() - start
             done += len(chosen)
             last = done >= budget
-            metrics, eval_seconds, outcomes = evaluate_at(where) if last or index % eval_every == 0 else (None, 0.0, {})
+            metrics, eval_seconds, outcomes = (None, 0.0, {})
+            if last or index % eval_every == 0:
+                metrics, eval_seconds, outcomes = _evaluate(work, evaluation, metric, where, per_example)
             trajectory.steps.append(
                 Step(index, chosen, metrics, seconds=seconds, eval_seconds=eval_seconds, scores=recorded,
                      **outcomes, **_measure(work.structure))
@@ -388,7 +325,8 @@ def greedy_prune(
     passed in is not changed unless `inplace` (then it ends pruned to the final state).
     `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
     it. `max_steps` stops this call after that many new steps (resume later with the same
-    checkpoint). `per_example` keeps each evaluated step's per-example predictions (for evidence.py).
+    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
+    the trajectory (what `gnorm_kernels.evidence` bootstraps).
     """
     return _drive(greedy=True, **locals())
 
@@ -436,12 +374,19 @@ def run_method(
 
     `seed` reaches seeded methods (random); `scorer_options` go to the scorer; `unit` ("head" or
     "kv_group") is what the method ranks and removes; everything else goes to `greedy_prune` /
-    `static_prune`. `preset` ("authors": `gnorm_kernels.presets`) sets the Gnorm scorer's options.
+    `static_prune`. `preset` (e.g. "authors", see `gnorm_kernels.presets`) sets the Gnorm
+    scorer's options, under the caller's own.
     """
     spec = get_method(method) if isinstance(method, str) else method
     unit = spec.check_unit(unit)
-    options = {"seed": seed, **(scorer_options or {})} if spec.seeded else dict(scorer_options or {})
-    scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
+    options = dict(scorer_options or {})
+    if spec.seeded:
+        options.setdefault("seed", seed)
+    scorer: Any = spec.scorer
+    if preset is not None:
+        from gnorm_kernels.presets import apply_preset
+
+        scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
     driver = greedy_prune if spec.greedy else static_prune
     return driver(
         model, calibration, evaluation, scorer=scorer, scorer_options=options,

@@ -466,7 +466,7 @@ def test_two_files_calibrate_on_the_first_and_evaluate_on_every_row_of_the_secon
     calibration = [ex.text for ex in task.splits["calibration"]]
     assert len(calibration) == 100 and len(task.splits["train"]) == len(train_rows) - 2 - 100
     assert not set(calibration) & {r["sentence"] for r in dev_rows}
-    assert task.info["left_out_of_calibration"] == 2
+    assert task.info["overlap_left_out"] == 2
     rest = [ex.text for ex in task.splits["train"]]
     assert sorted(calibration + rest) == sorted(r["sentence"] for r in train_rows[2:])
     assert load_task(train, eval_file=dev, calibration_size=100, seed=3).splits == task.splits

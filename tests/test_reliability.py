@@ -185,11 +185,12 @@ def test_sigterm_and_sigint_clean_up(model_dir, tmp_path):
     for sig, code in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)):  # side by side
         parent = tmp_path / sig.name
         parent.mkdir()
-        argv = ["prune", "--model", model_dir, *SMALL, "--out", str(parent / "run")]
-        runs[sig] = (parent, code, _start(argv, TEST_STEP_DELAY="0.5"))
+        argv = ["prune", "--model", model_dir, *SMALL, "--ratio", "1.0", "--out", str(parent / "run")]
+        runs[sig] = (parent, code, _start(argv, TEST_STEP_DELAY="1.0"))  # 8 steps of at least 1 s
     for sig, (parent, code, process) in runs.items():
         _wait_for_steps(process, parent / ".run.partial" / "trajectory.json", 1)
         process.send_signal(sig)
+    for sig, (parent, code, process) in runs.items():
         _, err = process.communicate(timeout=120)
         assert process.returncode == code, err
         assert list(parent.iterdir()) == [], sig.name
