@@ -271,21 +271,25 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels import distributed
     from gnorm_kernels.cli_load import checkpointed
-    from gnorm_kernels.evidence import DEFAULT_BUDGETS, compare
+    from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
 
     _check_args(args)
     methods = _check_methods(args.methods.split(","))
     for name in (n for n in ("random_seeds", "calib_draws", "resamples") if getattr(args, n) < 1):
         raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with _output_folder(args) as folder:
-        model, tokenizer, task, calibration, evaluation = _load(args)  # calibration: a list per draw with --calib-draws
+        model, tokenizer, task, calibration, evaluation = _load(args)
+        if args.calib_draws > 1:  # disjoint samples, shared out over the ranks as _load shares the first
+            calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
+                           draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size,
+                           max_length=args.effective_max_length)]
         comparison = compare(
             model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
             budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
             scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
             checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
             log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
-            around_run=lambda path: checkpointed(folder, path), **_driver_options(args),
+            around=lambda path: checkpointed(folder, path), **_driver_options(args),
         )
         if not distributed.is_main():
             return 0  # rank 0 writes the outputs

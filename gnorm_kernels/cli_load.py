@@ -150,10 +150,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     """(model, tokenizer, task, calibration batches, evaluation batches) of a command's flags,
     checked to agree; under torchrun this rank's share of the batches (or the model sharded)."""
     device = check_device(args.device)
-    draws = getattr(args, "calib_draws", 1)  # gnorm compare --calib-draws
     # only the calibration and test splits are used here; the synthetic generator draws those
     # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    needed = args.calib_size * draws
+    needed = args.calib_size * getattr(args, "calib_draws", 1)
     options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) in ("synthetic", "synthetic-lm") else {}
     source = str(args.task)
     if getattr(args, "calib_data", None) is not None:  # two files: calibrate on one, evaluate on every row of the other
@@ -162,13 +161,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
         model, tokenizer, task = load_model_and_task(args, device, source=source, **options)
     max_length = fit_max_length(args.max_length, model)
+    args.effective_max_length = max_length
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
                                limit=args.calib_size, max_length=max_length)
-    if draws > 1:  # gnorm compare --calib-draws: disjoint samples, a list of batches each (the first as above)
-        from gnorm_kernels.evidence import calibration_draws
-
-        calibration = calibration_draws(task, tokenizer, draws=draws, size=args.calib_size,
-                                        batch_size=args.batch_size, max_length=max_length)
     # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
     evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
                               group_by_length=True)
@@ -180,7 +175,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
 
         shard_model(model)
     else:  # torchrun: this rank's share of the batches (all of them in one process)
-        calibration = [distributed.shard(c) for c in calibration] if draws > 1 else distributed.shard(calibration)
+        calibration = distributed.shard(calibration)
         evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
     return model, tokenizer, task, calibration, evaluation
 

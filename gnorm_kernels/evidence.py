@@ -26,8 +26,8 @@ with ``per_example=True``; any trajectories that carry them can go to `bootstrap
 
 from __future__ import annotations
 
+import contextlib
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
@@ -368,7 +368,7 @@ def compare(
     checkpoint_dir: str | os.PathLike | None = None,
     settings: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
-    around_run: Callable[[Path | None], ContextManager[Any]] | None = None,
+    around: Callable[[Path], ContextManager[Any]] | None = None,
     **driver_options: Any,
 ) -> Comparison:
     """Run pruning methods on one model and one evaluation set, and say how sure the comparison is.
@@ -379,11 +379,12 @@ def compare(
     ones (random) run with seeds seed..seed+random_seeds-1. `preset` (e.g. "authors") and
     `driver_options` (ratio, steps, heads_per_step, ...) go to every run, `scorer_options[method]`
     to that method's scorer. Each trajectory is tagged with its seed and calibration draw (and
-    `settings`) and, with `checkpoint_dir`, written there as it runs (`around_run(path)`, a
-    context manager, wraps each run: the command line's resume messages). The random baseline's
+    `settings`) and, with `checkpoint_dir`, written there as it runs. The random baseline's
     order does not read the calibration data: it runs once per seed, on the first draw, and its
     differences from other methods take each of their draws against it. The `Evidence` uses the
     paired bootstrap with `resamples` resamples seeded with `seed` (see the module docstring).
+    `around(path)`, given with `checkpoint_dir`, is a context manager wrapped around each
+    checkpointed run (the command line says there where a resumed run picks up).
     """
     from gnorm_kernels import distributed
     from gnorm_kernels.greedy import run_method
@@ -414,7 +415,7 @@ def compare(
             log(f"[{i}/{len(jobs)}] {method}" + (f" (seed {s})" if seeded else "")
                 + (f" (calibration draw {d})" if drawn else ""))
         path = None if folder is None else folder / f"{label}.json"
-        with nullcontext() if around_run is None else around_run(path):
+        with around(path) if around is not None and path is not None else contextlib.nullcontext():
             trajectory = run_method(method, model, draws[d], evaluation, seed=s, metric=metric,
                                     scorer_options=(scorer_options or {}).get(method), checkpoint=path,
                                     preset=preset, per_example=True, **driver_options)
