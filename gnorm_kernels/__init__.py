@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.tasks import Example, Task
     from gnorm_kernels.synthetic import synthetic_tokenizer
     from gnorm_kernels.models import TinyRecipe, load_model, train_tiny
+    from gnorm_kernels.tiny_lm import LMRecipe, synthetic_lm_task
     from gnorm_kernels.evaluate import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
     from gnorm_kernels.gnorm import gnorm_scores, qkv_gradient_norms
     from gnorm_kernels.baselines import attention_entropy, random_scores, taylor_importance
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.greedy import greedy_prune, run_method, static_prune
     from gnorm_kernels.trajectory import Trajectory
     from gnorm_kernels.report import comparison_table
+    from gnorm_kernels.evidence import compare
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
     from gnorm_kernels.kernels import QKVGradientBuffer, combine_qkv_norms, head_block_norms, per_example_head_norms, per_example_qkv_head_norms, qkv_head_norms, qkv_head_scores
     from gnorm_kernels.widgets import head_toggle_grid, pruning_explorer
@@ -47,6 +49,8 @@ _EXPORTS = {
     "Example": "tasks",
     "synthetic_tokenizer": "synthetic",
     "load_model": "models",
+    "LMRecipe": "tiny_lm",
+    "synthetic_lm_task": "tiny_lm",
     "train_tiny": "models",
     "TinyRecipe": "models",
     "evaluate": "evaluate",
@@ -67,6 +71,7 @@ _EXPORTS = {
     "run_method": "greedy",
     "Trajectory": "trajectory",
     "comparison_table": "report",
+    "compare": "evidence",
     "plot_accuracy_curves": "viz",
     "plot_head_grid": "viz",
     "plot_rank_changes": "viz",

@@ -9,10 +9,15 @@ Building the parser imports neither torch nor the rest of the package, so `gnorm
 `gnorm <command> --help` answer at once; a command imports what it needs when it runs (GRAIN's
 runner is `gnorm_kernels.grain.cli.run`).
 
-Output folders are written into a temporary folder beside `--out` and moved into place only when
+Output folders are written into `.NAME.partial` beside `--out` and moved into place only when
 the run has finished (`gnorm_kernels.outputs.OutputFolder`), so a failed or interrupted run leaves
 nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
+One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
+killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
+
+Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli ...`` prune, compare and ablate split their batches
+across the processes and rank 0 writes the folder (`gnorm_kernels.distributed`); `--fsdp` shards the model.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ GRAIN_LR = {"tiny": 1e-3}
 GRAIN_PAPER_LR = 3e-5
 # gnorm_kernels.grain.attention.IMPLEMENTATIONS, the default first (tests/test_cli.py holds them together)
 GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
+PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRESETS: (calibration examples, batch)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -47,13 +53,20 @@ GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
     p.add_argument("--model", default="tiny", help='"tiny" (trained here on first use), a hub id, or a local folder')
     p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
-    p.add_argument("--calib-size", type=int, default=256, help="calibration examples used for scoring (default 256)")
-    p.add_argument("--eval-size", type=int, default=eval_size,
-                   help=f"test examples used for evaluation (default: {eval_size or 'the whole test split'})")
-    p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32, as the authors use)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl file to calibrate on ...")
+    p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
+    p.add_argument("--calib-size", type=int, help="calibration examples used for scoring (default 256; authors: 1000)")
+    p.add_argument("--eval-size", type=int, help=f"test examples used for evaluation (default: "
+                   f"{eval_size or 'the whole test split'}; every row of --eval-data)")
+    p.add_argument("--batch-size", type=int, help="calibration batch size (default 32, as the authors use; authors: 128)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default 128, or the model's positions if fewer; never more than those)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's own)")
+    p.add_argument("--new-head", action="store_true",
+                   help="give the model a new, untrained classifier when its class count differs from the task's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(default_eval_size=eval_size)
 
 
 def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None) -> None:
@@ -63,6 +76,9 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     budget.add_argument("--steps", type=int, default=None, help="number of pruning steps instead of a ratio")
     p.add_argument("--heads-per-step", type=int, default=1, help="heads removed per step (default 1)")
     p.add_argument("--min-heads-per-layer", type=int, default=0, help="never prune a layer below this (default 0)")
+    p.add_argument("--unit", default="head", choices=("head", "kv_group"),
+                   help="what is ranked and removed: a query head, or a key/value group with all its query "
+                        "heads (grouped-query decoders; shrinks the KV cache) (default head)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N steps (default 1; the last step always)")
     p.add_argument("--objective", default="logits_norm", choices=("logits_norm", "loss"),
                    help="what Gnorm differentiates (default logits_norm: no labels needed)")
@@ -71,12 +87,23 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"),
                    help="metric of the curve and the table (default accuracy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (every process sees every batch)")
+    p.add_argument("--preset", choices=tuple(PRESET_DATA), help="authors: their revised code (gnorm_kernels.presets)")
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that was killed while writing --out, from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    for name, default in zip(("calib_size", "batch_size"), PRESET_DATA.get(getattr(args, "preset", None), DATA_DEFAULTS)):
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))  # flags left unset
+    if args.eval_size is None and args.eval_data is None:  # --eval-data: every row unless told otherwise
+        args.eval_size = args.default_eval_size
+    if (args.calib_data is None) != (args.eval_data is None) or (args.calib_data and args.task != "synthetic"):
+        raise CLIError("--calib-data and --eval-data go together, instead of --task: give both files, or --task")
     for name in ("calib_size", "batch_size", "max_length", "heads_per_step", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -91,6 +118,16 @@ def _check_args(args: argparse.Namespace) -> None:
     steps = getattr(args, "steps", None)
     if steps is not None and steps < 0:
         raise CLIError(f"--steps must be >= 0, got {steps}")
+    from gnorm_kernels.distributed import is_initialised
+    if getattr(args, "fsdp", False) and not is_initialised():
+        raise CLIError("--fsdp shards the model across processes: start the command with "
+                       "torchrun --nproc-per-node N -m gnorm_kernels.cli ...")
+
+
+def _output_folder(args: argparse.Namespace) -> OutputFolder:
+    from gnorm_kernels.distributed import output_folder
+
+    return output_folder(args.out, force=args.force, resume=getattr(args, "resume", None), command=args.command)
 
 
 def _check_methods(names: Sequence[str]) -> list[str]:
@@ -106,25 +143,11 @@ def _check_methods(names: Sequence[str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
-    """(model, tokenizer, task, calibration batches, evaluation batches)."""
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.models import load_model
+    """(model, tokenizer, task, calibration batches, evaluation batches), checked to agree before
+    any work (`gnorm_kernels.cli_load.load_inputs`)."""
+    from gnorm_kernels.cli_load import load_inputs
 
-    progress = not args.quiet
-    # only the calibration and test splits are used here; the synthetic generator draws those
-    # first, so a one-example train split leaves them unchanged and saves generating 40k texts
-    options = {"train_size": 1} if str(args.task) == "synthetic" else {}
-    task = load_task(args.task, **options)
-    model, tokenizer = load_model(args.model, num_labels=task.num_labels, device=args.device, progress=progress)
-    calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
-                               limit=args.calib_size, max_length=args.max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=args.max_length,
-                              group_by_length=True)
-    available = len(task.splits["calibration"])
-    if available < args.calib_size:
-        print(f"note: the calibration split has {available} examples; using all of them", file=sys.stderr)
-    return model, tokenizer, task, calibration, evaluation
+    return load_inputs(args)
 
 
 def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,9 +156,23 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
         ratio = args.default_ratio
     return dict(
         ratio=ratio, steps=args.steps, heads_per_step=args.heads_per_step,
-        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every,
+        min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
         progress=not args.quiet,
     )
+
+
+def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
+                folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
+    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
+    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
+    from gnorm_kernels import greedy
+    from gnorm_kernels.cli_load import checkpointed
+
+    with checkpointed(folder, path):
+        return greedy.run_method(
+            method, model, calibration, evaluation, seed=seed, metric=args.metric,
+            scorer_options=_scorer_options(method, args), checkpoint=path, **options, **_driver_options(args),
+        )
 
 
 def _scorer_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -162,32 +199,42 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from gnorm_kernels.greedy import run_method
+    import shutil
+
+    from gnorm_kernels.distributed import is_main
     from gnorm_kernels.pruning import save_pruned
     from gnorm_kernels.report import save_figure
     from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid
 
     _check_args(args)
     (method,) = _check_methods([args.method])
-    with OutputFolder(args.out, force=args.force) as folder:
+    with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         # inplace: `model` ends pruned to the trajectory's last step, ready to be saved
-        trajectory = run_method(
-            method, model, calibration, evaluation, seed=args.seed, metric=args.metric,
-            scorer_options=_scorer_options(method, args), checkpoint=folder.path("trajectory.json"),
-            inplace=True, **_driver_options(args),
-        )
-        trajectory.settings.update(model=str(args.model), task=str(args.task))
+        trajectory = _run_method(method, model, calibration, evaluation, args, folder, folder.path("trajectory.json"),
+                                 args.seed, inplace=not args.fsdp, preset=args.preset)
+        if is_main():
+            shutil.rmtree(folder.path("model"), ignore_errors=True)  # what a killed run began to write
+        if args.fsdp:  # every rank takes part in gathering the weights; rank 0 prunes and saves them
+            from gnorm_kernels.fsdp import save_pruned_sharded
+
+            save_pruned_sharded(model, trajectory.pruned_heads_at(steps=len(trajectory.steps) - 1),
+                                folder.path("model"), tokenizer=tokenizer)
+        if not is_main():
+            return 0  # rank 0 writes the outputs
+        trajectory.settings.update(model=str(args.model), task=str(args.task), **({"new_head": True} if args.new_head else {}),
+                                   **({"preset": args.preset} if args.preset else {}))
         trajectory.save(folder.path("trajectory.json"))
         last = len(trajectory.steps) - 1
         save_figure(plot_accuracy_curves(trajectory, metric=args.metric,
                                          title=f"{method} on {args.task}: {args.metric} as heads are pruned"),
                     folder.path("accuracy.png"))
-        final_mask = trajectory.mask_at(steps=last)
+        final_mask = trajectory.head_mask_at(steps=last)
         save_figure(plot_head_grid(final_mask, kind="mask",
                                    title=f"{method}: {int(final_mask.sum())} of {final_mask.numel()} heads kept"),
                     folder.path("mask.png"))
-        save_pruned(model, folder.path("model"), tokenizer=tokenizer)
+        if not args.fsdp:
+            save_pruned(model, folder.path("model"), tokenizer=tokenizer)
     first, final = trajectory.steps[0], trajectory.steps[-1]
     print(f"{method}: pruned {len(trajectory.order)} of {trajectory.num_heads_start} heads in {last} steps")
     if first.metrics is not None and final.metrics is not None:
@@ -203,58 +250,50 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="run several pruning methods and compare their accuracy curves",
-        description="Run several methods on one model and task; write one overlaid accuracy plot "
-                    "(accuracy.png), a table (table.md, table.csv: accuracy at 25/50/75% of heads pruned "
-                    "and the area under each curve), the kept masks at 50% (masks.png) and every "
-                    "trajectory (trajectories/) into --out.",
+        description="Run several methods on one model and task; write accuracy curves with 95% bootstrap bands "
+                    "(accuracy.png), the metric at 25/50/75% pruned and the AUC (whole run, 0-50%, 0-75%) with 95% "
+                    "intervals and differences from --reference (table.md, table.csv), every pairwise difference "
+                    "(differences.csv), the masks at 50% (masks.png) and the trajectories (trajectories/) into --out.",
     )
     # every method is evaluated after every step: a smaller default test set keeps the demo short
     _add_data_args(p, eval_size=500)
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated, from: {', '.join(METHOD_NAMES)} (default: all)")
     p.add_argument("--random-seeds", type=int, default=5, help="runs of the random baseline (seeds seed..seed+N-1; default 5)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[], help="more fractions pruned to report (e.g. 0.1 0.9)")
+    p.add_argument("--calib-draws", type=int, default=1, help="run on N disjoint calibration samples (default 1)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--reference", help="the method differences are taken from (default: the first)")
     _add_pruning_args(p, default_ratio=1.0)
     p.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from gnorm_kernels.greedy import run_method
-    from gnorm_kernels.report import comparison_table, markdown_table, masks_figure, save_figure, write_csv
-    from gnorm_kernels.scores import get_method
-    from gnorm_kernels.viz import plot_accuracy_curves
+    from gnorm_kernels import distributed
+    from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
 
     _check_args(args)
     methods = _check_methods(args.methods.split(","))
-    if args.random_seeds < 1:
-        raise CLIError(f"--random-seeds must be >= 1, got {args.random_seeds}")
-    with OutputFolder(args.out, force=args.force) as folder:
+    for name in (n for n in ("random_seeds", "calib_draws", "resamples") if getattr(args, n) < 1):
+        raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    with _output_folder(args) as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
-        jobs = [(m, s) for m in methods
-                for s in (range(args.seed, args.seed + args.random_seeds) if get_method(m).seeded else [args.seed])]
-        runs: dict[str, list] = {}
-        for i, (method, seed) in enumerate(jobs, 1):
-            seeded = get_method(method).seeded
-            print(f"[{i}/{len(jobs)}] {method}" + (f" (seed {seed})" if seeded else ""), file=sys.stderr, flush=True)
-            path = folder.path("trajectories", f"{method}-seed{seed}.json" if seeded else f"{method}.json")
-            trajectory = run_method(
-                method, model, calibration, evaluation, seed=seed, metric=args.metric,
-                scorer_options=_scorer_options(method, args), checkpoint=path, **_driver_options(args),
-            )
-            trajectory.settings.update(model=str(args.model), task=str(args.task), seed=seed)
-            trajectory.save(path)
-            runs.setdefault(method, []).append(trajectory)
-        rows = comparison_table(runs, metric=args.metric)
-        table = markdown_table(rows, args.metric)
-        folder.path("table.md").write_text(table)
-        write_csv(rows, folder.path("table.csv"))
-        save_figure(plot_accuracy_curves(runs, metric=args.metric,
-                                         title=f"{args.task}: {args.metric} as heads are pruned"),
-                    folder.path("accuracy.png"))
-        masks = masks_figure(runs, ratio=0.5)
-        if masks is not None:
-            save_figure(masks, folder.path("masks.png"))
-    print(table, end="")
-    print(f"wrote {folder.out}/: table.md, table.csv, accuracy.png, masks.png, trajectories/")
+        if args.calib_draws > 1:  # disjoint samples, shared out over the ranks as _load shares the first
+            calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
+                           draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size,
+                           max_length=args.effective_max_length)]
+        comparison = compare(
+            model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
+            budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
+            scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
+            checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
+            log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
+            **_driver_options(args),
+        )
+        if not distributed.is_main():
+            return 0  # rank 0 writes the outputs
+        comparison.save(folder.path("."), title=f"{args.task}: {args.metric} as heads are pruned")
+    print(comparison.markdown() + f"wrote {folder.out}/: table.md, table.csv, differences.csv, accuracy.png, masks.png, trajectories/")
     return 0
 
 
@@ -275,15 +314,18 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
+    from gnorm_kernels.distributed import is_main
     from gnorm_kernels.evaluate import evaluate, single_head_ablation
     from gnorm_kernels.report import ablation_table, save_figure, write_ablation_csv
     from gnorm_kernels.viz import plot_head_grid
 
     _check_args(args)
-    with OutputFolder(args.out, force=args.force) if args.out is not None else nullcontext() as folder:
+    with _output_folder(args) if args.out is not None else nullcontext() as folder:
         model, tokenizer, task, calibration, evaluation = _load(args)
         base = evaluate(model, evaluation, metric=args.metric)[args.metric]
-        drops = single_head_ablation(model, evaluation, metric=args.metric, progress=not args.quiet)
+        drops = single_head_ablation(model, evaluation, metric=args.metric, progress=not args.quiet and is_main())
+        if not is_main():
+            return 0  # rank 0 writes and prints the table
         text = ablation_table(drops, base, args.metric)
         if folder is not None:
             write_ablation_csv(drops, folder.path("ablation.csv"))
@@ -330,8 +372,11 @@ def _add_grain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_grain(args: argparse.Namespace) -> int:
+    from gnorm_kernels.distributed import is_distributed
     from gnorm_kernels.grain.cli import run
 
+    if is_distributed():
+        raise CLIError("gnorm grain runs in one process; start it without torchrun")
     if args.lr is None:
         args.lr = GRAIN_LR.get(str(args.model), GRAIN_PAPER_LR)
     return run(args)
@@ -378,17 +423,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything heavy is imported
-    from gnorm_kernels.scores import NonFiniteGradientError
+    from gnorm_kernels import distributed
 
+    owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
         with _exit_cleanly_on_sigterm():
+            owned = not distributed.is_initialised() and distributed.init_from_env(getattr(args, "device", "cpu"))
             return int(args.handler(args) or 0)
     except CLIError as err:
-        parser.exit(2, f"gnorm {args.command}: error: {err}\n")
-    except (ValueError, OSError, NonFiniteGradientError) as err:
-        parser.exit(1, f"gnorm {args.command}: error: {err}\n")
+        parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
+    except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
+        parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")
+    finally:
+        if owned:
+            distributed.shutdown()
     return 0
 
 

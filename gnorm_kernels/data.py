@@ -3,7 +3,9 @@
 Everything downstream (scorers, pruning drivers, evaluation) consumes a list of
 batches: dicts of model keyword arguments plus `labels`, as built by `Task.batches`.
 `load_task` reads "synthetic" (the generated film reviews of `gnorm_kernels.synthetic`,
-the offline default), GLUE through `datasets`, or a local csv/tsv/jsonl file.
+the offline default), GLUE through `datasets`, a local csv/tsv/jsonl file (split in three), or
+two local files: ``load_task(train_file, eval_file=dev_file)`` draws the calibration examples
+from the first and evaluates on every row of the second (e.g. GLUE's train.tsv and dev.tsv).
 
 `Task`, `Example` and the synthetic task's names (`synthetic_task`, `synthetic_tokenizer` ...)
 are importable from here too; they live in `gnorm_kernels.tasks` and `gnorm_kernels.synthetic`.
@@ -11,11 +13,24 @@ are importable from here too; they live in `gnorm_kernels.tasks` and `gnorm_kern
 
 from __future__ import annotations
 
-import numbers
 import os
 import random
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from gnorm_kernels.labels import class_id, fit_labels, label_ids
+from gnorm_kernels.tables import (  # noqa: F401 (FILE_EXTENSIONS ... re-exported)
+    FILE_EXTENSIONS,
+    PAIR_TEXT_COLUMNS,
+    SINGLE_TEXT_COLUMNS,
+    DataWarning,
+    lines_text,
+    pick_text_columns,
+    read_rows,
+    read_table,
+    rows_with_labels,
+)
 
 from gnorm_kernels.synthetic import (
     synthetic_fingerprint,
@@ -25,10 +40,12 @@ from gnorm_kernels.synthetic import (
     synthetic_vocabulary,
     word_level_tokenizer,
 )
+from gnorm_kernels.synthetic import *  # noqa: F401,F403 (the grammar's word lists, re-exported)
 from gnorm_kernels.tasks import METRICS, SPLITS, Example, Task  # noqa: F401 (re-exported)
 
 __all__ = [
-    "Example", "Task", "load_task", "task_from_glue", "task_from_file", "SPLITS", "GLUE_TASKS",
+    "Example", "Task", "load_task", "task_from_glue", "task_from_file", "task_from_files", "SPLITS", "GLUE_TASKS",
+    "DataWarning",
     "synthetic_task", "synthetic_review", "synthetic_vocabulary", "synthetic_fingerprint", "synthetic_tokenizer",
     "word_level_tokenizer",
 ]
@@ -99,71 +116,6 @@ def task_from_glue(task: str, dataset: Any, *, seed: int = 0, calibration_size: 
 # Local files
 # ---------------------------------------------------------------------------
 
-FILE_EXTENSIONS = (".csv", ".tsv", ".jsonl")
-SINGLE_TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
-PAIR_TEXT_COLUMNS = (
-    ("sentence1", "sentence2"),
-    ("text_a", "text_b"),
-    ("question", "sentence"),
-    ("question1", "question2"),
-    ("premise", "hypothesis"),
-    ("text", "text_pair"),
-)
-
-
-def _read_table(path: Path) -> Any:
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty; expected a header row and at least 3 rows")
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path)
-        if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t", quoting=3)
-        return pd.read_json(path, lines=True)
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(f"{path} is empty; expected a header row and at least 3 rows") from err
-
-
-def _pick_text_columns(found: list[str], text_columns: Sequence[str] | None, path: Path) -> tuple[str, ...]:
-    if text_columns is not None:
-        cols = tuple(text_columns)
-        if not 1 <= len(cols) <= 2:
-            raise ValueError(f"text_columns takes one or two names, got {list(cols)}")
-        missing = [c for c in cols if c not in found]
-        if missing:
-            raise ValueError(f"{path}: text columns {missing} not found; columns are {found}")
-        return cols
-    for pair in PAIR_TEXT_COLUMNS:
-        if all(c in found for c in pair):
-            return pair
-    for col in SINGLE_TEXT_COLUMNS:
-        if col in found:
-            return (col,)
-    raise ValueError(
-        f"{path}: no text column found; columns are {found}. Expected one of {list(SINGLE_TEXT_COLUMNS)}, "
-        f"a pair such as {[list(p) for p in PAIR_TEXT_COLUMNS[:3]]}, or pass text_columns=..."
-    )
-
-
-def _is_integral(value: Any) -> bool:
-    return isinstance(value, numbers.Number) and not isinstance(value, bool) and float(value).is_integer()
-
-
-def _label_ids(values: list[Any]) -> tuple[list[int], list[str]]:
-    """Integer labels are kept as ids; anything else is mapped to ids by sorted name."""
-    if all(_is_integral(v) for v in values):
-        ids = [int(v) for v in values]
-        if min(ids) < 0:
-            raise ValueError(f"integer labels must be >= 0, found {min(ids)}")
-        return ids, [str(i) for i in range(max(ids) + 1)]
-    names = sorted({str(v) for v in values})
-    index = {n: i for i, n in enumerate(names)}
-    return [index[str(v)] for v in values], names
-
-
 def task_from_file(
     path: str | os.PathLike,
     *,
@@ -173,33 +125,58 @@ def task_from_file(
     calibration_size: int = 512,
     test_fraction: float = 0.2,
     metric: str = "accuracy",
+    label2id: Mapping[str, int] | None = None,
 ) -> Task:
     """Read a .csv/.tsv/.jsonl file of texts (or text pairs) and labels into a Task.
 
-    Rows are deduplicated by text, then split by a seeded shuffle into disjoint
-    test (`test_fraction`), calibration (at most `calibration_size`, at most 10%)
-    and train parts. String labels become ids in sorted order.
+    Every field is read as written ("1.50", "NA" and "None" are texts, not numbers or gaps); the
+    file must be UTF-8, and a ragged row or a broken .jsonl line is an error naming its line.
+    Rows without text or label are skipped and rows repeating a text are dropped (a repeat with
+    another label is reported by a `DataWarning` with the count; the first label is kept), then
+    the rows are split by a seeded shuffle into disjoint test (`test_fraction`), calibration (at
+    most `calibration_size`, at most 10%) and train parts. Labels are all class ids or all class
+    names (names are numbered in sorted order); `label2id` (a model's ``config.label2id``)
+    numbers them as that model's classes instead (`gnorm_kernels.labels.fit_labels`).
     """
     path = Path(path)
     if path.suffix.lower() not in FILE_EXTENSIONS:
         raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a {path.suffix} file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    frame = _read_table(path)
-    found = [str(c) for c in frame.columns]
+    found, rows = read_table(path)
     if label_column not in found:
         raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
-    cols = _pick_text_columns(found, text_columns, path)
-    frame = frame.dropna(subset=[*cols, label_column])
-    frame = frame.drop_duplicates(subset=list(cols), keep="first")
-    if len(frame) < 3:
-        raise ValueError(f"{path}: expected at least 3 labelled rows with text, found {len(frame)}")
-    labels, names = _label_ids(frame[label_column].tolist())
-    texts = [str(t) for t in frame[cols[0]].tolist()]
-    pairs = [str(t) for t in frame[cols[1]].tolist()] if len(cols) == 2 else [None] * len(texts)
-    examples = [Example(t, p, y) for t, p, y in zip(texts, pairs, labels)]
+    cols = pick_text_columns(found, text_columns, path)
+    kept, skipped = rows_with_labels(rows, cols, label_column, path)
+    if skipped:
+        warnings.warn(DataWarning(f"{path}: skipped {len(skipped)} rows without text or label (lines {lines_text(skipped)})"),
+                      stacklevel=2)
+    if len(kept) < 3:
+        raise ValueError(f"{path}: expected at least 3 labelled rows with text, found {len(kept)}")
+    first: dict[tuple[str, ...], tuple[Any, int]] = {}  # texts -> (label, line) of their first row
+    unique, conflicts = [], []
+    for line, texts, label in kept:
+        key = class_id(label)
+        key = str(label) if key is None else key
+        if texts in first:
+            if first[texts][0] != key:
+                conflicts.append((texts[0], first[texts][1], line))
+            continue
+        first[texts] = (key, line)
+        unique.append((line, texts, label))
+    if conflicts:
+        text, a, b = conflicts[0]
+        warnings.warn(DataWarning(
+            f"{path}: {len(conflicts)} rows repeat an earlier text with another label (first: {text[:60]!r} on "
+            f"lines {a} and {b}); kept the label each text has first"), stacklevel=2)
+    labels, names, kind = label_ids([r[2] for r in unique], [r[0] for r in unique], str(path))
+    examples = [Example(t[0], t[1] if len(t) == 2 else None, y) for (_, t, _), y in zip(unique, labels)]
+    if len(examples) < 3:
+        raise ValueError(f"{path}: expected at least 3 distinct labelled texts, found {len(examples)}")
 
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -211,12 +188,61 @@ def task_from_file(
         "calibration": order[n_test : n_test + n_cal],
         "train": order[n_test + n_cal :],
     }
-    return Task(
+    task = Task(
         name=path.stem,
         label_names=names,
         splits={s: [examples[i] for i in sorted(parts[s])] for s in SPLITS},
         metric=metric,
-        info={"seed": seed, "path": str(path), "text_columns": list(cols)},
+        info={"seed": seed, "path": str(path), "text_columns": list(cols), "label_kind": kind,
+              "skipped_rows": len(skipped), "conflicting_repeats": len(conflicts)},
+    )
+    return task if label2id is None else fit_labels(task, label2id)
+
+
+def task_from_files(
+    calibration_file: str | os.PathLike,
+    eval_file: str | os.PathLike,
+    *,
+    seed: int = 0,
+    label_column: str = "label",
+    text_columns: Sequence[str] | None = None,
+    calibration_size: int = 512,
+    metric: str = "accuracy",
+) -> Task:
+    """A Task from two local files: calibration examples drawn from the first, evaluation on the second.
+
+    The test split is every labelled row of `eval_file`, in file order (duplicates kept). The
+    calibration split is a seeded sample of `calibration_size` rows of `calibration_file`
+    (deduplicated, and with every text that also occurs in `eval_file` left out, so the two
+    never overlap); the other rows are the train split. Text columns are found in each file as
+    `task_from_file` finds them; labels map to the same ids in both (strings in sorted order).
+    """
+    if calibration_size < 1:
+        raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
+    calibration_file, eval_file = Path(calibration_file), Path(eval_file)
+    cols, source = read_rows(calibration_file, label_column, text_columns, dedupe=True, min_rows=1)
+    eval_cols, held_out = read_rows(eval_file, label_column, text_columns or cols, dedupe=False, min_rows=1)
+    if len(eval_cols) != len(cols):
+        raise ValueError(f"{calibration_file} has text columns {list(cols)} but {eval_file} has {list(eval_cols)}")
+    seen = {(t, p) for t, p, _, _ in held_out}
+    kept = [row for row in source if (row[0], row[1]) not in seen]
+    if not kept:
+        raise ValueError(f"every row of {calibration_file} also occurs in {eval_file}: nothing left to calibrate on")
+    rows = kept + held_out
+    ids, names, _ = label_ids([r[2] for r in rows], [r[3] for r in rows], f"{calibration_file} and {eval_file}")
+    examples = [Example(t, p, y) for (t, p, _, _), y in zip(rows, ids)]
+    pool, test = examples[: len(kept)], examples[len(kept):]
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:calibration_size])
+    return Task(
+        name=f"{calibration_file.stem}+{eval_file.stem}",
+        label_names=names,
+        splits={"train": [pool[i] for i in range(len(pool)) if i not in chosen],
+                "calibration": [pool[i] for i in order[:calibration_size]], "test": test},
+        metric=metric,
+        info={"seed": seed, "calibration_path": str(calibration_file), "eval_path": str(eval_file),
+              "text_columns": list(cols), "overlap_left_out": len(source) - len(kept)},
     )
 
 
@@ -224,17 +250,28 @@ def task_from_file(
 # The one entry point
 # ---------------------------------------------------------------------------
 
-ACCEPTED_FORMS = '"synthetic", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
+ACCEPTED_FORMS = '"synthetic", "synthetic-lm", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
 
 
-def load_task(name: str | os.PathLike, *, seed: int = 0, **options: Any) -> Task:
+def load_task(
+    name: str | os.PathLike, *, seed: int = 0, eval_file: str | os.PathLike | None = None, **options: Any
+) -> Task:
     """Load a task by name: "synthetic", "glue/<task>", or a local .csv/.tsv/.jsonl file.
 
     `options` go to the loader: `synthetic_task` (train_size, calibration_size,
     test_size), `task_from_glue` (calibration_size) or `task_from_file`
     (label_column, text_columns, calibration_size, test_fraction, metric).
+    With `eval_file`, `name` is the file calibration examples are drawn from and every row of
+    `eval_file` is evaluated on (`task_from_files`: label_column, text_columns,
+    calibration_size, metric).
     """
+    if eval_file is not None:
+        return task_from_files(name, eval_file, seed=seed, **options)
     text = os.fspath(name)
+    if text == "synthetic-lm":
+        from gnorm_kernels.tiny_lm import synthetic_lm_task
+
+        return synthetic_lm_task(seed=seed, **options)
     if text == "synthetic":
         return synthetic_task(seed=seed, **options)
     if text.startswith("glue/"):

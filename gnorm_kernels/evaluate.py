@@ -1,4 +1,8 @@
-"""Evaluation: task metrics, model size, latency and single-head ablation."""
+"""Evaluation: task metrics, model size, latency and single-head ablation.
+
+Under torch.distributed (`gnorm_kernels.distributed.data_parallel`) the batches are this rank's
+shard: the confusion counts and loss sums are all-reduced, so every rank reports the global metrics.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import head_layout, stack_module
 from gnorm_kernels.batch import is_causal_lm, model_device, model_inputs
 from gnorm_kernels.masking import mask_heads
@@ -22,17 +27,20 @@ METRICS = ("accuracy", "f1", "matthews", "perplexity")
 Batch = Mapping[str, torch.Tensor]
 
 
-def _binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
-    tp = int(((pred == 1) & (gold == 1)).sum())
-    fp = int(((pred == 1) & (gold != 1)).sum())
-    fn = int(((pred != 1) & (gold == 1)).sum())
+def _confusion(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [num_classes, num_classes] float64: gold classes on rows, predictions on columns."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    confusion.index_put_((gold, pred), torch.ones_like(gold, dtype=torch.float64), accumulate=True)
+    return confusion
+
+
+def _binary_f1(confusion: torch.Tensor) -> float:
+    tp, fp, fn = int(confusion[1, 1]), int(confusion[0, 1]), int(confusion[1, 0])
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-def _matthews(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
+def _matthews(confusion: torch.Tensor) -> float:
     """Matthews correlation (the multiclass R_K form; the usual MCC for two classes)."""
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    confusion.index_put_((gold, pred), torch.ones_like(gold, dtype=torch.float64), accumulate=True)
     n = confusion.sum()
     correct = confusion.trace()
     true_counts = confusion.sum(1)
@@ -89,14 +97,41 @@ def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
         golds.append(labels.cpu())
-    if not seen:
+    if not seen and not distributed.data_parallel(model):  # a rank's shard may be empty
         raise ValueError("no batches to evaluate")
-    return {"preds": preds, "golds": golds, "loss_sum": loss_sum, "token_nll": token_nll, "tokens": tokens}
+    return {"preds": preds, "golds": golds, "loss_sum": loss_sum, "token_nll": token_nll, "tokens": tokens, "seen": seen}
+
+
+def _totals(model: torch.nn.Module, found: dict[str, Any]) -> tuple[torch.Tensor, list[float]]:
+    """The confusion counts [C, C] and the sums [loss, token NLL, tokens, batches] every metric
+    comes from; summed over the ranks (two small collectives) under data parallelism."""
+    num_classes = 0
+    if found["preds"]:
+        pred, gold = torch.cat(found["preds"]), torch.cat(found["golds"])
+        configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
+        if is_causal_lm(model):
+            configured = 0
+        num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
+    parallel = distributed.data_parallel(model)
+    if parallel:
+        num_classes = distributed.all_reduce_max(num_classes)
+    confusion = _confusion(pred, gold, num_classes) if found["preds"] else torch.zeros(num_classes, num_classes)
+    sums = torch.tensor([found["loss_sum"], found["token_nll"], found["tokens"], found["seen"]], dtype=torch.float64)
+    if parallel:
+        confusion, sums = distributed.all_reduce_sums(confusion.double(), sums)
+    if not sums[3]:
+        raise ValueError("no batches to evaluate")
+    return confusion, sums.tolist()
 
 
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[Batch], *, metric: str = "accuracy", progress: bool = False
-) -> dict[str, float]:
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    metric: str = "accuracy",
+    progress: bool = False,
+    per_example: bool = False,
+) -> dict[str, Any]:
     """Accuracy, mean cross-entropy loss, F1 (binary tasks) and Matthews correlation; for a
     causal LM also perplexity (next-token, padding ignored) and, where its batches carry verdict
     labels, the same class metrics on the verdict token.
@@ -104,37 +139,52 @@ def evaluate(
     `score` repeats the value of `metric`, the task's own metric ("perplexity" for text-only LM
     tasks: lower is better there). Runs without gradients in eval mode; the model's modes are
     restored afterwards. Non-finite logits are an error, never a metric.
+
+    With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
+    the predicted and the true class of every example, as lists of ints in batch order, so the
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence`);
+    under data parallelism every rank gets all of them.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     with model_mode(model, training=False):
         found = _predict(model, batches, progress)
+        confusion, (loss_sum, token_nll, tokens, _) = _totals(model, found)
     result: dict[str, float] = {}
-    if found["tokens"]:
-        token_loss = found["token_nll"] / found["tokens"]
+    if tokens:
+        token_loss = token_nll / tokens
         if not math.isfinite(token_loss):
             raise FloatingPointError("the model's next-token loss is not finite (NaN or inf in its weights?)")
-        result.update(perplexity=math.exp(token_loss), token_loss=token_loss, tokens=float(found["tokens"]))
-    if found["preds"]:
-        pred, gold = torch.cat(found["preds"]), torch.cat(found["golds"])
-        configured = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
-        if is_causal_lm(model):
-            configured = 0
-        num_classes = max(configured, int(max(pred.max(), gold.max())) + 1)
+        result.update(perplexity=math.exp(token_loss), token_loss=token_loss, tokens=float(tokens))
+    n, num_classes = int(confusion.sum()), confusion.shape[0]
+    if n:
         result.update(
-            accuracy=float((pred == gold).float().mean()),
-            loss=found["loss_sum"] / len(gold),
-            matthews=_matthews(pred, gold, num_classes),
-            n=float(len(gold)),
+            accuracy=float(torch.tensor(float(confusion.trace()), dtype=torch.float32) / n),
+            loss=loss_sum / n,
+            matthews=_matthews(confusion),
+            n=float(n),
         )
         if num_classes == 2:
-            result["f1"] = _binary_f1(pred, gold)
+            result["f1"] = _binary_f1(confusion)
+    if per_example and not n:
+        raise ValueError("per_example=True needs labelled batches: there is no class prediction to report")
     if metric not in result:
-        if metric == "perplexity" or not found["preds"]:
+        if metric == "perplexity" or not n:
             raise ValueError(f"metric {metric!r} needs {'a causal LM' if metric == 'perplexity' else 'labelled batches'}")
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
+    if per_example:
+        result.update(_per_example(model, found))
     return result
+
+
+def _per_example(model: torch.nn.Module, found: dict[str, Any]) -> dict[str, list[int]]:
+    """Every example's predicted and true class in batch order; under data parallelism gathered
+    from every rank back into the order of the batches before they were shared out."""
+    per_batch = [(p.tolist(), g.tolist()) for p, g in zip(found["preds"], found["golds"])]
+    if distributed.data_parallel(model):  # a leading empty entry on each rank, so a rank with no batch takes part
+        per_batch = distributed.gather_shards([([], []), *per_batch], "evaluation batches")
+    return {"predictions": [v for p, _ in per_batch for v in p], "golds": [v for _, g in per_batch for v in g]}
 
 
 def parameter_count(model: torch.nn.Module, *, encoder_only: bool = False) -> int:

@@ -1,32 +1,44 @@
 """The Greedy-Gnorm score: gradient norms of each head's query/key/value weights.
 
-G_X(l, h) is the Frobenius norm of the objective's gradient with respect to head h's rows of
-W_X in layer l, averaged over the calibration data; the score is G_Q * G_K * G_V. Three ways to
-average (`AGGREGATIONS`): per batch (the authors' code), per example (the paper's formula) and
-the norm of the gradient accumulated over every batch.
+G_X(l, u) is the Frobenius norm of the objective's gradient with respect to unit u's block of W_X
+in layer l, averaged over the calibration data; the score is G_Q * G_K * G_V. A unit
+(`gnorm_kernels.head_units`) is a query head (``unit="head"``; under grouped-query attention its
+K/V blocks are its group's) or a key/value group (``unit="kv_group"``: its K and V blocks, and as
+G_Q the norm of all its query heads' stacked Q rows). Three ways to average (`AGGREGATIONS`): per
+batch (the authors' code), per example (the paper's formula) and the norm of the gradient
+accumulated over every batch.
 
-The objectives (`OBJECTIVES`) are "logits_norm" (the L2 norm of the output logits, needs no
-labels; the Greedy-Gnorm default) and "loss" (the task cross-entropy, needs labels). Any callable
-``objective(logits, batch) -> Tensor`` serves too: a scalar, or one value per example (summed).
-
-This module also holds what every gradient-based scorer shares: the batch checks, the forward
-pass to logits, the objectives and `scoring_mode` (eval mode through `gnorm_kernels.modes`, plus
-the parameters' requires_grad flags).
+Where the gradients come from: plain Linear projections share one `kernels.QKVGradientBuffer`
+(one reduction for the whole model; grouped K/V weights have fewer rows than Q); GPT-2's fused
+input-major c_attn (Conv1D [D, 3*H*d]) has its weight gradient read in three column blocks
+(kernels ``layout="columns"``). The objectives (classifiers and causal LMs) and what every
+gradient-based scorer shares are in `gnorm_kernels.objectives`.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal, Mapping, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 import gnorm_kernels.kernels as kernels
+from gnorm_kernels import distributed
 from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
-from gnorm_kernels.modes import model_mode
+from gnorm_kernels.batch import is_causal_lm, model_device
+from gnorm_kernels.head_units import check_unit, unit_qkv_norms, unit_shape
+from gnorm_kernels.objectives import (
+    OBJECTIVES,
+    Batch,
+    NonFiniteGradientError,
+    Objective,
+    check_batches,
+    model_logits,
+    objective_value,
+    progress_over,
+    scoring_mode,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -40,140 +52,10 @@ __all__ = [
     "scoring_mode",
 ]
 
-Batch = Mapping[str, torch.Tensor]
-Objective = Callable[..., torch.Tensor]
-
 AGGREGATIONS = ("per_batch", "per_example", "accumulated")
 COMBINES = kernels.COMBINES
 _PARTS = ("query", "key", "value")
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """A NaN or infinite objective or gradient: the ranking it would give is meaningless."""
-
-
-# --------------------------------------------------------------------------- objectives
-
-
-def _logits_norm(logits: torch.Tensor, batch: Batch, per_example: bool) -> torch.Tensor:
-    # Per batch: the norm of the whole [B, C] logits tensor, as the authors' code computes it.
-    # Per example: each example's own logit norm; their sum has separable per-example gradients.
-    logits = logits.float()
-    return logits.norm(dim=-1) if per_example else logits.norm()
-
-
-def _task_loss(logits: torch.Tensor, batch: Batch, per_example: bool) -> torch.Tensor:
-    labels = batch["labels"].to(logits.device)
-    reduction = "none" if per_example else "mean"
-    if logits.shape[-1] == 1:  # regression head
-        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction=reduction)
-    return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
-
-
-OBJECTIVES: dict[str, Callable[[torch.Tensor, Batch, bool], torch.Tensor]] = {
-    "logits_norm": _logits_norm,
-    "loss": _task_loss,
-}
-_NEEDS_LABELS = {"loss"}
-
-
-def objective_value(
-    objective: str | Objective, logits: torch.Tensor, batch: Batch, index: int, per_example: bool
-) -> torch.Tensor:
-    """The objective of one batch: a scalar, or [B] per-example values when `per_example`."""
-    if isinstance(objective, str):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)} or a callable")
-        if objective in _NEEDS_LABELS and "labels" not in batch:
-            raise ValueError(
-                f"objective {objective!r} needs labels, but calibration batch {index} has no 'labels' "
-                f"(keys: {sorted(batch)}); use objective='logits_norm', which needs none"
-            )
-        value = OBJECTIVES[objective](logits, batch, per_example)
-    else:
-        value = objective(logits, batch)
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"objective must return a tensor, got {type(value).__name__} for batch {index}")
-        if not per_example and value.dim() == 1:
-            value = value.sum()
-    expected = (logits.shape[0],) if per_example else ()
-    if tuple(value.shape) != expected:
-        what = "one value per example" if per_example else "a scalar (or one value per example)"
-        raise ValueError(
-            f"objective must give {what}, shape {list(expected)}, got shape {list(value.shape)} for batch {index}"
-        )
-    if not torch.isfinite(value.detach()).all():
-        raise NonFiniteGradientError(f"the objective is NaN or infinite on calibration batch {index}")
-    return value
-
-
-# --------------------------------------------------------------------------- shared by the scorers
-
-
-def check_batches(batches: Sequence[Batch]) -> list[Batch]:
-    """`batches` as a list, checked to be non-empty dicts of model inputs with 'input_ids'."""
-    if batches is None or isinstance(batches, Mapping):
-        raise TypeError("batches must be a list of dicts of model inputs (e.g. from Task.batches), not a single dict")
-    batches = list(batches)
-    if not batches:
-        raise ValueError("the calibration set is empty: expected at least one batch of model inputs")
-    for i, batch in enumerate(batches):
-        if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise ValueError(f"calibration batch {i} must be a dict with at least 'input_ids', got {type(batch).__name__}")
-        if batch["input_ids"].numel() == 0:
-            raise ValueError(f"calibration batch {i} is empty")
-    return batches
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
-
-
-def model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch's model inputs (everything but 'labels') on `device`."""
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
-
-
-def model_logits(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """The model's output logits on one batch; a model without a task head is refused."""
-    logits = getattr(model(**model_inputs(batch, device)), "logits", None)
-    if logits is None:
-        raise TypeError(
-            f"{type(model).__name__} returned no logits: scoring needs a model with a task head "
-            "(e.g. AutoModelForSequenceClassification)"
-        )
-    return logits
-
-
-def progress_over(items: Sequence, progress: bool, desc: str):
-    """`items`, behind a transient tqdm bar when `progress`."""
-    return tqdm(items, desc=desc, leave=False) if progress else items
-
-
-@contextmanager
-def scoring_mode(
-    model: nn.Module, trainable: Sequence[torch.nn.Parameter] = (), *, grad: bool = True
-) -> Iterator[nn.Module]:
-    """Eval mode (dropout off), only `trainable` parameters requiring grad, and gradients on
-    (off with ``grad=False``); every module's mode and every parameter's flag restored on exit.
-
-    Freezing everything else lets backward skip the weight gradients nobody reads.
-    """
-    keep = {id(p) for p in trainable}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    with model_mode(model, training=False):
-        try:
-            for p, _ in flags:
-                p.requires_grad_(id(p) in keep)
-            with torch.enable_grad() if grad else torch.no_grad():
-                yield model
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-
-# --------------------------------------------------------------------------- Gnorm
+Norms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # one block's Q, K, V norms per kept head
 
 
 def qkv_gradient_norms(
@@ -183,10 +65,12 @@ def qkv_gradient_norms(
     aggregation: Literal["per_batch", "per_example", "accumulated"] = "per_batch",
     objective: str | Objective = "logits_norm",
     include_bias: bool = False,
+    unit: Literal["head", "kv_group"] = "head",
+    dropout: bool = False,
     backend: str = "auto",
     progress: bool = False,
 ) -> torch.Tensor:
-    """G_Q, G_K, G_V for every head: float32 [num_layers, 3, num_heads], NaN for pruned heads.
+    """G_Q, G_K, G_V for every unit: float32 [num_layers, 3, units], NaN for pruned units.
 
     * "per_batch" (the authors' code): the mean over batches of the block norms of each batch's
       gradient of the batch objective.
@@ -195,24 +79,37 @@ def qkv_gradient_norms(
       the examples of a batch so that the per-example gradients separate.
     * "accumulated": the block norms of the gradient summed over all batches.
 
-    With `include_bias` a head's block also holds its rows of the bias.
+    unit="head": [L, 3, H]; under grouped-query attention the K and V entries of query head h are
+    the norms of its key/value head's blocks. unit="kv_group" (grouped-query models only): [L, 3,
+    H_kv]; the K and V entries are the key/value head's, and the Q entry is the Frobenius norm of
+    the group's stacked Q rows, i.e. sqrt of the sum of its query heads' squared Q norms, taken on
+    each batch's (example's) gradient before averaging. With `include_bias` a unit's block also holds
+    its rows of the bias. `dropout=True` scores in train mode (dropout on, so the result is random);
+    the default is eval mode, deterministic. Under torch.distributed the batches are this rank's
+    shard and the result is global (`gnorm_kernels.distributed`; FSDP2: `gnorm_kernels.fsdp`).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+    if not isinstance(dropout, bool):
+        raise TypeError(f"dropout must be True (train mode) or False (eval mode), got {dropout!r}")
     batches = check_batches(batches)
     layout = head_layout(model)
-    grid = torch.full((layout.num_layers, 3, layout.num_heads), float("nan"))
+    unit = check_unit(unit, layout)
+    rows, width = unit_shape(layout, unit)
+    grid = torch.full((rows, 3, width), float("nan"))
     blocks = [b for b in layout.blocks if b.kept_heads]
     if not blocks:
         return grid
+    run = dict(objective=objective, include_bias=include_bias, unit=unit, dropout=dropout,
+               causal=is_causal_lm(model), backend=backend, progress=progress)
     if aggregation == "per_example":
-        norms = _per_example_norms(model, layout, blocks, batches, objective, include_bias, backend, progress)
+        norms = _per_example_norms(model, layout, blocks, batches, **run)
     else:
-        norms = _batch_norms(model, layout, blocks, batches, objective, include_bias, backend, progress,
-                             accumulate=aggregation == "accumulated")
-    # [blocks, 3, H_max] -> the original grid, each block's heads at their original indices
-    for j, block in enumerate(blocks):
-        grid[block.index][:, list(block.kept_heads)] = norms[j, :, : len(block.kept_heads)]
+        norms = _batch_norms(model, layout, blocks, batches, accumulate=aggregation == "accumulated", **run)
+    # each block's units at their original indices on the grid
+    for block, values in zip(blocks, norms):
+        kept = block.kept_heads if unit == "head" else block.kept_kv_heads
+        grid[block.index][:, list(kept)] = values
     return grid
 
 
@@ -224,35 +121,160 @@ def gnorm_scores(
     combine: Literal["product", "sum", "max"] = "product",
     objective: str | Objective = "logits_norm",
     include_bias: bool = False,
+    unit: Literal["head", "kv_group"] = "head",
+    dropout: bool = False,
     backend: str = "auto",
     progress: bool = False,
 ) -> torch.Tensor:
-    """Greedy-Gnorm head scores [num_layers, num_heads]: G_Q * G_K * G_V by default.
+    """Greedy-Gnorm scores: [num_layers, num_heads] for ``unit="head"``, G_Q(h) * G_K(g) * G_V(g)
+    with g the key/value head that h reads (g = h without grouping); [num_layers, num_kv_heads] for
+    ``unit="kv_group"``, G_Q(group) * G_K(g) * G_V(g), G_Q(group) being the Frobenius norm of the
+    group's stacked Q rows (sqrt of the sum of its heads' squared Q norms).
 
-    See `qkv_gradient_norms` for what each aggregation computes. Low scores mark heads whose
-    weights barely move the objective, the ones Greedy-Gnorm prunes first.
+    See `qkv_gradient_norms` for the aggregations, `dropout` and the rest. Low scores mark units
+    whose weights barely move the objective, the ones Greedy-Gnorm prunes first.
     """
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {list(COMBINES)}, got {combine!r}")
     norms = qkv_gradient_norms(
-        model, batches, aggregation=aggregation, objective=objective,
-        include_bias=include_bias, backend=backend, progress=progress,
+        model, batches, aggregation=aggregation, objective=objective, include_bias=include_bias,
+        unit=unit, dropout=dropout, backend=backend, progress=progress,
     )
     return kernels.combine_qkv_norms(norms, combine)
 
 
-def _raise_non_finite(bad: torch.Tensor, blocks: Sequence[AttentionBlock], index: int) -> None:
-    """Name the first (layer, Q/K/V part) whose norms are flagged in `bad` [blocks, 3, ...]."""
-    for j, block in enumerate(blocks):
-        parts = bad[j].flatten(1).any(dim=1)
-        if parts.any():
-            raise NonFiniteGradientError(
-                f"NaN or infinite {_PARTS[int(parts.nonzero()[0])]} gradient in layer {block.index} "
-                f"on calibration batch {index}"
+def _check_finite(norms: Sequence[Norms], blocks: Sequence[AttentionBlock], index: int) -> None:
+    """Name the first (layer, Q/K/V part) with a NaN or infinite norm."""
+    for block, parts in zip(blocks, norms):
+        for part, values in zip(_PARTS, parts):
+            if not torch.isfinite(values).all():
+                raise NonFiniteGradientError(
+                    f"NaN or infinite {part} gradient in layer {block.index} on calibration batch {index}"
+                )
+
+
+def _with_bias(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return (weight.square() + bias.square()).sqrt()
+
+
+# ---- per batch and accumulated: weight gradients, reduced by the kernels
+
+
+class _QKVGradients:
+    """The Q/K/V weight (and bias) gradients of some attention blocks, as block norms per kept
+    query head (Q) and key/value head (K, V) after each backward.
+
+    Linear blocks share one `kernels.QKVGradientBuffer`. GPT-2's fused c_attn keeps its own .grad,
+    read in column blocks; so does (in rows) a grouped block whose query heads no longer split
+    evenly over its key/value heads, which the buffer does not take. Inside the `with` block the
+    gradients start empty; on exit every parameter's previous .grad comes back.
+    """
+
+    def __init__(self, blocks: Sequence[AttentionBlock], layout: HeadLayout, include_bias: bool, backend: str,
+                 sharded: bool = False):
+        self.blocks, self.head_size, self.backend = list(blocks), layout.head_size, backend
+        self.counts = [(len(b.kept_heads), len(b.kept_kv_heads)) for b in blocks]
+        self.buffered = [j for j, (b, (n, kv)) in enumerate(zip(blocks, self.counts)) if not b.fused_qkv and n % kv == 0]
+        buffered = [blocks[j] for j in self.buffered]
+        weights = [(b.query.weight, b.key.weight, b.value.weight) for b in buffered]
+        self.buffer = None
+        buffer_type = kernels.QKVGradientBuffer
+        if sharded:  # FSDP2: DTensor gradients, norms from per-rank partial sums of squares
+            from gnorm_kernels.fsdp import ShardedQKVGradients as buffer_type
+            if include_bias or len(self.buffered) < len(blocks):
+                raise ValueError("an FSDP-sharded model is scored on Linear Q/K/V weights with even groups only: "
+                                 "include_bias, GPT-2's fused c_attn and uneven groups are not supported")
+        if weights:
+            kv = [self.counts[j][1] for j in self.buffered] if layout.grouped else None
+            self.buffer = buffer_type(weights, self.head_size, num_kv_heads=kv, backend=backend)
+        own = [b for j, b in enumerate(blocks) if j not in set(self.buffered)]
+        self.own = list({id(w): w for b in own for w in _weights(b)}.values())
+        self.include_bias = include_bias
+        self.biases = []
+        if include_bias:
+            missing = [b.index for b in blocks if any(getattr(b, p).bias is None for p in _PARTS)]
+            if missing:
+                raise ValueError(f"include_bias=True, but layers {missing} have no query/key/value bias")
+            self.biases = list({id(p): p for b in blocks for p in _biases(b)}.values())
+        self.parameters = [w for triple in weights for w in triple] + self.own + self.biases
+        self._saved: list[torch.Tensor | None] = []
+
+    def __enter__(self) -> "_QKVGradients":
+        self._saved = [p.grad for p in self.own + self.biases]
+        self.zero_(buffer=False)
+        if self.buffer is not None:
+            self.buffer.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.buffer is not None:
+            self.buffer.__exit__(*exc)
+        for p, grad in zip(self.own + self.biases, self._saved):
+            p.grad = grad
+
+    def zero_(self, buffer: bool = True) -> None:
+        """Forget the gradients so far (before each batch, unless accumulating)."""
+        if buffer and self.buffer is not None:
+            self.buffer.zero_()
+        for p in self.own + self.biases:
+            p.grad = None
+
+    def all_reduce_(self) -> None:
+        """Sum every gradient over the ranks, in place, with one collective (data parallelism)."""
+        for p in self.own + self.biases:
+            p.grad = _grad(p)
+        distributed.all_reduce_(*([self.buffer.buffer] if self.buffer is not None else []),
+                                *(p.grad for p in self.own + self.biases))
+
+    def norms(self) -> list[Norms]:
+        """Per block: float32 CPU block norms of Q [kept heads], K and V [kept key/value heads]."""
+        out: list = [None] * len(self.blocks)
+        if self.buffer is not None:
+            reduced = self.buffer.norms().detach().float().cpu()
+            for row, j in enumerate(self.buffered):
+                n, kv = self.counts[j]
+                out[j] = (reduced[row, 0, :n], reduced[row, 1, :kv], reduced[row, 2, :kv])
+        for j, block in enumerate(self.blocks):
+            if out[j] is None:
+                out[j] = self._own_norms(block, *self.counts[j])
+            if self.include_bias:
+                out[j] = tuple(_with_bias(w, b) for w, b in zip(out[j], self._bias_norms(block, *self.counts[j])))
+        return out
+
+    def _own_norms(self, block: AttentionBlock, n: int, kv: int) -> Norms:
+        if block.fused_qkv:  # [D, 3 * n * d]: Q, K, V are column blocks
+            grad, width = _grad(block.query.weight), n * self.head_size
+            return tuple(
+                kernels.head_block_norms(grad[:, p * width : (p + 1) * width], n, layout="columns",
+                                         backend=self.backend).cpu()
+                for p in range(3)
             )
+        return tuple(
+            kernels.head_block_norms(_grad(getattr(block, part).weight), count, backend=self.backend).cpu()
+            for part, count in zip(_PARTS, (n, kv, kv))
+        )
+
+    def _bias_norms(self, block: AttentionBlock, n: int, kv: int) -> Norms:
+        d = self.head_size
+        if block.fused_qkv:
+            return tuple(_grad(block.query.bias).detach().float().view(3, n, d).norm(dim=-1).cpu())
+        return tuple(
+            _grad(getattr(block, part).bias).detach().float().view(count, d).norm(dim=-1).cpu()
+            for part, count in zip(_PARTS, (n, kv, kv))
+        )
 
 
-# ---- per batch and accumulated: weight gradients, reduced by the kernels' buffer
+def _weights(block: AttentionBlock) -> tuple[torch.Tensor, ...]:
+    return (block.query.weight,) if block.fused_qkv else tuple(getattr(block, p).weight for p in _PARTS)
+
+
+def _biases(block: AttentionBlock) -> tuple[torch.Tensor, ...]:
+    return (block.query.bias,) if block.fused_qkv else tuple(getattr(block, p).bias for p in _PARTS)
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's gradient, zeros where backward never reached it."""
+    return torch.zeros_like(param) if param.grad is None else param.grad
 
 
 def _batch_norms(
@@ -260,58 +282,38 @@ def _batch_norms(
     layout: HeadLayout,
     blocks: list[AttentionBlock],
     batches: list[Batch],
+    *,
     objective: str | Objective,
     include_bias: bool,
+    unit: str,
+    dropout: bool,
+    causal: bool,
     backend: str,
     progress: bool,
-    *,
     accumulate: bool,
-) -> torch.Tensor:
-    """[blocks, 3, H_max] mean per-batch block norms, or (`accumulate`) those of the summed gradient."""
-    if include_bias:
-        missing = [b.index for b in blocks if any(getattr(b, p).bias is None for p in _PARTS)]
-        if missing:
-            raise ValueError(f"include_bias=True, but layers {missing} have no query/key/value bias")
-    weights = [(b.query.weight, b.key.weight, b.value.weight) for b in blocks]
-    biases = [getattr(b, p).bias for b in blocks for p in _PARTS] if include_bias else []
-    h_max = max(len(b.kept_heads) for b in blocks)
+) -> list[torch.Tensor]:
+    """Per block [3, units kept]: mean per-batch block norms, or (`accumulate`) those of the summed gradient."""
+    grads = _QKVGradients(blocks, layout, include_bias, backend, sharded=distributed.is_sharded(model))
     device = model_device(model)
-    total = torch.zeros(len(blocks), 3, h_max)
-    buffer = kernels.QKVGradientBuffer(weights, layout.head_size, backend=backend)
-    bias_grads = [b.grad for b in biases]
-    try:
-        with scoring_mode(model, [w for triple in weights for w in triple] + biases), buffer:
-            for i, batch in enumerate(progress_over(batches, progress, "gradient norms")):
-                if not accumulate:
-                    buffer.zero_()
-                    for b in biases:
-                        b.grad = None
-                value = objective_value(objective, model_logits(model, batch, device), batch, i, per_example=False)
-                value.backward()
-                # accumulated: the norms of the running sum, checked after each batch to name the
-                # first batch that brings a NaN or inf in; the last batch's norms are the result
-                norms = buffer.norms().detach().float().cpu()[:, :, :h_max]
-                if include_bias:
-                    norms = (norms.square() + _bias_norms(blocks, layout.head_size, h_max).square()).sqrt()
-                bad = ~torch.isfinite(norms)
-                for j, block in enumerate(blocks):  # only each block's own heads count
-                    bad[j, :, len(block.kept_heads):] = False
-                _raise_non_finite(bad, blocks, i)
-                total = norms if accumulate else total + norms
-    finally:
-        for b, grad in zip(biases, bias_grads):
-            b.grad = grad
-    return total if accumulate else total / len(batches)
-
-
-def _bias_norms(blocks: Sequence[AttentionBlock], head_size: int, h_max: int) -> torch.Tensor:
-    out = torch.zeros(len(blocks), 3, h_max)
-    for j, block in enumerate(blocks):
-        for p, part in enumerate(_PARTS):
-            grad = getattr(block, part).bias.grad
-            if grad is not None:
-                out[j, p, : len(block.kept_heads)] = grad.detach().float().view(-1, head_size).norm(dim=-1).cpu()
-    return out
+    total: list[torch.Tensor] | None = None
+    with scoring_mode(model, grads.parameters, training=dropout), grads:
+        for i, batch in enumerate(progress_over(batches, progress, "gradient norms")):
+            if not accumulate:
+                grads.zero_()
+            logits = model_logits(model, batch, device)
+            objective_value(objective, logits, batch, i, per_example=False, causal=causal).backward()
+            # accumulated: the norms of the running sum, checked after each batch to name the
+            # first batch that brings a NaN or inf in; the last batch's norms are the result
+            norms = grads.norms()
+            _check_finite(norms, blocks, i)
+            units = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
+            total = units if accumulate or total is None else [t + u for t, u in zip(total, units)]
+        if accumulate and distributed.data_parallel(model):  # every rank's summed gradients
+            grads.all_reduce_()
+            norms = grads.norms()
+            _check_finite(norms, blocks, len(batches) - 1)
+            total = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
+    return total if accumulate else distributed.mean_over_ranks(total, len(batches), model)
 
 
 # ---- per example: captured inputs and output gradients, no weight gradients at all
@@ -319,7 +321,8 @@ def _bias_norms(blocks: Sequence[AttentionBlock], head_size: int, h_max: int) ->
 
 @contextmanager
 def _capture_qkv(blocks: Sequence[AttentionBlock]) -> Iterator[dict[tuple[int, int], list]]:
-    """Record (input, output) of every query/key/value Linear call, for gradients w.r.t. the outputs.
+    """Record (input, output) of every query/key/value projection call, for gradients w.r.t. the
+    outputs (a fused c_attn once, under part 0).
 
     With every parameter frozen, the first attention block's outputs are made leaves that require
     grad (nothing upstream of them needs a gradient); later outputs stay in the graph, so the
@@ -339,7 +342,7 @@ def _capture_qkv(blocks: Sequence[AttentionBlock]) -> Iterator[dict[tuple[int, i
 
     try:
         for j, block in enumerate(blocks):
-            for p, part in enumerate(_PARTS):
+            for p, part in enumerate(_PARTS[:1] if block.fused_qkv else _PARTS):
                 handles.append(getattr(block, part).register_forward_hook(hook_for((j, p))))
         yield store
     finally:
@@ -352,21 +355,25 @@ def _per_example_norms(
     layout: HeadLayout,
     blocks: list[AttentionBlock],
     batches: list[Batch],
+    *,
     objective: str | Objective,
     include_bias: bool,
+    unit: str,
+    dropout: bool,
+    causal: bool,
     backend: str,
     progress: bool,
-) -> torch.Tensor:
-    """[blocks, 3, H_max] block norms of each example's own gradient, averaged over examples."""
-    h_max = max(len(b.kept_heads) for b in blocks)
+) -> list[torch.Tensor]:
+    """Per block [3, units kept]: block norms of each example's own gradient, averaged over examples."""
     device = model_device(model)
-    total = torch.zeros(len(blocks), 3, h_max, dtype=torch.float64)
+    totals = [None] * len(blocks)
     examples = 0
     d = layout.head_size
-    with scoring_mode(model, ()), _capture_qkv(blocks) as store:
+    with scoring_mode(model, (), training=dropout), _capture_qkv(blocks) as store:
         for i, batch in enumerate(progress_over(batches, progress, "per-example norms")):
             store.clear()
-            values = objective_value(objective, model_logits(model, batch, device), batch, i, per_example=True)
+            logits = model_logits(model, batch, device)
+            values = objective_value(objective, logits, batch, i, per_example=True, causal=causal)
             keys = sorted(store)
             leaves = [leaf for key in keys for _, leaf in store[key]]
             grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True)
@@ -378,38 +385,50 @@ def _per_example_norms(
                 # depths, the same as one sequence holding all the depths' positions
                 by_key[key] = (torch.cat([x for x, _ in calls], dim=1), torch.cat(grads[at : at + len(calls)], dim=1))
                 at += len(calls)
-            norms = torch.zeros(len(blocks), 3, h_max)
             for j, block in enumerate(blocks):
-                n = len(block.kept_heads)
-                shared = all(
-                    len(store[(j, p)]) == len(store[(j, 0)])
-                    and all(a[0].data_ptr() == b[0].data_ptr() for a, b in zip(store[(j, 0)], store[(j, p)]))
-                    for p in (1, 2)
-                )
-                per = _per_example_block([by_key[(j, p)] for p in range(3)], shared, n, d, include_bias, backend)
-                _raise_non_finite(~torch.isfinite(per)[None], [block], i)
-                norms[j, :, :n] = per.sum(dim=1).cpu()
-            total += norms.double()
+                counts = (len(block.kept_heads), len(block.kept_kv_heads))
+                if block.fused_qkv:  # one output [B, T, 3 * n * d]: Q, K, V are its column thirds
+                    x, g = by_key[(j, 0)]
+                    width = g.shape[-1] // 3
+                    parts, shared = [(x, g[..., p * width : (p + 1) * width].contiguous()) for p in range(3)], True
+                else:
+                    parts = [by_key[(j, p)] for p in range(3)]
+                    shared = all(
+                        len(store[(j, p)]) == len(store[(j, 0)])
+                        and all(a[0].data_ptr() == b[0].data_ptr() for a, b in zip(store[(j, 0)], store[(j, p)]))
+                        for p in (1, 2)
+                    )
+                norms = _per_example_block(parts, shared, counts, d, include_bias, backend)
+                _check_finite([norms], [block], i)
+                summed = unit_qkv_norms(*norms, block, unit).sum(dim=1).double()  # [3, units]
+                totals[j] = summed if totals[j] is None else totals[j] + summed
             examples += int(values.shape[0])
-    return (total / examples).float()
+    return [t.float() for t in distributed.mean_over_ranks(totals, examples, model)]
 
 
 def _per_example_block(
     parts: list[tuple[torch.Tensor, torch.Tensor]],
     shared_input: bool,
-    num_heads: int,
+    counts: tuple[int, int],
     head_size: int,
     include_bias: bool,
     backend: str,
-) -> torch.Tensor:
-    """[3, B, H] per-example block norms of one block's Q, K, V weight gradients ((x, grad_out) each)."""
-    if shared_input:
+) -> Norms:
+    """Per-example block norms of one block's Q [B, heads], K and V [B, key/value heads] weight
+    gradients, from (input, output gradient) per part; on the CPU."""
+    n, kv = counts
+    x = parts[0][0]
+    if shared_input and n == kv:
         # the three projections read the same input: one call shares its Gram matrix
-        per = kernels.per_example_qkv_head_norms(parts[0][0], [g for _, g in parts], num_heads, backend=backend)
+        q, k, v = kernels.per_example_qkv_head_norms(x, [g for _, g in parts], n, backend=backend)
+    elif shared_input:  # grouped: K and V share a call, Q has more heads
+        q = kernels.per_example_head_norms(x, parts[0][1], n, backend=backend)
+        k, v = kernels.per_example_qkv_head_norms(x, [parts[1][1], parts[2][1]], kv, backend=backend)
     else:
-        per = torch.stack([kernels.per_example_head_norms(x, g, num_heads, backend=backend) for x, g in parts])
-    per = per.detach().float()
+        q, k, v = (kernels.per_example_head_norms(x_, g, c, backend=backend) for (x_, g), c in zip(parts, (n, kv, kv)))
+    out = [p.detach().float() for p in (q, k, v)]
     if include_bias:
-        bias = torch.stack([g.sum(dim=1).float().view(g.shape[0], num_heads, head_size).norm(dim=-1) for _, g in parts])
-        per = (per.square() + bias.square()).sqrt()
-    return per
+        for i, ((_, g), c) in enumerate(zip(parts, (n, kv, kv))):
+            bias = g.sum(dim=1).float().view(g.shape[0], c, head_size).norm(dim=-1)
+            out[i] = _with_bias(out[i], bias)
+    return tuple(p.cpu() for p in out)

@@ -50,9 +50,26 @@ def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
     return out, weights
 
 
+def _packed_decode(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """One decoding step (one query position) without copying the cache: each key/value head's
+    query heads become the query rows of one attention call against that head's cached keys
+    (groups padded to the largest with a zero query, whose output is dropped)."""
+    pack, unpack = module.kv_pack, module.kv_unpack
+    b, hq, _, d = query.shape
+    hkv = key.shape[1]
+    rows = torch.cat([query[:, :, 0], query.new_zeros(b, 1, d)], dim=1).index_select(1, pack)
+    rows = rows.view(b, hkv, -1, d)  # [B, H_kv, largest group, d]
+    mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
+    out = nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, scale=scaling)
+    out = out.reshape(b, -1, d).index_select(1, unpack)  # back to one row per query head
+    return out.unsqueeze(1), None  # [B, 1, H, d], the layout attention functions return
+
+
 def _grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if getattr(module, KV_INDEX, None) is not None and query.shape[2] == 1 and not module.training:
+        return _packed_decode(module, query, key, value, attention_mask, **kwargs)
     key, value = _expand(module, key, value)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
@@ -95,9 +112,21 @@ def use_grouped_attention(model: nn.Module) -> None:
 
 
 def set_kv_index(attention: nn.Module, index: torch.Tensor | None) -> None:
-    """Give a grouped attention module its query-head -> key/value-row map (None removes it)."""
+    """Give a grouped attention module its query-head -> key/value-row map (None removes it),
+    and the packing of query heads by key/value head that one-token decoding uses."""
     if index is None:
-        attention._buffers.pop(KV_INDEX, None)
+        for name in (KV_INDEX, "kv_pack", "kv_unpack"):
+            attention._buffers.pop(name, None)
         return
+    index = index.to(dtype=torch.long, device="cpu")
+    groups = [(index == g).nonzero().flatten().tolist() for g in range(int(index.max()) + 1)]
+    largest = max(len(g) for g in groups)
+    dummy = len(index)  # a zero query row appended at the end
+    pack = [h for g in groups for h in g + [dummy] * (largest - len(g))]
+    unpack = [0] * len(index)
+    for slot, h in enumerate(pack):
+        if h != dummy:
+            unpack[h] = slot
     device = next(attention.parameters()).device
-    attention.register_buffer(KV_INDEX, index.to(device=device, dtype=torch.long), persistent=False)
+    for name, values in ((KV_INDEX, index), ("kv_pack", torch.tensor(pack)), ("kv_unpack", torch.tensor(unpack))):
+        attention.register_buffer(name, values.to(device=device, dtype=torch.long), persistent=False)

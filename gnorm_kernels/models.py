@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import checkpoint_format, load_checkpoint, progress_bars
+from gnorm_kernels.training import TrainingStuck, cache_dir, lr_factor, torch_threads  # noqa: F401 (re-exported)
 
 __all__ = ["TinyRecipe", "TrainingStuck", "load_model", "train_tiny", "tiny_cache_path", "cache_dir"]
 
@@ -68,36 +68,10 @@ class TinyRecipe:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class TrainingStuck(RuntimeError):
-    """Raised when a training run stays at chance or ends below the recipe's accuracy floor."""
-
-
-def cache_dir() -> Path:
-    """`$GNORM_CACHE`, or ~/.cache/gnorm_kernels."""
-    return Path(os.environ.get("GNORM_CACHE") or Path.home() / ".cache" / "gnorm_kernels")
-
-
 def tiny_cache_path(recipe: TinyRecipe | None = None, cache: str | os.PathLike | None = None) -> Path:
     """The folder the tiny model of `recipe` is cached in (under `cache`, default `cache_dir()`)."""
     base = Path(cache) if cache is not None else cache_dir()
     return base / f"tiny-{(recipe or TinyRecipe()).key()}"
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-@contextmanager
-def _torch_threads(n: int):
-    """Run the block with `n` intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_loop(model, optimizer, schedule, batches, recipe: TinyRecipe, progress: bool) -> float:
@@ -181,9 +155,9 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
         lr=recipe.lr,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, recipe.warmup_steps, recipe.steps)
+        optimizer, lambda step: lr_factor(step, recipe.warmup_steps, recipe.steps)
     )
-    with _torch_threads(recipe.threads):
+    with torch_threads(recipe.threads):
         seconds = _train_loop(model, optimizer, schedule, batches, recipe, progress)
     model.eval()
     calibration = evaluate(model, task.batches("calibration", tokenizer, batch_size=256))
@@ -320,7 +294,8 @@ def load_model(
 
     "tiny" is the offline default: trained on the synthetic task on first use
     (about a minute and a half on 2 cores) and cached under `cache` (default
-    `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
+    `$GNORM_CACHE` or ~/.cache/gnorm_kernels). "tiny-lm" is its causal-LM twin, a small
+    grouped-query Llama (`gnorm_kernels.tiny_lm`), trained and cached the same way. Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
     head); a folder whose config records pruned heads or a GRAIN structure goes to the loader of
     its format (`gnorm_kernels.checkpoint.load_checkpoint`: `load_pruned` or `grain.load_grain`).
@@ -337,7 +312,14 @@ def load_model(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     with progress_bars(progress):
-        if name == "tiny":
+        if name == "tiny-lm":
+            from gnorm_kernels.tiny_lm import LMRecipe, load_tiny_lm
+
+            if num_labels is not None:
+                raise ValueError(f"tiny-lm is a causal LM (its verdicts are words), num_labels={num_labels} does not apply")
+            model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
+                                            attn_implementation=attn_implementation, progress=progress)
+        elif name == "tiny":
             recipe = recipe or TinyRecipe()
             if num_labels not in (None, 2):
                 raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")

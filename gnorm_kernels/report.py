@@ -3,6 +3,8 @@
 * `comparison_table`: one row per method, the metric unpruned, at fixed fractions of heads pruned
   and the area under the curve (medians and ranges for methods run with several seeds);
   `markdown_table` and `write_csv` render it.
+* `evidence_markdown`: the same numbers with their 95% intervals and the differences from a
+  reference method, resolved or not (the rows of `gnorm_kernels.evidence.Comparison.table`).
 * `masks_figure`: the kept-head grid of every method at one pruning ratio, side by side.
 * `ablation_table` and `write_ablation_csv`: single-head ablation drops as a layers x heads table.
 
@@ -30,6 +32,7 @@ __all__ = [
     "TABLE_FRACTIONS",
     "comparison_table",
     "markdown_table",
+    "evidence_markdown",
     "write_csv",
     "masks_figure",
     "ablation_table",
@@ -47,11 +50,11 @@ def comparison_table(
     median, with the lowest and highest runs in `<column>_min` / `<column>_max`."""
     rows = []
     for name, trajectories in runs.items():
-        columns: dict[str, list[float]] = {"unpruned": [], **{f"at_{round(f * 100)}%": [] for f in fractions}, "auc": []}
+        columns: dict[str, list[float]] = {"unpruned": [], **{f"at_{f * 100:g}%": [] for f in fractions}, "auc": []}
         for t in trajectories:
             columns["unpruned"].append(t.metric_at(0.0, metric))
             for f in fractions:
-                columns[f"at_{round(f * 100)}%"].append(t.metric_at(f, metric))
+                columns[f"at_{f * 100:g}%"].append(t.metric_at(f, metric))
             columns["auc"].append(t.area_under_curve(metric))
         row: dict[str, Any] = {"method": name, "runs": len(trajectories)}
         for key, values in columns.items():
@@ -81,6 +84,51 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") 
                 text += f" [{row[f'{k}_min']:.3f}, {row[f'{k}_max']:.3f}]"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _header(key: str, metric: str) -> str:
+    if key.startswith("auc"):
+        return "AUC" + (f" {key[4:].replace('-', '–')}" if key != "auc" else "")
+    return f"{metric} {key.replace('_', ' ')}"
+
+
+def _interval_cell(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
+    value = row.get(key, float("nan"))
+    if value != value:
+        return "n/a"
+    fmt = "+.4f" if signed else ".4f"
+    short = "+.3f" if signed else ".3f"
+    text = f"{value:{fmt}} [{row[f'{key}_lo']:{short}}, {row[f'{key}_hi']:{short}}]"
+    if f"{key}_calib_lo" in row:
+        text += f" calib [{row[f'{key}_calib_lo']:{short}}, {row[f'{key}_calib_hi']:{short}}]"
+    return f"**{text}**" if signed and row.get(key.replace("_diff", "_resolved")) else text
+
+
+def evidence_markdown(
+    rows: Sequence[Mapping[str, Any]], *, metric: str, keys: Sequence[str], reference: str, caption: str = ""
+) -> str:
+    """`Comparison.table` rows as two markdown tables: each method's numbers with their intervals
+    ("value [low, high]", and "calib [low, high]" over calibration draws), then each method's
+    difference from `reference` over `keys` except "unpruned", in bold where resolved."""
+    if not rows:
+        raise ValueError("no rows to render: expected at least one method's row from Comparison.table")
+    def label(row: Mapping[str, Any]) -> str:
+        return row["method"] + (f" (median of {row['runs']})" if row["runs"] > 1 else "")
+
+    lines = [caption, ""] if caption else []
+    lines += ["| method | " + " | ".join(_header(k, metric) for k in keys) + " |",
+              "|" + "|".join(["---"] + ["---:"] * len(keys)) + "|"]
+    lines += ["| " + " | ".join([label(r), *[_interval_cell(r, k) for k in keys]]) + " |" for r in rows]
+    diff_keys = [k for k in keys if k != "unpruned"]
+    lines += ["", f"Differences from {reference} (method minus {reference}; bold: resolved, every interval "
+              "excludes 0; plain: not resolved)", "",
+              "| method | " + " | ".join(_header(k, metric) for k in diff_keys) + " |",
+              "|" + "|".join(["---"] + ["---:"] * len(diff_keys)) + "|"]
+    for r in rows:
+        name = label(r) + (" (reference)" if r["method"] == reference else "")
+        diffs = [_interval_cell(r, f"{k}_diff", signed=True) for k in diff_keys]
+        lines.append("| " + " | ".join([name, *diffs]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,9 @@
 """Head importance scores by name: the scorer registry and the table of pruning methods.
 
 Every scorer is called as ``scorer(model, batches, **options)`` and returns a float32 tensor on
-the original ``[num_layers, num_heads]`` grid (on the CPU), NaN for heads already pruned.
+the original grid of its unit (on the CPU), NaN for units already pruned: ``[num_layers,
+num_heads]`` for ``unit="head"`` (the default), ``[num_layers, num_kv_heads]`` for
+``unit="kv_group"`` on grouped-query models (`gnorm_kernels.head_units`).
 `SCORERS` names them: "gnorm" (Greedy-Gnorm, `gnorm_kernels.gnorm`) and the baselines "entropy",
 "taylor" and "random" (`gnorm_kernels.baselines`). A *method* is a scorer plus the end of the
 ranking pruned first plus static or greedy driving; `METHODS` is the one table of them that the
@@ -13,6 +15,7 @@ gnorm_scores, attention_entropy, ...`` works as well as importing from their own
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
@@ -31,6 +34,7 @@ from gnorm_kernels.gnorm import (
     qkv_gradient_norms,
     scoring_mode,
 )
+from gnorm_kernels.head_units import UNITS, check_unit
 
 __all__ = [
     "AGGREGATIONS",
@@ -44,6 +48,7 @@ __all__ = [
     "NonFiniteGradientError",
     "Objective",
     "Scorer",
+    "UNITS",
     "attention_entropy",
     "get_method",
     "get_scorer",
@@ -56,7 +61,8 @@ __all__ = [
 
 
 class Scorer(Protocol):
-    """What every scorer is: ``scorer(model, batches, **options) -> [num_layers, num_heads]``."""
+    """What every scorer is: ``scorer(model, batches, **options) -> [num_layers, num_heads]``
+    (``[num_layers, num_kv_heads]`` when called with ``unit="kv_group"``)."""
 
     def __call__(self, model: nn.Module, batches: Sequence[Batch], **options: Any) -> torch.Tensor: ...
 
@@ -69,12 +75,16 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def get_scorer(name: str) -> Scorer:
-    """The scorer registered under `name` (see `SCORERS`)."""
+def get_scorer(name: str, *, unit: str | None = None) -> Scorer:
+    """The scorer registered under `name` (see `SCORERS`); given a `unit` ("head" or "kv_group"),
+    the scorer with that unit fixed."""
     try:
-        return SCORERS[name]
+        scorer = SCORERS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(SCORERS)}") from None
+    if unit is None:
+        return scorer
+    return functools.partial(scorer, unit=check_unit(unit))
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,14 @@ class Method:
     greedy: bool
     description: str
     seeded: bool = False  # a chance baseline, run with several seeds
+    units: tuple[str, ...] = UNITS  # what it can rank: query heads, key/value groups
+
+    def check_unit(self, unit: str) -> str:
+        """`unit`, checked to be one this method ranks."""
+        unit = check_unit(unit)
+        if unit not in self.units:
+            raise ValueError(f"method {self.name!r} ranks {' or '.join(self.units)} units, not {unit!r}")
+        return unit
 
 
 METHODS: dict[str, Method] = {

@@ -4,10 +4,16 @@ A trajectory holds the pruning order, the score grid each choice was made on, an
 sizes and times after every step. It is a plain record: it imports nothing of the pruning engine
 (only torch, numpy and the standard library), so reading a saved run needs no model code.
 
-Heads are named by (layer, original head index) on the original [num_layers, num_heads] grid.
-Positions along a run are given either as a pruning ratio (the fraction of the heads present at
-the start that are gone) or as a step number; `step_for`, `mask_at` and `pruned_heads_at` are the
-one place that turns either into a step, a kept-head mask or a `prune_heads` map.
+A run prunes units (`unit`): query heads, named by (layer, original head index) on the original
+[num_layers, num_heads] grid, or key/value groups of a grouped-query model, (layer, original
+key/value head) on [num_layers, num_kv_heads]. Order, score grids and `mask_at` are on the unit's
+grid; `head_mask_at` and `pruned_heads_at` always speak of query heads (a group stands for all its
+query heads), for plots, widgets and `prune_heads`. A record written before units existed loads
+as a "head" run.
+
+Positions along a run are given either as a pruning ratio (the fraction of the units present at
+the start that are gone) or as a step number; `step_for`, `mask_at`, `head_mask_at` and
+`pruned_heads_at` are the one place that turns either into a step, a mask or a `prune_heads` map.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 __all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
 
 TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
-TRAJECTORY_VERSION = 1
+TRAJECTORY_VERSION = 2  # 2: unit, num_kv_heads, initially_pruned_heads (absent in 1: a "head" run)
 Head = tuple[int, int]
 
 
@@ -49,6 +55,19 @@ def _grid_from_json(data: list | None) -> torch.Tensor | None:
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in data], dtype=torch.float32)
 
 
+def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
+    """Per-example classes compactly: a digit string when every class is 0-9, else a list."""
+    if labels is None or not all(0 <= v <= 9 for v in labels):
+        return labels
+    return "".join(map(str, labels))
+
+
+def _labels_from_json(data: str | list | None) -> list[int] | None:
+    if data is None:
+        return None
+    return [int(c) for c in data]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -60,23 +79,33 @@ class Step:
     """One pruning step. Step 0 is the model as given (nothing pruned)."""
 
     step: int
-    pruned: list[Head]  # (layer, original head) removed at this step, in the order chosen
+    pruned: list[Head]  # (layer, original unit) removed at this step, in the order chosen
     metrics: dict[str, float] | None  # evaluate() on the evaluation batches; None if not evaluated
     params: int
     encoder_params: int
     size_mb: float
     seconds: float  # scoring + choosing + pruning
     eval_seconds: float = 0.0
-    scores: torch.Tensor | None = None  # [L, H] grid this step's choice was made on (NaN: pruned)
+    scores: torch.Tensor | None = None  # unit grid this step's choice was made on (NaN: pruned)
+    # per evaluation example, in evaluation order: the predicted and the true class (evaluated
+    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence resamples)
+    predictions: list[int] | None = None
+    golds: list[int] | None = None
 
     @property
     def accuracy(self) -> float | None:
         """The step's accuracy, or None when the step was not evaluated."""
         return None if self.metrics is None else self.metrics.get("accuracy")
 
+    @property
+    def perplexity(self) -> float | None:
+        """A causal LM's perplexity after the step, or None (not evaluated, or not an LM)."""
+        return None if self.metrics is None else self.metrics.get("perplexity")
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (score grids as nested lists, NaN written as null)."""
-        return {
+        """A JSON-ready dict (score grids as nested lists, NaN written as null; per-example
+        classes, where kept, as digit strings)."""
+        data = {
             "step": self.step,
             "pruned": [list(h) for h in self.pruned],
             "accuracy": self.accuracy,
@@ -88,6 +117,9 @@ class Step:
             "eval_seconds": self.eval_seconds,
             "scores": _grid_to_json(self.scores),
         }
+        if self.predictions is not None:
+            data.update(predictions=_labels_to_json(self.predictions), golds=_labels_to_json(self.golds))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Step":
@@ -102,12 +134,19 @@ class Step:
             seconds=float(data.get("seconds", 0.0)),
             eval_seconds=float(data.get("eval_seconds", 0.0)),
             scores=_grid_from_json(data.get("scores")),
+            predictions=_labels_from_json(data.get("predictions")),
+            golds=_labels_from_json(data.get("golds")),
         )
 
 
 @dataclass
 class Trajectory:
-    """The record of one pruning run: order, scores, metrics, sizes and times per step."""
+    """The record of one pruning run: order, scores, metrics, sizes and times per step.
+
+    `num_heads` is the model's query heads per layer; `unit` says what the run pruned ("head", or
+    "kv_group" with `num_kv_heads` groups per layer), and `initially_pruned` lists the units gone
+    before the run (a "kv_group" run lists the query heads gone before it in
+    `initially_pruned_heads` too, since a group may have been only partly present)."""
 
     method: str
     family: str
@@ -118,33 +157,49 @@ class Trajectory:
     settings: dict[str, Any]
     steps: list[Step] = field(default_factory=list)
     initially_pruned: list[Head] = field(default_factory=list)
-    budget: int = 0  # heads this run is to prune
+    budget: int = 0  # units this run is to prune
     complete: bool = False
+    unit: str = "head"
+    num_kv_heads: int = 0  # key/value heads per layer of a grouped-query model; 0 = num_heads
+    initially_pruned_heads: list[Head] = field(default_factory=list)  # query heads ("kv_group" runs)
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("head", "kv_group"):
+            raise ValueError(f"unit must be 'head' or 'kv_group', got {self.unit!r}")
+        if self.unit == "kv_group" and not 0 < self.num_kv_heads < self.num_heads:
+            raise ValueError(
+                f"a kv_group trajectory needs 0 < num_kv_heads < num_heads, got {self.num_kv_heads} and {self.num_heads}"
+            )
 
     # ---- shape and order
     @property
+    def num_units(self) -> int:
+        """Units per layer: query heads, or key/value groups for a "kv_group" run."""
+        return self.num_heads if self.unit == "head" else self.num_kv_heads
+
+    @property
     def shape(self) -> tuple[int, int]:
-        """(num_layers, num_heads): the original head grid."""
-        return (self.num_layers, self.num_heads)
+        """(num_layers, num_units): the original grid of the run's unit ([L, H] for heads)."""
+        return (self.num_layers, self.num_units)
 
     @property
     def num_heads_total(self) -> int:
-        """Heads on the original grid."""
-        return self.num_layers * self.num_heads
+        """Units on the original grid (heads, or key/value groups for a "kv_group" run)."""
+        return self.num_layers * self.num_units
 
     @property
     def num_heads_start(self) -> int:
-        """Heads present when the run started (num_heads_total unless the model came pruned)."""
+        """Units present when the run started (num_heads_total unless the model came pruned)."""
         return self.num_heads_total - len(self.initially_pruned)
 
     @property
     def order(self) -> list[Head]:
-        """Every head pruned, first to last."""
+        """Every unit pruned, first to last."""
         return [h for s in self.steps for h in s.pruned]
 
     @property
     def heads_pruned(self) -> list[int]:
-        """Cumulative number of heads pruned after each step (0 for step 0)."""
+        """Cumulative number of units pruned after each step (0 for step 0)."""
         out, n = [], 0
         for s in self.steps:
             n += len(s.pruned)
@@ -182,21 +237,35 @@ class Trajectory:
         return order[:n]
 
     def mask_at(self, ratio: float | None = None, *, steps: int | None = None) -> torch.Tensor:
-        """Bool [L, H] kept mask after pruning the first round(ratio * num_heads_start) heads of
-        the order, or after `steps` steps (heads pruned before the run count as gone)."""
+        """Bool kept mask on the unit grid (`shape`) after pruning the first
+        round(ratio * num_heads_start) units of the order, or after `steps` steps (units pruned
+        before the run count as gone)."""
         mask = torch.ones(self.shape, dtype=torch.bool)
         for l, h in [*self.initially_pruned, *self._heads_for(ratio, steps)]:
             mask[l, h] = False
         return mask
 
+    def head_mask_at(self, ratio: float | None = None, *, steps: int | None = None) -> torch.Tensor:
+        """Bool [L, num_heads] kept mask of the query heads at that point: `mask_at` for a "head"
+        run; for a "kv_group" run each pruned group's query heads are gone (query heads h with
+        h // (num_heads / num_kv_heads) = g), and so are the heads gone before the run."""
+        if self.unit == "head":
+            return self.mask_at(ratio, steps=steps)
+        size = self.num_heads // self.num_kv_heads
+        mask = self.mask_at(ratio, steps=steps).repeat_interleave(size, dim=1)
+        for l, h in self.initially_pruned_heads:
+            mask[l, h] = False
+        return mask
+
     def pruned_heads_at(self, ratio: float | None = None, *, steps: int | None = None) -> dict[int, list[int]]:
-        """{layer: [original heads]} pruned at that point (including any pruned before the run),
-        ready for `gnorm_kernels.pruning.prune_heads`."""
-        gone = ~self.mask_at(ratio, steps=steps)
-        out: dict[int, list[int]] = {}
-        for l, h in gone.nonzero().tolist():
-            out.setdefault(l, []).append(h)
-        return out
+        """{layer: [original query heads]} pruned at that point (including any pruned before the
+        run; a key/value group as all its query heads), ready for `gnorm_kernels.pruning.prune_heads`."""
+        return _gone(self.head_mask_at(ratio, steps=steps))
+
+    def pruned_units_at(self, ratio: float | None = None, *, steps: int | None = None) -> dict[int, list[int]]:
+        """{layer: [original units]} pruned at that point: heads for a "head" run (as
+        `pruned_heads_at`), key/value groups for a "kv_group" run (for `prune_kv_groups`)."""
+        return _gone(self.mask_at(ratio, steps=steps))
 
     def scores_at(self, step: int) -> torch.Tensor | None:
         """The score grid step `step` was chosen on (static runs: the one grid scored at the start)."""
@@ -241,10 +310,13 @@ class Trajectory:
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "num_heads_total": self.num_heads_total,
+            "unit": self.unit,
+            "num_kv_heads": self.num_kv_heads,
             "greedy": self.greedy,
             "prune_first": self.prune_first,
             "settings": self.settings,
             "initially_pruned": [list(h) for h in self.initially_pruned],
+            "initially_pruned_heads": [list(h) for h in self.initially_pruned_heads],
             "budget": self.budget,
             "complete": self.complete,
             "steps": [s.to_dict() for s in self.steps],
@@ -268,6 +340,9 @@ class Trajectory:
             initially_pruned=[(int(l), int(h)) for l, h in data.get("initially_pruned", [])],
             budget=int(data.get("budget", 0)),
             complete=bool(data.get("complete", False)),
+            unit=str(data.get("unit", "head")),
+            num_kv_heads=int(data.get("num_kv_heads", 0)),
+            initially_pruned_heads=[(int(l), int(h)) for l, h in data.get("initially_pruned_heads", [])],
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -298,7 +373,16 @@ class Trajectory:
     def __repr__(self) -> str:
         acc = [s.accuracy for s in self.steps if s.accuracy is not None]
         tail = f", accuracy {acc[0]:.4f} -> {acc[-1]:.4f}" if acc else ""
+        units = "heads" if self.unit == "head" else "key/value groups"
         return (
-            f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.num_heads}, "
-            f"{len(self.order)} of {self.num_heads_start} heads pruned in {len(self.steps) - 1} steps{tail})"
+            f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.num_units}, "
+            f"{len(self.order)} of {self.num_heads_start} {units} pruned in {len(self.steps) - 1} steps{tail})"
         )
+
+
+def _gone(mask: torch.Tensor) -> dict[int, list[int]]:
+    """{row: [columns]} where the bool mask is False."""
+    out: dict[int, list[int]] = {}
+    for l, h in (~mask).nonzero().tolist():
+        out.setdefault(l, []).append(h)
+    return out

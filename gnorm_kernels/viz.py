@@ -28,6 +28,8 @@ from gnorm_kernels.trajectory import Trajectory  # noqa: E402
 __all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
+# {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.Evidence.bands
+Bands = Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _axis(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:
@@ -62,17 +64,31 @@ def plot_accuracy_curves(
     x: Literal["heads", "percent"] = "heads",
     ax: plt.Axes | None = None,
     title: str | None = None,
+    bands: Bands | None = None,
+    bands_label: str = "95% bootstrap interval",
 ) -> Figure:
     """`metric` against heads pruned, one line per method; a method with several runs (random
-    seeds) is drawn as the median with a band from the lowest to the highest run."""
+    seeds) is drawn as the median with a band from the lowest to the highest run.
+
+    `bands` ({method: (fractions pruned, lower, upper)}, such as `Evidence.bands` of
+    `gnorm_kernels.evidence`) shades each named method's interval instead; the seed range of a
+    method with several runs is then drawn as thin dotted lines."""
     if x not in ("heads", "percent"):
         raise ValueError(f"x must be 'heads' or 'percent', got {x!r}")
     groups = group_runs(runs)
     if not groups:
         raise ValueError("no trajectories to plot")
+    bands = dict(bands or {})
+    unknown = sorted(set(bands) - set(groups))
+    if unknown:
+        raise ValueError(f"bands given for {unknown}, which are not among the runs {sorted(groups)}")
     fig, ax = _axis(ax, (8, 4.5))
     colors = sns.color_palette("tab10", n_colors=max(len(groups), 3))
     for color, (name, trajectories) in zip(colors, groups.items()):
+        if name in bands:
+            grid, low, high = (np.asarray(a, dtype=float) for a in bands[name])
+            scale = _x_scale(trajectories[0], x)
+            ax.fill_between(grid * scale, low, high, color=color, alpha=0.18, linewidth=0)
         curves = []
         for t in trajectories:
             xs, ys = t.curve(metric)
@@ -87,15 +103,24 @@ def plot_accuracy_curves(
         grid = grid[grid <= min(c[0][-1] for c in curves) + 1e-9]
         stack = np.stack([np.interp(grid, *c) for c in curves])
         ax.plot(grid, np.median(stack, axis=0), color=color, label=f"{name} (median of {len(curves)})")
-        ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2, linewidth=0)
+        if name in bands:
+            for edge in (stack.min(axis=0), stack.max(axis=0)):
+                ax.plot(grid, edge, color=color, linewidth=0.7, linestyle=":")
+        else:
+            ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("heads pruned" if x == "heads" else "heads pruned (%)")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
     ax.grid(True, alpha=0.3)
+    legend_title = None
+    if bands:
+        several = any(len(groups[name]) > 1 for name in bands)
+        legend_title = f"shaded: {bands_label}" + ("\ndotted: lowest and highest run" if several else "")
     if len(groups) > 3:  # many curves: keep the legend off them
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False,
+                  title=legend_title, title_fontsize="small")
     else:
-        ax.legend(loc="best", fontsize="small")
+        ax.legend(loc="best", fontsize="small", title=legend_title, title_fontsize="small")
     return fig
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,9 @@ SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--qu
 
 
 def _leftovers(parent):
-    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    """What a run may leave beside --out: partial folders, replaced runs, lock files."""
+    return [p.name for p in parent.iterdir() if p.name.startswith(".") and
+            (".partial" in p.name or ".old" in p.name or p.name.endswith(".lock"))]
 
 
 def test_prune_writes_trajectory_plots_and_a_loadable_pruned_model(model_dir, tmp_path, capsys):
@@ -191,3 +194,64 @@ def test_an_interrupted_run_leaves_no_partial_output(model_dir, tmp_path, monkey
         main(["prune", "--model", model_dir, *SMALL, "--out", str(tmp_path / "run")])
     assert err.value.code == 130 and "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not _leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------- model, tokenizer and labels agree
+
+FILM_WORDS = "the film was good but the plot was dull and the acting was great".split()
+
+
+def _csv(path, labels, words=8):
+    rows = [f"{' '.join(FILM_WORDS[(i + j) % len(FILM_WORDS)] for j in range(words))} {i},{label}"
+            for i, label in enumerate(labels)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_new_head_is_needed_for_other_classes_and_is_stated(model_dir, tmp_path, capsys):
+    three = _csv(tmp_path / "three.csv", ["a", "b", "c"] * 20)
+    argv = ["prune", "--model", model_dir, "--task", three, "--quiet", "--steps", "1"]
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--out", str(tmp_path / "no")])
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "'a', 'b', 'c'" in message and "--new-head" in message
+    assert main([*argv, "--new-head", "--out", str(tmp_path / "yes")]) == 0
+    assert "new, untrained one for the task's 3 classes (a, b, c)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "yes" / "trajectory.json").read_text())["settings"]["new_head"] is True
+    saved = load_pruned(tmp_path / "yes" / "model")
+    assert saved.config.num_labels == 3 and saved.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_a_tokenizer_can_be_given_apart_from_the_model(model_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((Path(model_dir) / name).read_bytes())
+    argv = ["ablate", "--model", str(bare), *SMALL]
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 1 and "no tokenizer files" in capsys.readouterr().err
+    assert main([*argv, "--tokenizer", model_dir]) == 0
+
+
+def test_max_length_never_passes_the_model_positions(model_dir, tmp_path, capsys):
+    long_texts = _csv(tmp_path / "long.csv", [0, 1] * 20, words=100)  # 100 words: past the 64 positions
+    argv = ["prune", "--model", model_dir, "--task", long_texts, "--quiet", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0  # the default 128 would crash
+    assert "positions" not in capsys.readouterr().err  # the default fits the model without a note
+    assert main([*argv, "--max-length", "500", "--out", str(tmp_path / "asked")]) == 0
+    assert "--max-length 500 is more than the model's 64 positions; using 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+    (["--device", "cuda:7"], "--device cuda:7: "),
+    (["--task", "LABELS_0_1000"], "class ids [1000] outside the model's 2 classes"),
+])
+def test_bad_devices_and_labels_fail_before_any_work(model_dir, tmp_path, capsys, extra, message):
+    if "LABELS_0_1000" in extra:
+        extra = ["--task", _csv(tmp_path / "far.csv", [0, 1000] * 10)]
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", model_dir, *SMALL, *extra, "--out", str(tmp_path / "x")])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not _leftovers(tmp_path)

@@ -346,3 +346,164 @@ def test_task_rejects_missing_splits_and_unknown_metric() -> None:
         Task("t", ["a"], {"train": ex, "test": ex})
     with pytest.raises(ValueError, match="metric"):
         Task("t", ["a"], {"train": ex, "calibration": ex, "test": ex}, metric="bleu")
+
+
+# --------------------------------------------------------------------------- reading files as written
+
+
+def test_labels_map_through_the_model_names_and_a_mismatch_lists_both(tmp_path) -> None:
+    rows = [{"text": f"review {i}", "label": "positive" if i % 3 else "negative"} for i in range(30)]
+    path = tmp_path / "named.csv"
+    write_rows(path, rows)
+    model_order = {"positive": 0, "negative": 1}  # not the sorted order
+    task = load_task(path, label2id=model_order)
+    assert task.label_names == ["positive", "negative"]
+    by_text = {r["text"]: r["label"] for r in rows}
+    assert all(task.label_names[ex.label] == by_text[ex.text] for s in data.SPLITS for ex in task.splits[s])
+    assert load_task(path, label2id={"NEGATIVE": 0, "POSITIVE": 1}).label_names == ["NEGATIVE", "POSITIVE"]
+    with pytest.raises(ValueError, match=r"'negative', 'positive'.*'bad', 'good'"):
+        load_task(path, label2id={"bad": 0, "good": 1})
+    with pytest.raises(ValueError, match="placeholders and fewer"):
+        load_task(path, label2id={"LABEL_0": 0})
+    # placeholder names (LABEL_0, LABEL_1) carry no meaning: the sorted order stays
+    assert load_task(path, label2id={"LABEL_0": 0, "LABEL_1": 1}).label_names == ["negative", "positive"]
+
+
+def test_class_ids_must_be_the_model_classes_and_never_mix_with_names(tmp_path) -> None:
+    far = tmp_path / "far.csv"
+    write_rows(far, [{"text": f"t{i}", "label": 1000 if i % 2 else 0} for i in range(20)])
+    assert load_task(far).num_labels == 1001  # without a model the ids are taken as given
+    with pytest.raises(ValueError, match=r"class ids \[1000\] outside the model's 2 classes"):
+        load_task(far, label2id={"LABEL_0": 0, "LABEL_1": 1})
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)) + "t10,pos\n")
+    with pytest.raises(ValueError, match=r"mix class ids and class names \('0' on line 2, 'pos' on line 12\)"):
+        load_task(mixed)
+    floats = tmp_path / "floats.csv"  # how pandas writes an integer column with gaps
+    floats.write_text("text,label\n" + "".join(f"t{i},{float(i % 2)}\n" for i in range(10)))
+    assert load_task(floats).label_names == ["0", "1"]
+    assert load_task(floats, label2id={"no": 0, "yes": 1}).label_names == ["no", "yes"]
+
+
+def test_fields_are_read_as_written(tmp_path) -> None:
+    path = tmp_path / "numbers.csv"
+    path.write_text('text,label\n1.50,a\n2,b\nNA,a\nNone,b\nnan,a\n"",b\n"a, ""quoted""\nline",a\n\n007,b\n')
+    with pytest.warns(data.DataWarning, match=r"skipped 1 rows without text or label \(lines 7\)"):
+        task = load_task(path)
+    texts = sorted(ex.text for s in data.SPLITS for ex in task.splits[s])
+    assert texts == sorted(["1.50", "2", "NA", "None", "nan", 'a, "quoted"\nline', "007"])
+    jsonl = tmp_path / "numbers.jsonl"
+    jsonl.write_text('{"text": "1.50", "label": 0}\n\n{"text": 2.5, "label": 1}\n{"text": "None", "label": 1}\n')
+    assert sorted(ex.text for s in data.SPLITS for ex in load_task(jsonl).splits[s]) == ["1.50", "2.5", "None"]
+
+
+def test_one_text_with_two_labels_is_reported_with_the_count(tmp_path) -> None:
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)] + [{"text": "t1", "label": 0}, {"text": "t3", "label": 0},
+                                                                   {"text": "t5", "label": 1}]
+    path = tmp_path / "conflicts.csv"
+    write_rows(path, rows)
+    with pytest.warns(data.DataWarning, match=r"2 rows repeat an earlier text with another label \(first: 't1' on lines 3 and 12\)"):
+        task = load_task(path)
+    assert task.info["conflicting_repeats"] == 2
+    labels = {ex.text: ex.label for s in data.SPLITS for ex in task.splits[s]}
+    assert len(labels) == 10 and labels["t1"] == 1  # the first label stays
+
+
+def test_broken_files_are_errors_naming_the_file_and_line(tmp_path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ngood,1\ncaf\u00e9,0\nfine,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv, line 3: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        load_task(latin)
+    utf16 = tmp_path / "wide.tsv"
+    utf16.write_bytes("text\tlabel\na\t1\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"wide\.tsv, line 1: not UTF-8"):
+        load_task(utf16)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n\n{"text": "c", "label": \n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 4: not valid JSON"):
+        load_task(broken)
+    missing = tmp_path / "missing_key.jsonl"
+    missing.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n{"text": "c", "label": 0}\n')
+    with pytest.raises(ValueError, match=r"missing_key\.jsonl, line 2: no \['label'\] field"):
+        load_task(missing)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text('text,label\n"two\nlines",1\nb,0\nc,1,extra\nd,0\n')
+    with pytest.raises(ValueError, match=r"ragged\.csv, line 5: 3 fields, but the header has 2"):
+        load_task(ragged)
+    short = tmp_path / "short.tsv"
+    short.write_text("text\tlabel\na\t1\nb\nc\t0\n")
+    with pytest.raises(ValueError, match=r"short\.tsv, line 3: 1 fields"):
+        load_task(short)
+    folder = tmp_path / "x.csv"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"x\.csv is a directory"):
+        load_task(folder)
+
+
+# --------------------------------------------------------------------------- two files: calibrate on one, evaluate on the other
+
+
+def glue_style_files(tmp_path, *, train: int = 300, dev: int = 520):
+    """GLUE SST-2-style train.tsv and dev.tsv (sentence, label) of synthetic reviews; dev has a
+    repeated row and shares two sentences with train."""
+    task = synthetic_task(seed=7, train_size=train, calibration_size=1, test_size=dev - 1)
+    names = ["negative", "positive"]
+    train_rows = [{"sentence": ex.text, "label": names[ex.label]} for ex in task.splits["train"]]
+    dev_rows = [{"sentence": ex.text, "label": names[ex.label]} for ex in task.splits["test"]]
+    dev_rows += [dev_rows[0]]  # a duplicate: still evaluated
+    train_rows[:2] = dev_rows[1:3]  # in both files: never used for calibration
+    write_rows(tmp_path / "train.tsv", train_rows)
+    write_rows(tmp_path / "dev.tsv", dev_rows)
+    return tmp_path / "train.tsv", tmp_path / "dev.tsv", train_rows, dev_rows
+
+
+def test_two_files_calibrate_on_the_first_and_evaluate_on_every_row_of_the_second(tmp_path) -> None:
+    train, dev, train_rows, dev_rows = glue_style_files(tmp_path)
+    task = load_task(train, eval_file=dev, calibration_size=100, seed=3)
+    assert task.label_names == ["negative", "positive"]
+    assert [(ex.text, task.label_names[ex.label]) for ex in task.splits["test"]] == \
+        [(r["sentence"], r["label"]) for r in dev_rows]
+    calibration = [ex.text for ex in task.splits["calibration"]]
+    assert len(calibration) == 100 and len(task.splits["train"]) == len(train_rows) - 2 - 100
+    assert not set(calibration) & {r["sentence"] for r in dev_rows}
+    assert task.info["overlap_left_out"] == 2
+    rest = [ex.text for ex in task.splits["train"]]
+    assert sorted(calibration + rest) == sorted(r["sentence"] for r in train_rows[2:])
+    assert load_task(train, eval_file=dev, calibration_size=100, seed=3).splits == task.splits
+    reseeded = load_task(train, eval_file=dev, calibration_size=100, seed=4)
+    assert reseeded.splits["calibration"] != task.splits["calibration"]
+    assert data.task_from_files(train, dev, calibration_size=100, seed=3).splits == task.splits
+
+
+def test_two_files_share_label_ids_and_check_their_columns(tmp_path) -> None:
+    write_rows(tmp_path / "a.csv", [{"text": f"a {i}", "label": "pos" if i % 2 else "neg"} for i in range(10)])
+    write_rows(tmp_path / "b.csv", [{"text": f"b {i}", "label": "pos"} for i in range(4)])
+    task = load_task(tmp_path / "a.csv", eval_file=tmp_path / "b.csv")
+    assert task.label_names == ["neg", "pos"] and {ex.label for ex in task.splits["test"]} == {1}
+    write_rows(tmp_path / "pairs.csv", [{"sentence1": "x", "sentence2": "y", "label": 0}])
+    with pytest.raises(ValueError, match="text columns"):
+        load_task(tmp_path / "pairs.csv", eval_file=tmp_path / "b.csv")
+    with pytest.raises(FileNotFoundError):
+        load_task(tmp_path / "a.csv", eval_file=tmp_path / "missing.csv")
+
+
+def test_gnorm_evaluates_on_every_row_of_eval_data(model_dir, tmp_path, capsys) -> None:
+    from gnorm_kernels.cli import main
+    from gnorm_kernels.trajectory import Trajectory
+
+    train, dev, _, dev_rows = glue_style_files(tmp_path)
+    out = tmp_path / "cmp"
+    # compare's default --eval-size (500) does not cap --eval-data: all 520 rows are evaluated
+    assert main(["compare", "--model", model_dir, "--calib-data", str(train), "--eval-data", str(dev),
+                 "--calib-size", "40", "--methods", "random", "--random-seeds", "1", "--steps", "1",
+                 "--resamples", "50", "--quiet", "--out", str(out)]) == 0
+    t = Trajectory.load(out / "trajectories" / "random-seed0.json")
+    assert t.settings["evaluation_examples"] == len(dev_rows) == 520
+    assert t.settings["calibration_examples"] == 40 and str(dev) in t.settings["task"]
+    labels = {"negative": 0, "positive": 1}
+    # evaluated in batches of similar length, so in another order: the same labels, each row once
+    assert Counter(t.steps[0].golds) == Counter(labels[r["label"]] for r in dev_rows)
+    assert "on 520 evaluation examples" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", model_dir, "--calib-data", str(train), "--out", str(tmp_path / "x")])
+    assert err.value.code == 2 and "go together" in capsys.readouterr().err

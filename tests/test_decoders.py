@@ -125,3 +125,20 @@ def test_uneven_groups_refuse_an_attention_without_a_grouped_variant():
     with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
         prune_heads(model, {0: [1]})
     assert head_layout(model).pruned_heads() == {}
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+def test_uneven_groups_decode_a_left_padded_batch_like_the_masked_model(attn):
+    """One-token decoding packs each key/value head's query heads (no cache copy); padding
+    in the prompt must reach every packed row."""
+    model = tiny_random_model("llama", num_layers=2, num_heads=8, head_size=8, num_kv_heads=4, attn_implementation=attn)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 99, (3, 7), generator=gen)
+    attention = torch.ones_like(ids)
+    attention[1, :2] = 0
+    heads = {0: [0, 3, 5], 1: [7]}  # groups of sizes 1, 1, 2, 2 in layer 0; 2, 2, 2, 1 in layer 1
+    with mask_heads(model, _mask(head_layout(model), heads)):
+        masked = model.generate(ids, attention_mask=attention, max_new_tokens=6, do_sample=False)
+    pruned = prune_heads(copy.deepcopy(model), heads)
+    assert pruned.config._attn_implementation.startswith("gnorm_grouped")
+    assert torch.equal(pruned.generate(ids, attention_mask=attention, max_new_tokens=6, do_sample=False), masked)

@@ -89,3 +89,49 @@ def test_ablation_table_and_csv(tmp_path):
     text = write_ablation_csv(drops.numpy(), tmp_path / "ablation.csv").read_text().splitlines()
     assert text == ["layer,head0,head1", "0,0.100000,-0.005000", "1,,0.000000"]
     assert ablation_table(np.zeros((1, 3)), 1.0).splitlines()[1].split() == ["layer", "h0", "h1", "h2"]
+
+
+def test_comparison_table_names_fractional_budgets_exactly():
+    rows = comparison_table({"good": [run("good", [1.0, 1.0, 0.9, 0.8, 0.5])]}, fractions=(0.125, 0.5))
+    assert list(rows[0]) == ["method", "runs", "unpruned", "at_12.5%", "at_50%", "auc"]
+    assert rows[0]["at_12.5%"] == pytest.approx(1.0)
+
+
+def test_evidence_markdown_shows_intervals_calibration_spread_and_resolved_differences():
+    from gnorm_kernels.report import evidence_markdown
+
+    def cells(value, lo, hi, calib=None):
+        out = {"": value, "_lo": lo, "_hi": hi}
+        if calib:
+            out.update({"_calib_lo": calib[0], "_calib_hi": calib[1]})
+        return out
+
+    def row(method, runs, **columns):
+        r = {"method": method, "runs": runs}
+        for key, values in columns.items():
+            key = key.replace("at50", "at_50%").replace("diff", "_diff")
+            r.update({f"{key}{suffix}": v for suffix, v in values.items()})
+        return r
+
+    ref = row("a", 1, unpruned=cells(0.9, 0.88, 0.92), at50=cells(0.8, 0.78, 0.82, (0.79, 0.81)),
+              at50diff=cells(0.0, 0.0, 0.0, (0.0, 0.0)))
+    ref["at_50%_resolved"] = False
+    other = row("b", 3, unpruned=cells(0.9, 0.88, 0.92), at50=cells(0.7, 0.68, 0.72, (0.69, 0.71)),
+                at50diff=cells(-0.1, -0.12, -0.08, (-0.11, -0.09)))
+    other["at_50%_resolved"] = True
+    short = row("c", 1, unpruned=cells(0.9, 0.88, 0.92), at50=cells(float("nan"), float("nan"), float("nan")),
+                at50diff=cells(float("nan"), float("nan"), float("nan")))
+    short["at_50%_resolved"] = False
+    text = evidence_markdown([ref, other, short], metric="accuracy", keys=["unpruned", "at_50%"], reference="a",
+                             caption="what the brackets mean")
+    lines = text.splitlines()
+    assert lines[0] == "what the brackets mean"
+    assert lines[2] == "| method | accuracy unpruned | accuracy at 50% |"
+    assert lines[4] == "| a | 0.9000 [0.880, 0.920] | 0.8000 [0.780, 0.820] calib [0.790, 0.810] |"
+    assert lines[5].startswith("| b (median of 3) |") and lines[6].endswith("| n/a |")
+    diffs = lines[lines.index("| method | accuracy at 50% |"):]
+    assert diffs[2] == "| a (reference) | +0.0000 [+0.000, +0.000] calib [+0.000, +0.000] |"
+    assert diffs[3] == "| b (median of 3) | **-0.1000 [-0.120, -0.080] calib [-0.110, -0.090]** |"
+    assert diffs[4] == "| c | n/a |"
+    with pytest.raises(ValueError, match="no rows"):
+        evidence_markdown([], metric="accuracy", keys=[], reference="a")

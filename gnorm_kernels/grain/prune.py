@@ -31,6 +31,7 @@ from gnorm_kernels.grain.importance import (
 from gnorm_kernels.grain.schedule import DensitySchedule
 from gnorm_kernels.grain.shrink import GrainStructure, shrink_model
 from gnorm_kernels.grain.units import Units, mask_units, unit_layout
+from gnorm_kernels.training import lr_factor
 
 __all__ = ["grain_prune", "GrainReport", "check_pair"]
 
@@ -158,12 +159,6 @@ def _batch_order(num_batches: int, steps: int, seed: int) -> list[int]:
     return order[:steps]
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 # --------------------------------------------------------------------------- the driver
 
 
@@ -247,7 +242,7 @@ def grain_prune(
     params = [p for p in student.parameters() if p.requires_grad] + list(distiller.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup_steps = max(1, int(warmup * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, steps))
     ema = ImportanceEMA(beta)
     order = _batch_order(len(data), steps, seed)
 

@@ -1,0 +1,449 @@
+"""The offline decoder default: "tiny-lm", a small Llama trained here on the film reviews.
+
+Each review of the synthetic grammar (`gnorm_kernels.synthetic`) becomes a text that ends in
+its verdict, ``[BOS] the plot was dull but the acting was superb verdict : positive``, and a
+4-layer Llama with grouped-query attention (8 query heads reading 2 key/value heads) learns
+the texts as a language model. So it has a perplexity (every token) and a verdict accuracy (the
+verdict word predicted after the cue), and its heads can be scored and pruned like the tiny
+BERT's. Training is deterministic for a recipe on one kind of CPU: it runs on the recipe's
+pinned thread count whatever the machine has, and the result is cached like "tiny".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
+from gnorm_kernels.training import TrainingStuck, cache_dir, lr_factor, torch_threads
+from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
+from gnorm_kernels.tasks import Example, Task
+
+__all__ = [
+    "LMRecipe",
+    "VERDICTS",
+    "VERDICT_CUE",
+    "LM_SPECIAL_TOKENS",
+    "LMTask",
+    "lm_tokenizer",
+    "lm_text",
+    "lm_batches",
+    "synthetic_lm_task",
+    "train_tiny_lm",
+    "ensure_tiny_lm",
+    "load_tiny_lm",
+    "tiny_lm_cache_path",
+]
+
+# Bump when the training code changes in a way the recipe fields do not capture.
+RECIPE_VERSION = 1
+
+VERDICTS = ("negative", "positive")  # label names of "synthetic-lm": class i's one-token verdict word
+VERDICT_CUE = "verdict :"  # between the review and its verdict, so the model knows the review ended
+LM_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+WEIGHTS = "model.safetensors"
+TRAINING_RECORD = "training.json"
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    """Everything that determines the tiny LM; its hash names the cache folder."""
+
+    seed: int = 0
+    data_seed: int = 0
+    train_size: int = 40_000
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 2
+    hidden: int = 64
+    ffn: int = 256
+    max_positions: int = 64
+    init_range: float = 0.02
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    steps: int = 1_600
+    batch_size: int = 64
+    length_pool: int = 4  # batches sorted by length together (see Task.batches)
+    grad_clip: float = 1.0
+    verdict_weight: float = 4.0  # the verdict token's loss counts this much beside the mean token loss
+    min_accuracy: float = 0.9  # calibration verdict accuracy below this is a failed run
+    threads: int = 2  # pinned, as for the tiny BERT: thread splits change rounding, and so the model
+
+    def key(self) -> str:
+        payload = json.dumps(
+            {"recipe": asdict(self), "version": RECIPE_VERSION, "grammar": synthetic_fingerprint(),
+             "verdicts": VERDICTS, "cue": VERDICT_CUE},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- tokenizer and batches
+
+
+def lm_tokenizer(*, model_max_length: int = 64) -> Any:
+    """A word-level tokenizer over the grammar's words, the cue and the verdict words.
+
+    Adds ``[BOS]`` in front of every text, pads on the right with ``[PAD]``; no token type ids
+    (Llama takes none). A `PreTrainedTokenizerFast`, so it saves and reloads with
+    `AutoTokenizer.from_pretrained` like a hub tokenizer.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = [w for w in synthetic_vocabulary() if w not in SPECIAL_TOKENS]
+    vocab = list(dict.fromkeys([*LM_SPECIAL_TOKENS, *words, *VERDICT_CUE.split(), *VERDICTS]))
+    ids = {w: i for i, w in enumerate(vocab)}
+    core = Tokenizer(WordLevel(ids, unk_token="[UNK]"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", ids["[BOS]"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        padding_side="right",
+        model_max_length=model_max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def lm_text(example: Example, verdicts: Sequence[str] = VERDICTS) -> str:
+    """The text an LM reads for a labelled review: the review, the cue, the verdict word."""
+    if not 0 <= example.label < len(verdicts):
+        raise ValueError(f"label {example.label} has no verdict word; verdicts are {list(verdicts)}")
+    return f"{example.text} {VERDICT_CUE} {verdicts[example.label]}"
+
+
+def _verdict_token_ids(tokenizer: Any, verdicts: Sequence[str]) -> torch.Tensor:
+    """The one token id of each verdict word (an error for a word of several tokens, or unknown)."""
+    ids = []
+    for word in verdicts:
+        found = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(found) != 1 or found[0] == tokenizer.unk_token_id:
+            pieces = tokenizer.convert_ids_to_tokens(found)
+            raise ValueError(
+                f"each verdict must be one known token of the tokenizer; {word!r} becomes {len(found)} token(s) "
+                f"{pieces}. Choose verdict words that are single entries of its vocabulary"
+            )
+        ids.append(found[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"verdict words must be distinct tokens; {list(verdicts)} give ids {ids}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def lm_batches(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    verdicts: Sequence[str] | None = VERDICTS,
+    *,
+    batch_size: int = 32,
+    max_length: int = 64,
+    shuffle: bool = False,
+    seed: int = 0,
+    group_by_length: bool = False,
+    pool_batches: int = 50,
+    epochs: int = 1,
+    limit: int | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Batches for a causal LM: ``input_ids`` and ``attention_mask``, padded per batch.
+
+    With `verdicts` (one word per class) each row is ``[BOS] review verdict : <word>`` and the
+    batch also holds ``labels`` [B], ``label_token_ids`` [C] and ``verdict_index`` [B] (the
+    position of the verdict token), the labelled LM format of `gnorm_kernels.batch`. With
+    ``verdicts=None`` rows are ``[BOS] text`` alone, for perplexity. Batching options are those of
+    `Task.batches`; a row the `max_length` would cut is an error, not a silent truncation.
+    """
+    examples = list(examples)
+    if any(ex.text_pair is not None for ex in examples):
+        raise ValueError("an LM row is one text; got examples with a text_pair (join the pair into one text first)")
+    labelled = verdicts is not None
+    if labelled:
+        token_ids = _verdict_token_ids(tokenizer, verdicts)
+        rows = [Example(lm_text(ex, verdicts), None, ex.label) for ex in examples]
+    else:
+        rows = [Example(ex.text, None, 0) for ex in examples]
+    task = Task("lm-rows", list(verdicts or ["text"]), {"train": rows, "calibration": [], "test": []})
+    batches = task.batches(
+        "train", tokenizer, batch_size=batch_size, limit=limit, max_length=max_length + 1, shuffle=shuffle, seed=seed,
+        group_by_length=group_by_length, pool_batches=pool_batches, epochs=epochs,
+    )
+    for batch in batches:
+        mask = batch["attention_mask"]
+        if int(mask.sum(1).max()) > max_length:
+            raise ValueError(
+                f"a row has {int(mask.sum(1).max())} tokens, over max_length={max_length}; raise max_length "
+                "(a cut row would lose its verdict)"
+            )
+        labels = batch.pop("labels")
+        if not labelled:
+            continue
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # the last real token, either padding side
+        batch.update(labels=labels, label_token_ids=token_ids.clone(), verdict_index=last)
+    return batches
+
+
+class LMTask(Task):
+    """A `Task` whose texts a causal LM reads with their verdict words (its label names):
+    `batches` gives the labelled LM batches of `lm_batches` (``labelled=False``: text only)."""
+
+    def batches(self, split: str, tokenizer: Any, *, labelled: bool = True, max_length: int = 64,
+                **options: Any) -> list[dict[str, torch.Tensor]]:
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; this task has {sorted(self.splits)}")
+        verdicts = self.label_names if labelled else None
+        return lm_batches(self.splits[split], tokenizer, verdicts, max_length=max_length, **options)
+
+
+def synthetic_lm_task(
+    *, seed: int = 0, train_size: int = 40_000, calibration_size: int = 512, test_size: int = 2_000
+) -> LMTask:
+    """The synthetic reviews as an LM task: the splits of `synthetic_task`, named by verdict word.
+
+    Texts are the bare reviews; its `batches` (like `lm_batches`) append the cue and the verdict.
+    """
+    base = synthetic_task(seed=seed, train_size=train_size, calibration_size=calibration_size, test_size=test_size)
+    return LMTask(
+        name="synthetic-lm",
+        label_names=list(VERDICTS),
+        splits=base.splits,
+        metric="accuracy",
+        info={**base.info, "verdict_cue": VERDICT_CUE, "format": "causal-lm"},
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _lm_config(recipe: LMRecipe, tokenizer: Any) -> Any:
+    from transformers import LlamaConfig
+
+    if recipe.hidden % recipe.heads or recipe.heads % recipe.kv_heads:
+        raise ValueError(
+            f"hidden ({recipe.hidden}) must split into heads ({recipe.heads}), and heads into kv_heads "
+            f"({recipe.kv_heads}) groups"
+        )
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden,
+        intermediate_size=recipe.ffn,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.kv_heads,
+        head_dim=recipe.hidden // recipe.heads,
+        max_position_embeddings=recipe.max_positions,
+        initializer_range=recipe.init_range,
+        attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss over real tokens plus `weight` x the verdict token's loss;
+    also the verdict predictions (arg-max over the verdict words)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    keep = mask[:, 1:] & mask[:, :-1]
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(keep)
+    token_loss = nll[keep].mean()
+    rows = torch.arange(ids.shape[0])
+    before = batch["verdict_index"] - 1
+    verdict_loss = nll[rows, before].mean()
+    choice = logits[rows, before][:, batch["label_token_ids"]].argmax(-1)
+    return token_loss + weight * verdict_loss, choice
+
+
+def _train_loop(model, optimizer, schedule, batches, recipe: LMRecipe, progress: bool) -> dict[str, float]:
+    """The optimisation itself; returns its wall-clock and CPU seconds."""
+    check_at = max(recipe.warmup_steps, int(0.4 * recipe.steps))
+    window: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(batches, desc="training tiny-lm", disable=not progress, mininterval=1.0)
+    for step, batch in enumerate(bar):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, choice = _lm_loss(logits, batch, recipe.verdict_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        schedule.step()
+        window.append((choice == batch["labels"]).float().mean().item())
+        window = window[-100:]
+        running = sum(window) / len(window)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{running:.3f}")
+        if step == check_at and running < 0.6:
+            bar.close()
+            raise TrainingStuck(
+                f"tiny-lm training is stuck at chance: running verdict accuracy {running:.3f} after {step} of "
+                f"{recipe.steps} steps (recipe {recipe}). Try another seed or learning rate/warm-up."
+            )
+    bar.close()
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
+
+
+def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """Train the tiny Llama on the synthetic reviews as text; returns (model, tokenizer, info).
+
+    Deterministic for a given recipe on one kind of CPU (it trains on `recipe.threads`
+    threads whatever the machine has). Raises `TrainingStuck` if the running verdict accuracy
+    is still near chance after 40% of the steps, or if calibration verdict accuracy at the
+    end is below `recipe.min_accuracy`. `info` holds test accuracy and perplexity and the
+    training time.
+    """
+    from transformers import LlamaForCausalLM
+
+    from gnorm_kernels.evaluate import evaluate
+
+    recipe = recipe or LMRecipe()
+    task = synthetic_lm_task(seed=recipe.data_seed, train_size=recipe.train_size)
+    tokenizer = lm_tokenizer(model_max_length=recipe.max_positions)
+    epochs = math.ceil(recipe.steps * recipe.batch_size / recipe.train_size)
+    batches = task.batches(
+        "train", tokenizer, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed, group_by_length=True,
+        pool_batches=recipe.length_pool, epochs=epochs, max_length=recipe.max_positions,
+    )[: recipe.steps]
+    torch.manual_seed(recipe.seed)
+    model = LlamaForCausalLM._from_config(_lm_config(recipe, tokenizer), attn_implementation="sdpa")
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, recipe.warmup_steps, recipe.steps)
+    )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    with torch_threads(recipe.threads):
+        timing = _train_loop(model, optimizer, schedule, batches, recipe, progress)
+        model.eval()
+        scores = {s: evaluate(model, task.batches(s, tokenizer, batch_size=256)) for s in ("calibration", "test")}
+    if scores["calibration"]["accuracy"] < recipe.min_accuracy:
+        raise TrainingStuck(
+            f"tiny-lm reached calibration verdict accuracy {scores['calibration']['accuracy']:.3f}, expected >= "
+            f"{recipe.min_accuracy} (recipe {recipe})"
+        )
+    info = {
+        "recipe": asdict(recipe),
+        "recipe_version": RECIPE_VERSION,
+        "grammar": synthetic_fingerprint(),
+        "accuracy": scores["test"]["accuracy"],
+        "perplexity": scores["test"]["perplexity"],
+        "calibration_accuracy": scores["calibration"]["accuracy"],
+        "calibration_perplexity": scores["calibration"]["perplexity"],
+        "train_seconds": round(timing["seconds"], 2),
+        "train_cpu_seconds": round(timing["cpu_seconds"], 2),
+        "load_average_at_start": round(load, 2),
+        "torch_threads": recipe.threads,
+    }
+    return model, tokenizer, info
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def tiny_lm_cache_path(recipe: LMRecipe | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """The folder the tiny LM of `recipe` is cached in (under `cache`, default `training.cache_dir()`)."""
+    base = Path(cache) if cache is not None else cache_dir()
+    return base / f"tiny-lm-{(recipe or LMRecipe()).key()}"
+
+
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _entry_problem(folder: Path) -> str | None:
+    """Why a cache folder is not a finished entry (None when it is): its record, config,
+    tokenizer and weights must all be there, the weights with the hash the record holds."""
+    record = folder / TRAINING_RECORD
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        return f"{record} is missing or unreadable ({err})"
+    for name in ("config.json", "tokenizer.json", WEIGHTS):
+        if not (folder / name).is_file():
+            return f"{folder / name} is missing"
+    if info.get("weights_sha256") != _sha256(folder / WEIGHTS):
+        return f"{folder / WEIGHTS} does not match the hash in {record} (truncated or changed)"
+    return None
+
+
+def ensure_tiny_lm(
+    recipe: LMRecipe | None = None, cache: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
+    """Train and cache the tiny LM unless a finished copy exists; returns its folder.
+
+    The model is written to a temporary folder that is renamed into place, so a reader never
+    sees a half-written entry. An entry that is broken (a file missing, weights that do not
+    match their recorded hash) is set aside with a warning and trained again.
+    """
+    recipe = recipe or LMRecipe()
+    target = tiny_lm_cache_path(recipe, cache)
+    if target.exists():
+        problem = _entry_problem(target)
+        if problem is None:
+            return target
+        warnings.warn(f"tiny-lm cache entry {target} is broken ({problem}); training it again", stacklevel=2)
+        broken = target.with_name(f".{target.name}-broken-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(target, broken)
+        except OSError:
+            pass  # another process moved it first
+        shutil.rmtree(broken, ignore_errors=True)
+    base = target.parent
+    base.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, info = train_tiny_lm(recipe, progress=progress)
+    tmp = base / f".{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write_checkpoint(model, tmp, tokenizer)
+        info["weights_sha256"] = _sha256(tmp / WEIGHTS)
+        (tmp / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if _entry_problem(target) is not None:  # not another process's finished copy
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tiny_lm(
+    recipe: LMRecipe | None = None,
+    *,
+    cache: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of the tiny LM in eval mode, trained and cached on first use."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = ensure_tiny_lm(recipe, cache, progress)
+    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    with progress_bars(progress):
+        model = LlamaForCausalLM.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.eval()
+    return model, tokenizer
