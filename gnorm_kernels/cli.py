@@ -270,6 +270,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels import distributed
+    from gnorm_kernels.cli_load import checkpointed
     from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
 
     _check_args(args)
@@ -288,7 +289,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
             checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
             log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
-            **_driver_options(args),
+            around=lambda path: checkpointed(folder, path), **_driver_options(args),
         )
         if not distributed.is_main():
             return 0  # rank 0 writes the outputs
