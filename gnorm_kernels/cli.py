@@ -163,8 +163,7 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
                 folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
-    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
-    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
+    """`run_method` checkpointed at `path`, resumed as `gnorm_kernels.cli_load.checkpointed` says."""
     from gnorm_kernels import greedy
     from gnorm_kernels.cli_load import checkpointed
 
@@ -270,6 +269,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels import distributed
+    from gnorm_kernels.cli_load import checkpointed
     from gnorm_kernels.evidence import DEFAULT_BUDGETS, calibration_draws, compare
 
     _check_args(args)
@@ -282,14 +282,15 @@ def _run_compare(args: argparse.Namespace) -> int:
             calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
                            draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size,
                            max_length=args.effective_max_length)]
-        comparison = compare(
-            model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
-            budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
-            scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
-            checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
-            log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
-            **_driver_options(args),
-        )
+        with checkpointed(folder, folder.path("trajectories")):  # a resume picks up every run's checkpoint
+            comparison = compare(
+                model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
+                budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
+                scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
+                checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
+                log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
+                **_driver_options(args),
+            )
         if not distributed.is_main():
             return 0  # rank 0 writes the outputs
         comparison.save(folder.path("."), title=f"{args.task}: {args.metric} as heads are pruned")
