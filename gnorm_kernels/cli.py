@@ -282,15 +282,14 @@ def _run_compare(args: argparse.Namespace) -> int:
             calibration = [c if args.fsdp else distributed.shard(c) for c in calibration_draws(task, tokenizer,
                            draws=args.calib_draws, size=args.calib_size, batch_size=args.batch_size,
                            max_length=args.effective_max_length)]
-        with checkpointed(folder, folder.path("trajectories")):  # a resume picks up every run's checkpoint
-            comparison = compare(
-                model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
-                budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
-                scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
-                checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
-                log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
-                **_driver_options(args),
-            )
+        comparison = compare(
+            model, calibration, evaluation, methods=methods, reference=args.reference, metric=args.metric,
+            budgets=[*DEFAULT_BUDGETS, *args.budgets], random_seeds=args.random_seeds, seed=args.seed, preset=args.preset,
+            scorer_options={m: _scorer_options(m, args) for m in methods}, resamples=args.resamples,
+            checkpoint_dir=folder.path("trajectories"), settings=dict(model=str(args.model), task=str(args.task)),
+            log=(lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None,
+            around=lambda path: checkpointed(folder, path), **_driver_options(args),
+        )
         if not distributed.is_main():
             return 0  # rank 0 writes the outputs
         comparison.save(folder.path("."), title=f"{args.task}: {args.metric} as heads are pruned")

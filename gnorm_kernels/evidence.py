@@ -26,10 +26,11 @@ with ``per_example=True``; any trajectories that carry them can go to `bootstrap
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
@@ -367,6 +368,7 @@ def compare(
     checkpoint_dir: str | os.PathLike | None = None,
     settings: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    around: Callable[[Path], ContextManager[Any]] | None = None,
     **driver_options: Any,
 ) -> Comparison:
     """Run pruning methods on one model and one evaluation set, and say how sure the comparison is.
@@ -381,6 +383,8 @@ def compare(
     order does not read the calibration data: it runs once per seed, on the first draw, and its
     differences from other methods take each of their draws against it. The `Evidence` uses the
     paired bootstrap with `resamples` resamples seeded with `seed` (see the module docstring).
+    `around(path)`, given with `checkpoint_dir`, is a context manager wrapped around each
+    checkpointed run (the command line says there where a resumed run picks up).
     """
     from gnorm_kernels import distributed
     from gnorm_kernels.greedy import run_method
@@ -411,9 +415,10 @@ def compare(
             log(f"[{i}/{len(jobs)}] {method}" + (f" (seed {s})" if seeded else "")
                 + (f" (calibration draw {d})" if drawn else ""))
         path = None if folder is None else folder / f"{label}.json"
-        trajectory = run_method(method, model, draws[d], evaluation, seed=s, metric=metric,
-                                scorer_options=(scorer_options or {}).get(method), checkpoint=path,
-                                preset=preset, per_example=True, **driver_options)
+        with around(path) if around is not None and path is not None else contextlib.nullcontext():
+            trajectory = run_method(method, model, draws[d], evaluation, seed=s, metric=metric,
+                                    scorer_options=(scorer_options or {}).get(method), checkpoint=path,
+                                    preset=preset, per_example=True, **driver_options)
         trajectory.settings.update(dict(settings or {}), seed=s, calibration_draw=d,
                                    **({"preset": preset} if preset is not None else {}))
         if path is not None and distributed.is_main():  # under torchrun rank 0 writes

@@ -179,7 +179,7 @@ def test_local_folder_loads_like_a_hub_checkpoint(tmp_path) -> None:
     text = ["the film was good", "my seat was not comfortable"]
     assert torch.allclose(logits(model, loaded_tokenizer, text), logits(saved, tokenizer, text), atol=1e-6)
 
-    relabelled, _ = load_model(str(tmp_path), num_labels=5)
+    relabelled, _ = load_model(str(tmp_path), num_labels=5, new_head=True)  # a new classifier, asked for
     assert relabelled.classifier.out_features == 5
 
 
