@@ -163,8 +163,7 @@ def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
                 folder: OutputFolder, path: Path, seed: int, **options: Any) -> Any:
-    """`run_method` checkpointed at `path`; a resume says where it picks up, and is refused with
-    what differs when the checkpoint is another run's (`gnorm_kernels.cli_load.checkpointed`)."""
+    """`run_method` checkpointed at `path`, resumed as `gnorm_kernels.cli_load.checkpointed` says."""
     from gnorm_kernels import greedy
     from gnorm_kernels.cli_load import checkpointed
 

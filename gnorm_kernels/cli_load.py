@@ -182,14 +182,16 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
 
 @contextmanager
 def checkpointed(folder: OutputFolder, path: Path) -> Iterator[None]:
-    """Around a driver run checkpointed at `path`: a resumed run says where it picks up, and a
-    checkpoint that belongs to another run is refused with what differs (its progress is kept)."""
+    """Around driver runs checkpointed at `path` (a trajectory file, or a folder of them): a resumed
+    run says where each picks up, and a checkpoint of another run is refused with what differs
+    (its progress is kept)."""
     from gnorm_kernels.resume import ResumeMismatch
     from gnorm_kernels.trajectory import Trajectory
 
-    if folder.resumed and path.is_file():
+    found = sorted(path.glob("[!.]*.json")) if path.is_dir() else [path] if path.is_file() else []
+    for file in found if folder.resumed else []:
         try:
-            saved = Trajectory.load(path)
+            saved = Trajectory.load(file)
             done = "finished" if saved.complete else f"{len(saved.order)} of {saved.budget} units pruned"
             print(f"resuming {saved.method} from step {len(saved.steps) - 1} ({done})", file=sys.stderr, flush=True)
         except ValueError:
