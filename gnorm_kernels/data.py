@@ -26,6 +26,7 @@ from gnorm_kernels.tables import (  # noqa: F401 (FILE_EXTENSIONS ... re-exporte
     SINGLE_TEXT_COLUMNS,
     DataWarning,
     lines_text,
+    labelled_rows,
     pick_text_columns,
     read_rows,
     read_table,
@@ -139,19 +140,9 @@ def task_from_file(
     numbers them as that model's classes instead (`gnorm_kernels.labels.fit_labels`).
     """
     path = Path(path)
-    if path.suffix.lower() not in FILE_EXTENSIONS:
-        raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a {path.suffix} file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    found, rows = read_table(path)
-    if label_column not in found:
-        raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
-    cols = pick_text_columns(found, text_columns, path)
-    kept, skipped = rows_with_labels(rows, cols, label_column, path)
+    cols, kept, skipped = labelled_rows(path, label_column, text_columns)
     if skipped:
         warnings.warn(DataWarning(f"{path}: skipped {len(skipped)} rows without text or label (lines {lines_text(skipped)})"),
                       stacklevel=2)

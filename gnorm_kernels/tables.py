@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["FILE_EXTENSIONS", "SINGLE_TEXT_COLUMNS", "PAIR_TEXT_COLUMNS", "DataWarning", "read_table",
-           "pick_text_columns", "rows_with_labels", "read_rows", "lines_text"]
+           "pick_text_columns", "rows_with_labels", "labelled_rows", "read_rows", "lines_text"]
 
 FILE_EXTENSIONS = (".csv", ".tsv", ".jsonl")
 SINGLE_TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
@@ -166,11 +166,11 @@ def lines_text(lines: Sequence[int]) -> str:
     return ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
 
 
-def read_rows(
-    path: Path, label_column: str, text_columns: Sequence[str] | None, *, dedupe: bool, min_rows: int
-) -> tuple[tuple[str, ...], list[tuple[str, str | None, Any, int]]]:
-    """(text columns, [(text, pair or None, raw label, line)]) of the labelled rows of a local file,
-    read as `task_from_file` reads them (text kept as written, line-numbered errors)."""
+def labelled_rows(
+    path: Path, label_column: str, text_columns: Sequence[str] | None
+) -> tuple[tuple[str, ...], list[tuple[int, tuple[str, ...], Any]], list[int]]:
+    """(text columns, [(line, texts, raw label)], lines skipped for a missing text or label) of a
+    local file, after checking that it is one: a supported extension, a file, a label column."""
     path = Path(path)
     if path.suffix.lower() not in FILE_EXTENSIONS:
         raise ValueError(f"unknown file extension {path.suffix!r} for {path}; expected one of {list(FILE_EXTENSIONS)}")
@@ -182,7 +182,16 @@ def read_rows(
     if label_column not in found:
         raise ValueError(f"{path}: no label column {label_column!r}; columns are {found}")
     cols = pick_text_columns(found, text_columns, path)
-    kept, _ = rows_with_labels(rows, cols, label_column, path)
+    kept, skipped = rows_with_labels(rows, cols, label_column, path)
+    return cols, kept, skipped
+
+
+def read_rows(
+    path: Path, label_column: str, text_columns: Sequence[str] | None, *, dedupe: bool, min_rows: int
+) -> tuple[tuple[str, ...], list[tuple[str, str | None, Any, int]]]:
+    """(text columns, [(text, pair or None, raw label, line)]) of the labelled rows of a local file,
+    read as `task_from_file` reads them (text kept as written, line-numbered errors)."""
+    cols, kept, _ = labelled_rows(path, label_column, text_columns)
     if dedupe:
         seen: set[tuple[str, ...]] = set()
         kept = [r for r in kept if not (r[1] in seen or seen.add(r[1]))]
