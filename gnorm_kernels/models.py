@@ -12,9 +12,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import checkpoint_format, load_checkpoint, progress_bars
-from gnorm_kernels.training import TrainingStuck, cache_dir, lr_factor, torch_threads  # noqa: F401 (re-exported)
+from gnorm_kernels.training import TrainingStuck, cache_dir, cached_model, lr_factor, torch_threads  # noqa: F401 (re-exported)
 
 __all__ = ["TinyRecipe", "TrainingStuck", "load_model", "train_tiny", "tiny_cache_path", "cache_dir"]
 
@@ -178,32 +176,9 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
 
 
 def _ensure_tiny(recipe: TinyRecipe, cache: Path | None, progress: bool) -> Path:
-    """Train and cache the tiny model unless a finished copy exists; returns its folder.
-
-    The model is written to a temporary folder that is renamed into place, so a
-    reader never sees a half-written cache entry.
-    """
-    target = tiny_cache_path(recipe, cache)
-    if (target / "training.json").is_file():
-        return target
-    base = target.parent
-    base.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, info = train_tiny(recipe, progress=progress)
-    tmp = base / f".{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(info, indent=2))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "training.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Train and cache the tiny model unless a finished copy exists; returns its folder
+    (`training.cached_model`: never half-written, a broken entry trained again)."""
+    return cached_model(tiny_cache_path(recipe, cache), lambda: train_tiny(recipe, progress=progress), "tiny")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",

@@ -38,9 +38,42 @@ try:
 except ImportError:  # Windows: runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CLIError", "OutputFolder", "RunLock"]
+__all__ = ["CLIError", "OutputFolder", "RunLock", "sync_folder", "sync_tree"]
 
 MARKER = ".gnorm-partial.json"  # inside a partial folder: which command it belongs to
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Make the entries of `folder` (a rename into it) durable; a no-op where a folder cannot be
+    opened or synced (Windows, some network file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: str | os.PathLike) -> None:
+    """Flush every file under `root`, then every folder, to disk (before `root` is renamed into
+    place, so that after a power loss the renamed folder never holds torn files)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        sync_folder(folder)
 
 
 class CLIError(Exception):
@@ -219,9 +252,11 @@ class OutputFolder:
                 )
             _remove_temporary_files(self.tmp)
             (self.tmp / MARKER).unlink(missing_ok=True)
+            sync_tree(self.tmp)
             if self._final.exists():
                 self._final.rename(self._old)
             self.tmp.rename(self._final)
+            sync_folder(self._final.parent)
             shutil.rmtree(self._old, ignore_errors=True)
         finally:
             self._lock.release()

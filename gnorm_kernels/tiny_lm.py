@@ -15,10 +15,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-import uuid
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gnorm_kernels.checkpoint import progress_bars, write_checkpoint
-from gnorm_kernels.training import TrainingStuck, cache_dir, lr_factor, torch_threads
+from gnorm_kernels.checkpoint import progress_bars
+from gnorm_kernels.training import TrainingStuck, cache_dir, cached_model, lr_factor, torch_threads
 from gnorm_kernels.synthetic import SPECIAL_TOKENS, synthetic_fingerprint, synthetic_task, synthetic_vocabulary
 from gnorm_kernels.tasks import Example, Task
 
@@ -54,8 +51,6 @@ RECIPE_VERSION = 1
 VERDICTS = ("negative", "positive")  # label names of "synthetic-lm": class i's one-token verdict word
 VERDICT_CUE = "verdict :"  # between the review and its verdict, so the model knows the review ended
 LM_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
-WEIGHTS = "model.safetensors"
-TRAINING_RECORD = "training.json"
 
 
 @dataclass(frozen=True)
@@ -369,65 +364,17 @@ def tiny_lm_cache_path(recipe: LMRecipe | None = None, cache: str | os.PathLike 
     return base / f"tiny-lm-{(recipe or LMRecipe()).key()}"
 
 
-def _sha256(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
-
-
-def _entry_problem(folder: Path) -> str | None:
-    """Why a cache folder is not a finished entry (None when it is): its record, config,
-    tokenizer and weights must all be there, the weights with the hash the record holds."""
-    record = folder / TRAINING_RECORD
-    try:
-        info = json.loads(record.read_text())
-    except (OSError, ValueError) as err:
-        return f"{record} is missing or unreadable ({err})"
-    for name in ("config.json", "tokenizer.json", WEIGHTS):
-        if not (folder / name).is_file():
-            return f"{folder / name} is missing"
-    if info.get("weights_sha256") != _sha256(folder / WEIGHTS):
-        return f"{folder / WEIGHTS} does not match the hash in {record} (truncated or changed)"
-    return None
-
-
 def ensure_tiny_lm(
     recipe: LMRecipe | None = None, cache: str | os.PathLike | None = None, progress: bool = True
 ) -> Path:
     """Train and cache the tiny LM unless a finished copy exists; returns its folder.
 
-    The model is written to a temporary folder that is renamed into place, so a reader never
-    sees a half-written entry. An entry that is broken (a file missing, weights that do not
-    match their recorded hash) is set aside with a warning and trained again.
+    See `training.cached_model`: a reader never sees a half-written entry, and a broken one (a
+    file missing, weights that do not match their recorded hash) is set aside with a warning
+    and trained again.
     """
     recipe = recipe or LMRecipe()
-    target = tiny_lm_cache_path(recipe, cache)
-    if target.exists():
-        problem = _entry_problem(target)
-        if problem is None:
-            return target
-        warnings.warn(f"tiny-lm cache entry {target} is broken ({problem}); training it again", stacklevel=2)
-        broken = target.with_name(f".{target.name}-broken-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(target, broken)
-        except OSError:
-            pass  # another process moved it first
-        shutil.rmtree(broken, ignore_errors=True)
-    base = target.parent
-    base.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, info = train_tiny_lm(recipe, progress=progress)
-    tmp = base / f".{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_checkpoint(model, tmp, tokenizer)
-        info["weights_sha256"] = _sha256(tmp / WEIGHTS)
-        (tmp / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if _entry_problem(target) is not None:  # not another process's finished copy
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_model(tiny_lm_cache_path(recipe, cache), lambda: train_tiny_lm(recipe, progress=progress), "tiny-lm")
 
 
 def load_tiny_lm(

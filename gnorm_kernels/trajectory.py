@@ -29,6 +29,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .outputs import sync_folder
+
 __all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
 
 TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
@@ -346,18 +348,26 @@ class Trajectory:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trajectory as JSON, atomically (a temporary file renamed into place)."""
+        """Write the trajectory as JSON, atomically and durably.
+
+        The JSON goes to a temporary file that is flushed to disk and then renamed into
+        place (and the folder entry synced), so a crash or power loss leaves either the
+        previous trajectory or this one, never a torn file.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        sync_folder(path.parent)
         return path
 
     @classmethod

@@ -129,6 +129,28 @@ def test_cache_trains_once_per_recipe_and_leaves_no_temporary_folders(tmp_path, 
     assert entries == sorted([tiny_cache_path(cache=tmp_path).name, tiny_cache_path(TinyRecipe(seed=7), tmp_path).name])
 
 
+@pytest.mark.parametrize("damage", ["truncate weights", "drop tokenizer", "record without a hash"])
+def test_a_broken_tiny_entry_is_set_aside_and_trained_again(tmp_path, monkeypatch, damage) -> None:
+    calls: list = []
+    monkeypatch.setattr(models, "train_tiny", fake_training(calls))
+    load_model("tiny", cache=tmp_path, progress=False)
+    folder = tiny_cache_path(cache=tmp_path)
+    record = json.loads((folder / "training.json").read_text())
+    weights = folder / "model.safetensors"
+    assert len(record["weights_sha256"]) == 64
+    if damage == "truncate weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "drop tokenizer":
+        (folder / "tokenizer.json").unlink()
+    else:  # an entry cached before weights were hashed
+        (folder / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "weights_sha256"}))
+    with pytest.warns(UserWarning, match="tiny cache entry .* is broken"):
+        model, _ = load_model("tiny", cache=tmp_path, progress=False)
+    assert len(calls) == 2 and model.config.num_hidden_layers > 0
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    assert json.loads((folder / "training.json").read_text())["weights_sha256"] == record["weights_sha256"]
+
+
 def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
     def broken(recipe, *, progress=True):
         raise TrainingStuck("stuck")

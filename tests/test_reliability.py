@@ -316,6 +316,56 @@ def test_a_commit_killed_half_way_puts_the_earlier_run_back(tmp_path):
     assert (out / "earlier.txt").read_text() == "earlier" and _leftovers(tmp_path) == []
 
 
+def _log_disk_events(monkeypatch) -> list[tuple[str, str]]:
+    """Record ("fsync", path) and ("rename", destination) in the order they happen."""
+    events: list[tuple[str, str]] = []
+    fsync, replace, rename = os.fsync, os.replace, Path.rename
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def logged_replace(src, dst):
+        events.append(("rename", str(Path(dst).resolve())))
+        return replace(src, dst)
+
+    def logged_rename(self, target):
+        events.append(("rename", str(Path(target).resolve())))
+        return rename(self, target)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    monkeypatch.setattr(Path, "rename", logged_rename)
+    return events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads open files' paths from /proc")
+def test_writes_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    """Power loss: a trajectory and a committed run are flushed before the rename that publishes
+    them, and the folder holding the new name is flushed after it."""
+    from gnorm_kernels.trajectory import Trajectory
+
+    events = _log_disk_events(monkeypatch)
+    target = (tmp_path / "t.json").resolve()
+    Trajectory(method="random", family="bert", num_layers=1, num_heads=2, greedy=False, prune_first="low",
+               settings={}).save(target)
+    kinds = [kind for kind, _ in events]
+    renamed = kinds.index("rename")
+    assert events[renamed] == ("rename", str(target))
+    assert any(kind == "fsync" and Path(p).name.startswith(".t.json.") for kind, p in events[:renamed])
+    assert ("fsync", str(tmp_path.resolve())) in events[renamed + 1:]
+
+    events.clear()
+    out = (tmp_path / "run").resolve()
+    with OutputFolder(out, resume=False) as folder:
+        folder.path("model", "weights.bin").write_bytes(b"w" * 100)
+    published = events.index(("rename", str(out)))
+    flushed = [Path(p).name for kind, p in events[:published] if kind == "fsync"]
+    assert "weights.bin" in flushed and "model" in flushed
+    assert ("fsync", str(tmp_path.resolve())) in events[published + 1:]
+    assert (out / "model" / "weights.bin").read_bytes() == b"w" * 100
+
+
 # --------------------------------------------------------------------------- non-finite models
 
 
