@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from gnorm_kernels.extras import MissingExtra, require_extra
 from gnorm_kernels.outputs import CLIError, OutputFolder
 
 __all__ = ["main", "build_parser", "CLIError", "OutputFolder", "METHOD_NAMES"]
@@ -98,6 +99,7 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    require_extra("plots", "figures")  # before any work, not after it
     for name, default in zip(("calib_size", "batch_size"), PRESET_DATA.get(getattr(args, "preset", None), DATA_DEFAULTS)):
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))  # flags left unset
     if args.eval_size is None and args.eval_data is None:  # --eval-data: every row unless told otherwise
@@ -430,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _exit_cleanly_on_sigterm():
             owned = not distributed.is_initialised() and distributed.init_from_env(getattr(args, "device", "cpu"))
             return int(args.handler(args) or 0)
-    except CLIError as err:
+    except (CLIError, MissingExtra) as err:
         parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
         parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")

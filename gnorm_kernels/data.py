@@ -269,8 +269,9 @@ def load_task(
         task = text.split("/", 1)[1]
         if task not in GLUE_TASKS:
             raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
-        import datasets
+        from gnorm_kernels.extras import require
 
+        datasets = require("datasets", "glue", "GLUE tasks")
         config = "mnli" if task == "mnli_mismatched" else task
         return task_from_glue(task, datasets.load_dataset("glue", config), seed=seed, **options)
     path = Path(text)

@@ -33,7 +33,7 @@ RECIPE_VERSION = 1
 class TinyRecipe:
     """Everything that determines the tiny model; its hash names the cache folder."""
 
-    seed: int = 2  # pinned: ~97% test accuracy and one head worth 18 points (2 CPU threads)
+    seed: int = 2  # pinned: a seed whose model learns the task and has heads that matter (tests hold both)
     data_seed: int = 0
     train_size: int = 40_000
     layers: int = 4

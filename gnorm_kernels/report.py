@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from gnorm_kernels.extras import require
+
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
@@ -146,7 +148,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
 def masks_figure(runs: Mapping[str, Sequence[Trajectory]], ratio: float = 0.5) -> Figure | None:
     """The heads each method keeps with `ratio` of them pruned (its first run), up to four panels a
     row; methods whose runs stop short of `ratio` are left out, and None if that leaves none."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plots", "figures")
 
     from gnorm_kernels.viz import plot_head_grid
 
@@ -194,7 +196,7 @@ def write_ablation_csv(drops: torch.Tensor | np.ndarray, path: str | os.PathLike
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Write `fig` to `path` and close it (a command line draws many figures, shows none)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plots", "figures")
 
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

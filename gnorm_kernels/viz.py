@@ -11,7 +11,10 @@ import os
 import sys
 from typing import Literal, Mapping, Sequence
 
-import matplotlib
+from gnorm_kernels.extras import require
+
+matplotlib = require("matplotlib", "plots", "figures (gnorm_kernels.viz)")
+require("seaborn", "plots", "figures (gnorm_kernels.viz)")
 
 if not os.environ.get("MPLBACKEND") and not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
     matplotlib.use("Agg")

@@ -33,9 +33,9 @@ Head = tuple[int, int]
 
 
 def _widgets():
-    import ipywidgets
+    from gnorm_kernels.extras import require
 
-    return ipywidgets
+    return require("ipywidgets", "notebooks", "the notebook widgets")
 
 
 def _png(fig: Any) -> bytes:
@@ -346,7 +346,10 @@ class PruningExplorer:
 
     def _render(self, s: Mapping[str, Any]) -> bytes:
         import numpy as np
-        import seaborn as sns
+
+        from gnorm_kernels.extras import require
+
+        sns = require("seaborn", "plots", "the pruning explorer's picture")
         from matplotlib.figure import Figure
 
         trajectory = self.trajectories[s["method"]]

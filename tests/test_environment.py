@@ -161,6 +161,57 @@ print(len(names), "modules")
     assert result.returncode == 0, f"a core module needs an extra:\n{result.stderr[-3000:]}"
 
 
+def test_a_missing_extra_is_one_line_naming_it(tmp_path):
+    """With the extras hidden, what needs one raises MissingExtra naming the extra to install, and the
+    commands that write figures refuse before any work (no output folder, exit status 2)."""
+    script = f"""
+import contextlib, io, sys
+from pathlib import Path
+BLOCKED = {sorted(EXTRA_ONLY)!r}
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
+sys.meta_path.insert(0, Hide())
+import torch
+import gnorm_kernels as gk
+from gnorm_kernels.extras import MissingExtra
+from gnorm_kernels.testing import tiny_random_model
+
+def refused(call, extra):
+    try:
+        call()
+    except MissingExtra as err:
+        assert f"gnorm-kernels[{{extra}}]" in str(err) and "\\n" not in str(err), err
+        return str(err)
+    raise AssertionError(f"{{call}} ran without its extra")
+
+print(refused(lambda: gk.plot_head_grid(torch.rand(2, 2)), "plots"))
+print(refused(lambda: gk.head_toggle_grid(tiny_random_model("bert"), []), "notebooks"))
+print(refused(lambda: gk.load_task("glue/sst2"), "glue"))
+from gnorm_kernels.cli import main
+out = Path({str(tmp_path)!r})
+for command in (["prune", "--method", "random"], ["compare", "--methods", "random"]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main([*command, "--out", str(out / command[0]), "--quiet"])
+        except SystemExit as stop:
+            assert stop.code == 2, (command, stop.code, err.getvalue())
+        else:
+            raise AssertionError(command)
+    assert "gnorm-kernels[plots]" in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
+    assert not (out / command[0]).exists() and not list(out.iterdir()), list(out.iterdir())
+    print(err.getvalue().strip())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 5, lines
+    assert "matplotlib is not installed" in lines[0] and "ipywidgets is not installed" in lines[1]
+    assert "datasets is not installed" in lines[2] and "matplotlib, seaborn are not installed" in lines[4]
+
+
 def _imports_triton(path: Path) -> bool:
     """Whether a file imports triton at module level (a kernel file, imported only by kernel_module)."""
     for node in ast.parse(path.read_text()).body:
