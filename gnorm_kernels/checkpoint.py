@@ -36,6 +36,7 @@ __all__ = [
     "weight_files",
     "write_checkpoint",
     "write_manifest",
+    "file_sha256",
     "check_manifest",
     "progress_bars",
 ]
@@ -198,7 +199,8 @@ def write_checkpoint(model: nn.Module, path: str | os.PathLike, tokenizer=None) 
 MANIFEST = "gnorm_checkpoint.json"
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -212,7 +214,7 @@ def write_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) ->
     config or a swapped weight file is caught on load instead of loading into the wrong heads."""
     path = Path(path)
     manifest = {"format": fmt, "record": record,
-                "weights_sha256": {f.name: _sha256(f) for f in weight_files(path)}}
+                "weights_sha256": {f.name: file_sha256(f) for f in weight_files(path)}}
     target = path / MANIFEST
     target.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return target
@@ -237,7 +239,7 @@ def check_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) ->
             f"with {manifest.get('record')}; was config.json edited? Loading would put weights into the wrong heads"
         )
     recorded = manifest.get("weights_sha256") or {}
-    actual = {f.name: _sha256(f) for f in weight_files(path)}
+    actual = {f.name: file_sha256(f) for f in weight_files(path)}
     if recorded != actual:
         changed = sorted(set(recorded) ^ set(actual) | {k for k in recorded if actual.get(k) != recorded[k]})
         raise ValueError(f"weight files of {path} differ from those saved with it ({file}): {changed}")

@@ -43,11 +43,11 @@ __all__ = ["CLIError", "OutputFolder", "RunLock", "sync_folder", "sync_tree"]
 MARKER = ".gnorm-partial.json"  # inside a partial folder: which command it belongs to
 
 
-def sync_folder(folder: str | os.PathLike) -> None:
-    """Make the entries of `folder` (a rename into it) durable; a no-op where a folder cannot be
-    opened or synced (Windows, some network file systems)."""
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file or a folder to disk; a no-op where it cannot be opened or synced (a folder on
+    Windows, some network file systems)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -58,22 +58,18 @@ def sync_folder(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Make the entries of `folder` (a rename into it) durable."""
+    _fsync(folder)
+
+
 def sync_tree(root: str | os.PathLike) -> None:
     """Flush every file under `root`, then every folder, to disk (before `root` is renamed into
     place, so that after a power loss the renamed folder never holds torn files)."""
     for folder, _, files in os.walk(root):
         for name in files:
-            try:
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        sync_folder(folder)
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
 
 
 class CLIError(Exception):

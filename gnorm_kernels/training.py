@@ -10,7 +10,6 @@ any size train the same model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from gnorm_kernels.checkpoint import write_checkpoint
+from gnorm_kernels.checkpoint import file_sha256, write_checkpoint
 
 __all__ = ["TrainingStuck", "cache_dir", "cached_model", "entry_problem", "lr_factor", "torch_threads"]
 
@@ -57,14 +56,6 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def entry_problem(folder: str | os.PathLike) -> str | None:
     """Why a cache folder is not a finished entry (None when it is): its record, config,
     tokenizer and weights must all be there, the weights with the hash the record holds."""
@@ -79,7 +70,7 @@ def entry_problem(folder: str | os.PathLike) -> str | None:
             return f"{folder / name} is missing"
     if not isinstance(info, dict) or "weights_sha256" not in info:
         return f"{record} records no weights hash (written by an older version)"
-    if info["weights_sha256"] != _sha256(folder / WEIGHTS):
+    if info["weights_sha256"] != file_sha256(folder / WEIGHTS):
         return f"{folder / WEIGHTS} does not match the hash in {record} (truncated or changed)"
     return None
 
@@ -112,7 +103,7 @@ def cached_model(target: str | os.PathLike, train: Callable[[], tuple[Any, Any, 
     tmp = target.parent / f".{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_checkpoint(model, tmp, tokenizer)
-        info = {**info, "weights_sha256": _sha256(tmp / WEIGHTS)}
+        info = {**info, "weights_sha256": file_sha256(tmp / WEIGHTS)}
         (tmp / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
         try:
             os.rename(tmp, target)
