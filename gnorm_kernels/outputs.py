@@ -21,7 +21,8 @@ The guarantees, in the order they are checked (before any work):
 
 No temporary file, lock or partial folder is left behind by a run that finishes or is
 stopped; only a killed run leaves its partial folder and lock file, for ``--resume``.
-Standard library only, so the command line can import it before it knows what it will run.
+Standard library only (with `durable`), so the command line can import it before it knows what it
+will run.
 """
 
 from __future__ import annotations
@@ -33,43 +34,16 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from gnorm_kernels.durable import sync_folder, sync_tree
+
 try:
     import fcntl
 except ImportError:  # Windows: runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CLIError", "OutputFolder", "RunLock", "sync_folder", "sync_tree"]
+__all__ = ["CLIError", "OutputFolder", "RunLock"]
 
 MARKER = ".gnorm-partial.json"  # inside a partial folder: which command it belongs to
-
-
-def _fsync(path: str | os.PathLike) -> None:
-    """Flush a file or a folder to disk; a no-op where it cannot be opened or synced (a folder on
-    Windows, some network file systems)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sync_folder(folder: str | os.PathLike) -> None:
-    """Make the entries of `folder` (a rename into it) durable."""
-    _fsync(folder)
-
-
-def sync_tree(root: str | os.PathLike) -> None:
-    """Flush every file under `root`, then every folder, to disk (before `root` is renamed into
-    place, so that after a power loss the renamed folder never holds torn files)."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync(os.path.join(folder, name))
-        _fsync(folder)
 
 
 class CLIError(Exception):

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .outputs import sync_folder
+from gnorm_kernels.durable import sync_folder
 
 __all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
 

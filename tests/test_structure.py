@@ -18,6 +18,7 @@ LEAVES = {
     "gnorm_kernels.checkpoint": set(),
     "gnorm_kernels.surgery": set(),
     "gnorm_kernels.modes": set(),
+    "gnorm_kernels.durable": set(),
     "gnorm_kernels.kernels": {"gnorm_kernels.kernels"},  # may import its own submodules only
 }
 MAX_LINES = 450
