@@ -409,31 +409,26 @@ def test_one_text_with_two_labels_is_reported_with_the_count(tmp_path) -> None:
     assert len(labels) == 10 and labels["t1"] == 1  # the first label stays
 
 
+BROKEN_FILES = [  # (file name, its bytes, the error it must give)
+    ("latin.csv", "text,label\ngood,1\ncaf\u00e9,0\nfine,1\n".encode("latin-1"),
+     r"latin\.csv, line 3: not UTF-8 text \(byte 0xe9 at column 4\)"),
+    ("wide.tsv", "text\tlabel\na\t1\n".encode("utf-16"), r"wide\.tsv, line 1: not UTF-8"),
+    ("broken.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n\n{"text": "c", "label": \n',
+     r"broken\.jsonl, line 4: not valid JSON"),
+    ("missing_key.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n{"text": "c", "label": 0}\n',
+     r"missing_key\.jsonl, line 2: no \['label'\] field"),
+    ("ragged.csv", b'text,label\n"two\nlines",1\nb,0\nc,1,extra\nd,0\n',
+     r"ragged\.csv, line 5: 3 fields, but the header has 2"),
+    ("short.tsv", b"text\tlabel\na\t1\nb\nc\t0\n", r"short\.tsv, line 3: 1 fields"),
+]
+
+
 def test_broken_files_are_errors_naming_the_file_and_line(tmp_path) -> None:
-    latin = tmp_path / "latin.csv"
-    latin.write_bytes("text,label\ngood,1\ncaf\u00e9,0\nfine,1\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.csv, line 3: not UTF-8 text \(byte 0xe9 at column 4\)"):
-        load_task(latin)
-    utf16 = tmp_path / "wide.tsv"
-    utf16.write_bytes("text\tlabel\na\t1\n".encode("utf-16"))
-    with pytest.raises(ValueError, match=r"wide\.tsv, line 1: not UTF-8"):
-        load_task(utf16)
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n\n{"text": "c", "label": \n')
-    with pytest.raises(ValueError, match=r"broken\.jsonl, line 4: not valid JSON"):
-        load_task(broken)
-    missing = tmp_path / "missing_key.jsonl"
-    missing.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n{"text": "c", "label": 0}\n')
-    with pytest.raises(ValueError, match=r"missing_key\.jsonl, line 2: no \['label'\] field"):
-        load_task(missing)
-    ragged = tmp_path / "ragged.csv"
-    ragged.write_text('text,label\n"two\nlines",1\nb,0\nc,1,extra\nd,0\n')
-    with pytest.raises(ValueError, match=r"ragged\.csv, line 5: 3 fields, but the header has 2"):
-        load_task(ragged)
-    short = tmp_path / "short.tsv"
-    short.write_text("text\tlabel\na\t1\nb\nc\t0\n")
-    with pytest.raises(ValueError, match=r"short\.tsv, line 3: 1 fields"):
-        load_task(short)
+    for name, content, error in BROKEN_FILES:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=error):
+            load_task(path)
     folder = tmp_path / "x.csv"
     folder.mkdir()
     with pytest.raises(IsADirectoryError, match=r"x\.csv is a directory"):

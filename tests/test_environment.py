@@ -19,6 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gnorm-kernels"
 # What the core install must do without: the notebook stack, the figures, Triton, GLUE's reader.
 EXTRA_ONLY = {"matplotlib", "seaborn", "ipywidgets", "jupyterlab", "triton", "datasets"}
+# The start of a child-process script in which importing any of EXTRA_ONLY fails, as uninstalled.
+HIDE_EXTRAS = f"""
+import sys
+BLOCKED = {sorted(EXTRA_ONLY)!r}
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
+sys.meta_path.insert(0, Hide())
+"""
 
 
 def _name(requirement: str) -> str:
@@ -142,13 +152,7 @@ def test_core_modules_import_without_the_extras():
     }
     script = f"""
 import importlib, pkgutil, sys
-BLOCKED = {sorted(EXTRA_ONLY)!r}
-class Hide:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
-sys.meta_path.insert(0, Hide())
-import gnorm_kernels
+{HIDE_EXTRAS}import gnorm_kernels
 skip = {sorted(needs_extra)!r}
 names = sorted(m.name for m in pkgutil.walk_packages(gnorm_kernels.__path__, "gnorm_kernels.") if m.name not in skip)
 for name in names:
@@ -167,13 +171,7 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path):
     script = f"""
 import contextlib, io, sys
 from pathlib import Path
-BLOCKED = {sorted(EXTRA_ONLY)!r}
-class Hide:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
-sys.meta_path.insert(0, Hide())
-import torch
+{HIDE_EXTRAS}import torch
 import gnorm_kernels as gk
 from gnorm_kernels.extras import MissingExtra
 from gnorm_kernels.testing import tiny_random_model
