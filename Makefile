@@ -16,7 +16,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 BROWSER_OUT ?= runs/browser
 
-.PHONY: setup lock freeze demo test test-fast test-browser notebooks lab bench clean
+.PHONY: setup lock freeze demo models test test-fast test-browser notebooks lab bench clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ freeze:
 
 demo: setup
 	$(OFFLINE) $(BIN)/gnorm compare --model tiny --task synthetic --methods $(DEMO_METHODS) --out $(DEMO_OUT) --force
+
+# Retrain every shipped offline model (tiny, tiny-lm) from its recipe into gnorm_kernels/models/shipped/
+# and print the hashes to pin in gnorm_kernels/shipped_models.py and the behavioural figures.
+models: setup
+	$(OFFLINE) $(BIN)/python -m gnorm_kernels.shipped_models
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)

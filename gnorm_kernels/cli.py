@@ -52,7 +52,7 @@ PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRES
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
-    p.add_argument("--model", default="tiny", help='"tiny" (trained here on first use), a hub id, or a local folder')
+    p.add_argument("--model", default="tiny", help='"tiny" (shipped with the package), a hub id, or a local folder')
     p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
     p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl file to calibrate on ...")
     p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
@@ -349,7 +349,7 @@ def _add_grain(sub: argparse._SubParsersAction) -> None:
                     "latency against the dense model.",
     )
     p.add_argument("--density", type=float, default=0.2, help="fraction of encoder units to keep, in (0, 1] (default 0.2)")
-    p.add_argument("--model", default="tiny", help='teacher: "tiny" (trained here on first use), a hub id or a local folder')
+    p.add_argument("--model", default="tiny", help='teacher: "tiny" (shipped with the package), a hub id or a local folder')
     p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
     p.add_argument("--steps", type=int, default=GRAIN_STEPS, help=f"optimiser steps (default {GRAIN_STEPS})")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")

@@ -1,9 +1,11 @@
-"""Models: the offline "tiny" default (trained here, cached), hub ids and local folders.
+"""Models: the offline "tiny" default (shipped with the package), hub ids and local folders.
 
 The tiny model is a 4-layer, 8-head BERT trained on the synthetic film-review task
-(`gnorm_kernels.data.synthetic_task`). Training is deterministic for one recipe on one
-platform: it runs on the recipe's pinned thread count (`TinyRecipe.threads`) whatever the
-machine has, so machines of any size train the same model.
+(`gnorm_kernels.data.synthetic_task`) from `TinyRecipe`. Its trained weights ship with the
+package (`gnorm_kernels.shipped_models`, checked against pinned hashes), so every machine loads
+the same model in seconds. Training is deterministic for one recipe on one kind of CPU (it runs
+on the recipe's pinned thread count, `TinyRecipe.threads`); `make models` retrains the shipped
+files, and a recipe other than the default is trained here and cached.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class TinyRecipe:
-    """Everything that determines the tiny model; its hash names the cache folder."""
+    """Everything that determines the tiny model; its hash names the cache folder of a model
+    trained here. The default recipe is the shipped model's (trained with it by `make models`)."""
 
     seed: int = 2  # pinned: a seed whose model learns the task and has heads that matter (tests hold both)
     data_seed: int = 0
@@ -267,10 +270,11 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode.
 
-    "tiny" is the offline default: trained on the synthetic task on first use
-    (about a minute and a half on 2 cores) and cached under `cache` (default
-    `$GNORM_CACHE` or ~/.cache/gnorm_kernels). "tiny-lm" is its causal-LM twin, a small
-    grouped-query Llama (`gnorm_kernels.tiny_lm`), trained and cached the same way. Anything else is a hub id or a
+    "tiny" is the offline default, trained on the synthetic task: its weights ship with the
+    package and are read (checked against their pinned hash) without training. "tiny-lm" is its
+    causal-LM twin, a small grouped-query Llama (`gnorm_kernels.tiny_lm`), shipped the same way.
+    A `recipe` other than the default is trained on first use (a minute or two on 2 cores) and
+    cached under `cache` (default `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
     head); a folder whose config records pruned heads or a GRAIN structure goes to the loader of
     its format (`gnorm_kernels.checkpoint.load_checkpoint`: `load_pruned` or `grain.load_grain`).
@@ -295,11 +299,16 @@ def load_model(
             model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
                                             attn_implementation=attn_implementation, progress=progress)
         elif name == "tiny":
-            recipe = recipe or TinyRecipe()
             if num_labels not in (None, 2):
                 raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")
-            folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
-            model = _from_cache(folder, kwargs)
+            if recipe is None or recipe == TinyRecipe():
+                from gnorm_kernels.shipped_models import shipped_folder
+
+                folder = shipped_folder("tiny")
+                model = _from_shipped(folder, kwargs)
+            else:
+                folder = _ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)
+                model = _from_cache(folder, kwargs)
             tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
         elif _looks_local(name):
             folder = Path(name).expanduser()
@@ -323,6 +332,13 @@ def load_model(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _from_shipped(folder: Path, kwargs: dict[str, Any]):
+    """The shipped tiny model (its files already checked against their pinned hashes)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, **kwargs)
 
 
 def _from_cache(folder: Path, kwargs: dict[str, Any]):

@@ -5,8 +5,10 @@ its verdict, ``[BOS] the plot was dull but the acting was superb verdict : posit
 4-layer Llama with grouped-query attention (8 query heads reading 2 key/value heads) learns
 the texts as a language model. So it has a perplexity (every token) and a verdict accuracy (the
 verdict word predicted after the cue), and its heads can be scored and pruned like the tiny
-BERT's. Training is deterministic for a recipe on one kind of CPU: it runs on the recipe's
-pinned thread count whatever the machine has, and the result is cached like "tiny".
+BERT's. Like "tiny", the model trained from the default `LMRecipe` ships with the package
+(`gnorm_kernels.shipped_models`); training is deterministic for a recipe on one kind of CPU (it
+runs on the recipe's pinned thread count), and a recipe other than the default is trained here
+and cached.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ LM_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 @dataclass(frozen=True)
 class LMRecipe:
-    """Everything that determines the tiny LM; its hash names the cache folder."""
+    """Everything that determines the tiny LM; its hash names the cache folder of a model trained
+    here. The default recipe is the shipped model's (trained with it by `make models`)."""
 
     seed: int = 0
     data_seed: int = 0
@@ -367,13 +370,18 @@ def tiny_lm_cache_path(recipe: LMRecipe | None = None, cache: str | os.PathLike 
 def ensure_tiny_lm(
     recipe: LMRecipe | None = None, cache: str | os.PathLike | None = None, progress: bool = True
 ) -> Path:
-    """Train and cache the tiny LM unless a finished copy exists; returns its folder.
+    """The folder of the tiny LM of `recipe`: the shipped one (checked against its pinned hashes,
+    never trained) for the default recipe; otherwise trained and cached unless a finished copy
+    exists.
 
     See `training.cached_model`: a reader never sees a half-written entry, and a broken one (a
     file missing, weights that do not match their recorded hash) is set aside with a warning
     and trained again.
     """
-    recipe = recipe or LMRecipe()
+    if recipe is None or recipe == LMRecipe():
+        from gnorm_kernels.shipped_models import shipped_folder
+
+        return shipped_folder("tiny-lm")
     return cached_model(tiny_lm_cache_path(recipe, cache), lambda: train_tiny_lm(recipe, progress=progress), "tiny-lm")
 
 
@@ -384,7 +392,8 @@ def load_tiny_lm(
     attn_implementation: str | None = None,
     progress: bool = True,
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) of the tiny LM in eval mode, trained and cached on first use."""
+    """(model, tokenizer) of the tiny LM in eval mode: the shipped one for the default recipe,
+    otherwise trained and cached on first use."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     folder = ensure_tiny_lm(recipe, cache, progress)

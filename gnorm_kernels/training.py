@@ -3,9 +3,10 @@ the learning-rate schedule, the error for a run that learned nothing, and the ca
 (`cached_model`: written beside its place and renamed in, its weights hashed, a broken entry set
 aside and trained again).
 
-The tiny BERT (`gnorm_kernels.models`) and the tiny LM (`gnorm_kernels.tiny_lm`) are both trained
-here on first use and cached under `cache_dir()`; each pins its thread count so that machines of
-any size train the same model.
+The tiny BERT (`gnorm_kernels.models`) and the tiny LM (`gnorm_kernels.tiny_lm`) ship trained
+with the package (`gnorm_kernels.shipped_models`); they are trained here by `make models`, and a
+recipe other than the shipped one is trained on first use and cached under `cache_dir()`. Each
+pins its thread count so that machines of any size train the same model (on one kind of CPU).
 """
 
 from __future__ import annotations

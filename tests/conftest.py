@@ -1,8 +1,7 @@
 """Shared fixtures.
 
-`tiny` is the offline default model (trained once and cached under $GNORM_CACHE or
-~/.cache/gnorm_kernels; the first run of the suite trains it, about a minute and a
-half on 2 cores) with its tokenizer and the synthetic task. It is shared by the whole
+`tiny` is the offline default model (shipped with the package: loading it trains nothing)
+with its tokenizer and the synthetic task. It is shared by the whole
 session: tests that change the model must work on `copy.deepcopy(tiny.model)`.
 """
 
@@ -12,10 +11,6 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes tens of seconds (many evaluations of the tiny model)")
 
 
 class TinySetup(NamedTuple):

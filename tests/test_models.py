@@ -12,6 +12,7 @@ from gnorm_kernels import models
 from gnorm_kernels.data import synthetic_tokenizer
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
 from gnorm_kernels.models import TinyRecipe, TrainingStuck, load_model, tiny_cache_path
+from gnorm_kernels.shipped_models import shipped_record
 
 
 def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -44,19 +45,17 @@ def test_tiny_gets_contrast_and_negation_right(tiny) -> None:
     assert dict(zip(cases, predicted)) == cases
 
 
-def test_tiny_comes_from_the_cache_without_retraining(tiny, monkeypatch) -> None:
-    folder = tiny_cache_path()
-    info = json.loads((folder / "training.json").read_text())
-    assert info["recipe"] == json.loads(json.dumps(asdict(TinyRecipe())))
-
+def test_tiny_is_the_shipped_model_whatever_the_cache(tiny, tmp_path, monkeypatch) -> None:
     def no_training(*args, **kwargs):
-        raise AssertionError("load_model retrained a cached model")
+        raise AssertionError("load_model trained the shipped model")
 
     monkeypatch.setattr(models, "train_tiny", no_training)
-    model, tokenizer = load_model("tiny", progress=False)
+    monkeypatch.setattr(models, "_ensure_tiny", no_training)
+    model, tokenizer = load_model("tiny", cache=tmp_path, recipe=TinyRecipe(), progress=False)
     text = ["the plot was not good but the coffee was great"]
     assert torch.equal(logits(model, tokenizer, text), logits(tiny.model, tiny.tokenizer, text))
     assert set(tokenizer(text)) >= {"input_ids", "token_type_ids", "attention_mask"}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_runs_on_the_recipe_thread_count_and_restores_it(monkeypatch) -> None:
@@ -88,17 +87,19 @@ def test_progress_false_silences_the_loading_bars(tiny, capfd) -> None:
 
 @pytest.mark.slow
 def test_tiny_heads_are_worth_pruning(tiny) -> None:
-    """One head the model cannot do without, and many it barely uses.
+    """One head the model cannot do without, and many it barely uses (33 evaluations).
 
-    33 evaluations, so it runs on the first 1,000 test reviews; on the full test
-    split the pinned model loses 17.9 points without head (0, 3) and under 0.5
-    points without 28 of its 32 heads.
+    On the 2,000 test reviews the shipped model loses 18.1 points without head (0, 2) and under
+    0.5 points without each of the other 31 heads (its record, `shipped_record("tiny")`, holds
+    the whole grid).
     """
-    batches = tiny.task.batches("test", tiny.tokenizer, batch_size=500, limit=1000)
+    batches = tiny.task.batches("test", tiny.tokenizer, batch_size=500)  # as `shipped_models.behaviour`
     drops = single_head_ablation(tiny.model, batches, progress=False)
     assert drops.shape == (4, 8)
-    assert drops.max().item() >= 0.05
-    assert (drops < 0.005).float().mean().item() >= 0.30
+    recorded = torch.tensor(shipped_record("tiny")["behaviour"]["head_drops"])
+    assert torch.allclose(drops, recorded, atol=1.5e-3)  # up to 3 of 2,000 verdicts may round the other way
+    assert divmod(int(drops.argmax()), 8) == (0, 2) and drops.max().item() >= 0.15
+    assert (drops < 0.005).float().mean().item() >= 0.9
 
 
 # --------------------------------------------------------------------------- caching mechanics
@@ -116,25 +117,29 @@ def fake_training(calls: list):
     return train
 
 
+OTHER = TinyRecipe(seed=7)  # not the shipped recipe: trained on first use and cached
+
+
 def test_cache_trains_once_per_recipe_and_leaves_no_temporary_folders(tmp_path, monkeypatch) -> None:
     calls: list = []
     monkeypatch.setattr(models, "train_tiny", fake_training(calls))
-    first, _ = load_model("tiny", cache=tmp_path, progress=False)
-    second, _ = load_model("tiny", cache=tmp_path, progress=False)
+    first, _ = load_model("tiny", cache=tmp_path, recipe=OTHER, progress=False)
+    second, _ = load_model("tiny", cache=tmp_path, recipe=OTHER, progress=False)
     assert len(calls) == 1
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    load_model("tiny", cache=tmp_path, recipe=TinyRecipe(seed=7), progress=False)
+    load_model("tiny", cache=tmp_path, recipe=TinyRecipe(seed=8), progress=False)
+    load_model("tiny", cache=tmp_path, progress=False)  # the shipped model: no training, no entry
     assert len(calls) == 2
     entries = sorted(p.name for p in tmp_path.iterdir())
-    assert entries == sorted([tiny_cache_path(cache=tmp_path).name, tiny_cache_path(TinyRecipe(seed=7), tmp_path).name])
+    assert entries == sorted([tiny_cache_path(OTHER, tmp_path).name, tiny_cache_path(TinyRecipe(seed=8), tmp_path).name])
 
 
 @pytest.mark.parametrize("damage", ["truncate weights", "drop tokenizer", "record without a hash"])
 def test_a_broken_tiny_entry_is_set_aside_and_trained_again(tmp_path, monkeypatch, damage) -> None:
     calls: list = []
     monkeypatch.setattr(models, "train_tiny", fake_training(calls))
-    load_model("tiny", cache=tmp_path, progress=False)
-    folder = tiny_cache_path(cache=tmp_path)
+    load_model("tiny", cache=tmp_path, recipe=OTHER, progress=False)
+    folder = tiny_cache_path(OTHER, tmp_path)
     record = json.loads((folder / "training.json").read_text())
     weights = folder / "model.safetensors"
     assert len(record["weights_sha256"]) == 64
@@ -145,7 +150,7 @@ def test_a_broken_tiny_entry_is_set_aside_and_trained_again(tmp_path, monkeypatc
     else:  # an entry cached before weights were hashed
         (folder / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "weights_sha256"}))
     with pytest.warns(UserWarning, match="tiny cache entry .* is broken"):
-        model, _ = load_model("tiny", cache=tmp_path, progress=False)
+        model, _ = load_model("tiny", cache=tmp_path, recipe=OTHER, progress=False)
     assert len(calls) == 2 and model.config.num_hidden_layers > 0
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
     assert json.loads((folder / "training.json").read_text())["weights_sha256"] == record["weights_sha256"]
@@ -157,7 +162,7 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(models, "train_tiny", broken)
     with pytest.raises(TrainingStuck):
-        load_model("tiny", cache=tmp_path, progress=False)
+        load_model("tiny", cache=tmp_path, recipe=OTHER, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -281,4 +286,4 @@ def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
     (folder / "config.json").write_text("{}")
     monkeypatch.setattr(models, "_ensure_tiny", lambda recipe, cache, progress: folder)
     with pytest.raises(RuntimeError, match="delete that folder"):
-        load_model("tiny", progress=False)
+        load_model("tiny", recipe=OTHER, progress=False)

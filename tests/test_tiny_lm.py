@@ -15,6 +15,7 @@ from gnorm_kernels.arch import head_layout
 from gnorm_kernels.data import Example
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
 from gnorm_kernels.models import TrainingStuck
+from gnorm_kernels.shipped_models import shipped_folder, shipped_record
 from gnorm_kernels.tiny_lm import (
     VERDICTS, LMRecipe, ensure_tiny_lm, lm_batches, lm_text, lm_tokenizer, load_tiny_lm, synthetic_lm_task,
     tiny_lm_cache_path, train_tiny_lm,
@@ -29,7 +30,7 @@ class LMSetup(NamedTuple):
 
 @pytest.fixture(scope="session")
 def lm() -> LMSetup:
-    """The default tiny LM (trained once into the shared cache, then read from it)."""
+    """The default tiny LM (shipped with the package)."""
     model, tokenizer = load_tiny_lm(progress=False)
     # the test split is drawn first, so it does not depend on the train size
     return LMSetup(model, tokenizer, synthetic_lm_task(train_size=100))
@@ -144,7 +145,7 @@ def test_tiny_lm_reaches_95_percent_verdict_accuracy_with_a_low_perplexity(lm: L
     assert result["accuracy"] >= 0.95
     # a model that knew nothing of the grammar would be near the vocabulary size (107)
     assert math.isfinite(result["perplexity"]) and 1 < result["perplexity"] < 10
-    recorded = json.loads((tiny_lm_cache_path() / "training.json").read_text())
+    recorded = shipped_record("tiny-lm")
     assert recorded["accuracy"] == pytest.approx(result["accuracy"])
     assert recorded["perplexity"] == pytest.approx(result["perplexity"], rel=1e-4)
     assert recorded["torch_threads"] == LMRecipe().threads
@@ -154,7 +155,7 @@ def test_tiny_lm_reaches_95_percent_verdict_accuracy_with_a_low_perplexity(lm: L
 def test_tiny_lm_heads_are_worth_pruning(lm: LMSetup, lm_test) -> None:
     """One head the model cannot do without, and many it barely uses (33 evaluations).
 
-    On the 2,000 test reviews the pinned model (seed 0) loses 20.9 points without head (0, 2),
+    On the 2,000 test reviews the shipped model (seed 0) loses 20.9 points without head (0, 2),
     6.4 without (0, 4), and under 0.5 points without 30 of its 32 heads.
     """
     drops = single_head_ablation(lm.model, lm_test, progress=False)
@@ -163,7 +164,7 @@ def test_tiny_lm_heads_are_worth_pruning(lm: LMSetup, lm_test) -> None:
     assert (drops < 0.005).float().mean().item() >= 0.30
 
 
-def test_the_cached_folder_reloads_to_identical_logits(lm: LMSetup) -> None:
+def test_the_shipped_folder_reloads_to_identical_logits(lm: LMSetup) -> None:
     again, tokenizer = load_tiny_lm(progress=False)
     (batch,) = lm_batches(reviews(4), tokenizer, batch_size=4)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
@@ -230,16 +231,20 @@ def fake_training(calls: list):
     return train
 
 
+OTHER = LMRecipe(seed=7)  # not the shipped recipe: trained on first use and cached
+
+
 def test_the_cache_trains_once_per_recipe_and_leaves_no_temporary_folders(tmp_path, monkeypatch) -> None:
     calls: list = []
     monkeypatch.setattr(tiny_lm, "train_tiny_lm", fake_training(calls))
-    first = ensure_tiny_lm(cache=tmp_path, progress=False)
-    assert ensure_tiny_lm(cache=tmp_path, progress=False) == first
+    first = ensure_tiny_lm(OTHER, cache=tmp_path, progress=False)
+    assert ensure_tiny_lm(OTHER, cache=tmp_path, progress=False) == first
     assert len(calls) == 1
-    ensure_tiny_lm(LMRecipe(seed=7), cache=tmp_path, progress=False)
+    ensure_tiny_lm(LMRecipe(seed=8), cache=tmp_path, progress=False)
+    assert ensure_tiny_lm(LMRecipe(), cache=tmp_path, progress=False) == shipped_folder("tiny-lm")  # never trained
     assert len(calls) == 2
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([first.name, tiny_lm_cache_path(LMRecipe(seed=7), tmp_path).name])
+    assert names == sorted([first.name, tiny_lm_cache_path(LMRecipe(seed=8), tmp_path).name])
     assert json.loads((first / "training.json").read_text())["accuracy"] == 0.5
 
 
@@ -247,7 +252,7 @@ def test_the_cache_trains_once_per_recipe_and_leaves_no_temporary_folders(tmp_pa
 def test_a_broken_cache_entry_is_noticed_and_rebuilt(tmp_path, monkeypatch, damage) -> None:
     calls: list = []
     monkeypatch.setattr(tiny_lm, "train_tiny_lm", fake_training(calls))
-    folder = ensure_tiny_lm(cache=tmp_path, progress=False)
+    folder = ensure_tiny_lm(OTHER, cache=tmp_path, progress=False)
     weights = folder / "model.safetensors"
     if damage == "truncate weights":
         weights.write_bytes(weights.read_bytes()[:1000])
@@ -255,11 +260,11 @@ def test_a_broken_cache_entry_is_noticed_and_rebuilt(tmp_path, monkeypatch, dama
         name = {"drop weights": "model.safetensors", "drop record": "training.json", "drop tokenizer": "tokenizer.json"}
         (folder / name[damage]).unlink()
     with pytest.warns(UserWarning, match="broken"):
-        assert ensure_tiny_lm(cache=tmp_path, progress=False) == folder
+        assert ensure_tiny_lm(OTHER, cache=tmp_path, progress=False) == folder
     assert len(calls) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model, _ = load_tiny_lm(cache=tmp_path, progress=False)  # whole again: no warning, no training
+        model, _ = load_tiny_lm(OTHER, cache=tmp_path, progress=False)  # whole again: no warning, no training
     assert len(calls) == 2 and head_layout(model).grouped
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
@@ -270,5 +275,5 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(tiny_lm, "train_tiny_lm", broken)
     with pytest.raises(TrainingStuck):
-        ensure_tiny_lm(cache=tmp_path, progress=False)
+        ensure_tiny_lm(OTHER, cache=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
