@@ -1,6 +1,6 @@
 """Evaluation: task metrics, model size, latency and single-head ablation.
 
-Under torch.distributed (`gnorm_kernels.distributed.data_parallel`) the batches are this rank's
+Under torch.distributed (`gnorm_kernels.parallel.distributed.data_parallel`) the batches are this rank's
 shard: the confusion counts and loss sums are all-reduced, so every rank reports the global metrics.
 """
 
@@ -9,22 +9,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gnorm_kernels import distributed
-from gnorm_kernels.arch import head_layout, stack_module
-from gnorm_kernels.batch import is_causal_lm, model_device, model_inputs
-from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.data.batches import Batch, model_device, model_inputs
+from gnorm_kernels.data.tasks import METRICS
+from gnorm_kernels.heads.families import head_layout, is_causal_lm, stack_module
+from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.modes import model_mode
+from gnorm_kernels.parallel import distributed
 
-__all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation", "METRICS"]
+__all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation"]
 
-METRICS = ("accuracy", "f1", "matthews", "perplexity")
-Batch = Mapping[str, torch.Tensor]
 
 
 def _confusion(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -142,7 +141,7 @@ def evaluate(
 
     With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
     the predicted and the true class of every example, as lists of ints in batch order, so the
-    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence`);
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence.compare`);
     under data parallelism every rank gets all of them.
     """
     if metric not in METRICS:

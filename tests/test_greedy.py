@@ -9,15 +9,19 @@ import sys
 
 import pytest
 import torch
-
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.evaluate import evaluate
-import gnorm_kernels.greedy as greedy_module
-from gnorm_kernels.greedy import Trajectory, greedy_prune, run_method, static_prune
-from gnorm_kernels.pruning import prune_heads
-from gnorm_kernels.scores import METHODS, NonFiniteGradientError, attention_entropy, gnorm_scores
-from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 from reference_gnorm import reference_gnorm_scores, reference_greedy_order
+
+import gnorm_kernels.engine.driver as greedy_module
+from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
+from gnorm_kernels.engine.trajectory import Trajectory
+from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads
+from gnorm_kernels.scoring.baselines import attention_entropy
+from gnorm_kernels.scoring.gnorm import gnorm_scores
+from gnorm_kernels.scoring.objectives import NonFiniteGradientError
+from gnorm_kernels.scoring.registry import METHODS
+from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 
 TIE = 1e-4  # relative: reference scores closer than this count as a tie
 
@@ -255,7 +259,7 @@ def test_figures_from_trajectories():
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
-    from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
+    from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
 
     model = _model()
     calib, test = _data(model)
@@ -288,7 +292,7 @@ def test_both_drivers_have_one_signature_and_forward_it_whole():
 
 
 def _record(per_step: list[int]) -> Trajectory:
-    from gnorm_kernels.trajectory import Step
+    from gnorm_kernels.engine.trajectory import Step
 
     heads = iter([(l, h) for l in range(2) for h in range(4)])
     steps = [Step(0, [], None, params=0, encoder_params=0, size_mb=0.0, seconds=0.0)]
@@ -310,8 +314,8 @@ def test_step_for_is_the_last_step_not_past_the_ratio():
 
 
 def test_the_record_imports_nothing_of_the_engine():
-    code = ("import sys, gnorm_kernels.trajectory; "
+    code = ("import sys, gnorm_kernels.engine.trajectory; "
             "print(sorted(m for m in sys.modules if m.startswith(('gnorm_kernels.', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['gnorm_kernels.durable', 'gnorm_kernels.trajectory']"  # durable: stdlib only
-    assert greedy_module.Trajectory is __import__("gnorm_kernels.trajectory", fromlist=["x"]).Trajectory
+    assert out.strip() == "['gnorm_kernels.durable', 'gnorm_kernels.engine.trajectory']"  # durable: stdlib only
+    assert greedy_module.Trajectory is __import__("gnorm_kernels.engine.trajectory", fromlist=["x"]).Trajectory

@@ -77,7 +77,7 @@ class UnevenSelfAttention(nn.Module):
     uses (an instance may set its own).
     """
 
-    # gnorm_kernels.arch.head_layout raises this for a model holding such a module
+    # gnorm_kernels.heads.families.head_layout raises this for a model holding such a module
     head_tools_refusal = HEAD_TOOLS_REFUSAL
     costs: CostModel = CPU_COSTS
 

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
-
 from lab_driver import NotebookPage, copy_notebook
+from playwright.sync_api import expect
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # seconds for all cells of one notebook (03 runs a dozen pruning runs: minutes on 2 idle cores, far more on busy ones)
@@ -60,11 +59,11 @@ def grid_expectations(parameters: dict[str, Any]) -> dict[str, Any]:
     show with none, either, and both of them masked (mask_heads + evaluate, as the grid does)."""
     import torch
 
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.data import load_task
+    from gnorm_kernels.data.loading import load_task
     from gnorm_kernels.evaluate import evaluate
-    from gnorm_kernels.masking import mask_heads
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.heads.families import head_layout
+    from gnorm_kernels.heads.masking import mask_heads
+    from gnorm_kernels.models.loading import load_model
 
     # as notebook 01 builds them: eager attention, test batches of 50 grouped by length
     model, tokenizer = load_model(parameters["MODEL"], attn_implementation="eager", progress=False)
@@ -151,9 +150,9 @@ def greedy_trajectory(parameters: dict[str, Any]) -> Any:
     """The Greedy-Gnorm trajectory notebook 03 shows in its explorer, rebuilt from its parameters."""
     import torch
 
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.greedy import run_method
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.data.loading import load_task
+    from gnorm_kernels.engine.driver import run_method
+    from gnorm_kernels.models.loading import load_model
 
     # as notebook 03 builds it: calibration batches of BATCH_SIZE, test batches of 50 grouped by length,
     # the run as `evidence.compare` makes it for its "greedy-gnorm" (seed SEED)
