@@ -3,7 +3,7 @@
 The public API. Names resolve on first use, so ``import gnorm_kernels`` stays cheap and the
 command line starts quickly. The block under ``TYPE_CHECKING`` is the one list of exports: type
 checkers, IDEs and ``help()`` read it as imports, and `__getattr__` resolves each name from the
-module that block names (read from this file's own source, once).
+module that block names (`gnorm_kernels._lazy`, the mechanism every subpackage shares).
 
 The subpackages, lowest first: ``kernels`` (block-norm kernels), ``heads`` (families, layouts,
 masking, pruning), ``data``, ``checkpoints``, ``parallel``, ``scoring``, ``models``, ``engine``
@@ -13,10 +13,10 @@ masking, pruning), ``data``, ``checkpoints``, ``parallel``, ``scoring``, ``model
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gnorm_kernels._aliases import install as _install_aliases
+from gnorm_kernels._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
     from gnorm_kernels.engine.trajectory import Trajectory
     from gnorm_kernels.evaluate import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
-    from gnorm_kernels.evidence.compare import compare
+    from gnorm_kernels.evidence.comparison import compare
     from gnorm_kernels.evidence.report import comparison_table
     from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
     from gnorm_kernels.evidence.widgets import head_toggle_grid, pruning_explorer
@@ -55,34 +55,5 @@ if TYPE_CHECKING:
     from gnorm_kernels.scoring.registry import METHODS, get_method, get_scorer
 
 
-def _exports() -> dict[str, str]:
-    """name -> module, read from the TYPE_CHECKING block above (the one list of exports)."""
-    import ast
-    from pathlib import Path
-
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    found: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            for stmt in node.body:
-                if isinstance(stmt, ast.ImportFrom):
-                    found.update({alias.asname or alias.name: stmt.module for alias in stmt.names})
-    return found
-
-
-_EXPORTS = _exports()
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)
 _install_aliases()
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gnorm_kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -141,7 +141,7 @@ def evaluate(
 
     With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
     the predicted and the true class of every example, as lists of ints in batch order, so the
-    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence.compare`);
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence.comparison`);
     under data parallelism every rank gets all of them.
     """
     if metric not in METRICS:

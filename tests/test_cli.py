@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gnorm_kernels.checkpoints.pruned import load_pruned
-from gnorm_kernels.cli.main import METHOD_NAMES, build_parser, main
+from gnorm_kernels.cli.commands import METHOD_NAMES, build_parser, main
 from gnorm_kernels.cli.outputs import CLIError, OutputFolder
 
 SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
@@ -136,7 +136,7 @@ def test_grain_is_a_subcommand_run_by_the_grain_package(monkeypatch):
 def test_help_does_not_import_torch(argv):
     code = (
         "import sys\n"
-        "from gnorm_kernels.cli.main import main\n"
+        "from gnorm_kernels.cli.commands import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit as e:\n"

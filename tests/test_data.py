@@ -485,7 +485,7 @@ def test_two_files_share_label_ids_and_check_their_columns(tmp_path) -> None:
 
 
 def test_gnorm_evaluates_on_every_row_of_eval_data(model_dir, tmp_path, capsys) -> None:
-    from gnorm_kernels.cli.main import main
+    from gnorm_kernels.cli.commands import main
     from gnorm_kernels.engine.trajectory import Trajectory
 
     train, dev, _, dev_rows = glue_style_files(tmp_path)

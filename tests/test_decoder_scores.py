@@ -353,7 +353,7 @@ def test_unit_errors_are_clear():
 
 
 def test_the_cli_passes_the_unit():
-    from gnorm_kernels.cli.main import _driver_options, build_parser
+    from gnorm_kernels.cli.commands import _driver_options, build_parser
 
     parser = build_parser()
     for command in ("prune", "compare"):

@@ -47,7 +47,7 @@ def launches(tmp_path_factory, tiny):
     (root / "worker").mkdir()
     started = {
         "worker": _torchrun([str(ROOT / "tests" / "dist_worker.py"), str(root / "worker")], root / "worker.log"),
-        "cli": _torchrun(["-m", "gnorm_kernels.cli.main", *CLI_ARGS, "--out", str(root / "cli2")], root / "cli.log"),
+        "cli": _torchrun(["-m", "gnorm_kernels.cli.commands", *CLI_ARGS, "--out", str(root / "cli2")], root / "cli.log"),
     }
     yield root, started
     for process in started.values():

@@ -187,7 +187,7 @@ def refused(call, extra):
 print(refused(lambda: gk.plot_head_grid(torch.rand(2, 2)), "plots"))
 print(refused(lambda: gk.head_toggle_grid(tiny_random_model("bert"), []), "notebooks"))
 print(refused(lambda: gk.load_task("glue/sst2"), "glue"))
-from gnorm_kernels.cli.main import main
+from gnorm_kernels.cli.commands import main
 out = Path({str(tmp_path)!r})
 for command in (["prune", "--method", "random"], ["compare", "--methods", "random"]):
     err = io.StringIO()

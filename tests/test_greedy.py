@@ -11,7 +11,6 @@ import pytest
 import torch
 from reference_gnorm import reference_gnorm_scores, reference_greedy_order
 
-import gnorm_kernels.engine.driver as greedy_module
 from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
 from gnorm_kernels.engine.trajectory import Trajectory
 from gnorm_kernels.evaluate import evaluate
@@ -283,12 +282,23 @@ def test_figures_from_trajectories():
     plt.close("all")
 
 
-def test_both_drivers_have_one_signature_and_forward_it_whole():
-    greedy, static = inspect.signature(greedy_prune), inspect.signature(static_prune)
-    assert greedy == static
-    inner = inspect.signature(greedy_module._drive).parameters
-    assert [n for n in inner if n != "greedy"] == list(greedy.parameters)
-    assert all(inner[n].kind == p.kind for n, p in greedy.parameters.items())
+def test_both_drivers_take_one_settings_object_and_refuse_unknown_options():
+    import dataclasses
+
+    from gnorm_kernels.engine.settings import PruneSettings
+
+    assert inspect.signature(greedy_prune) == inspect.signature(static_prune)
+    model = tiny_random_model("bert")
+    calib = random_batches(model, num_batches=1)
+    with pytest.raises(TypeError, match=r"unknown pruning option\(s\) \['heads_per_stpe'\]"):
+        greedy_prune(model, calib[:1], heads_per_stpe=2)
+    with pytest.raises(TypeError, match="unknown pruning option"):
+        run_method("random", model, calib[:1], ratio=0.1, rato=0.2)
+    settings = PruneSettings(steps=1, progress=False, scorer="random", scorer_options={"seed": 0})
+    by_object = static_prune(model, calib[:1], settings=settings)
+    by_name = static_prune(model, calib[:1], **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    assert by_object.order == by_name.order and len(by_object.order) == 1
+    assert by_object.settings == by_name.settings
 
 
 def _record(per_step: list[int]) -> Trajectory:
@@ -317,5 +327,6 @@ def test_the_record_imports_nothing_of_the_engine():
     code = ("import sys, gnorm_kernels.engine.trajectory; "
             "print(sorted(m for m in sys.modules if m.startswith(('gnorm_kernels.', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['gnorm_kernels.durable', 'gnorm_kernels.engine.trajectory']"  # durable: stdlib only
-    assert greedy_module.Trajectory is __import__("gnorm_kernels.engine.trajectory", fromlist=["x"]).Trajectory
+    loaded = set(eval(out))  # durable: stdlib only; heads.layout: the Head type, torch only
+    assert loaded == {"gnorm_kernels._aliases", "gnorm_kernels._lazy", "gnorm_kernels.durable", "gnorm_kernels.engine",
+                      "gnorm_kernels.engine.trajectory", "gnorm_kernels.heads", "gnorm_kernels.heads.layout"}, loaded

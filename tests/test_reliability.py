@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gnorm_kernels.cli.main import main
+from gnorm_kernels.cli.commands import main
 from gnorm_kernels.cli.outputs import CLIError, OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ if kill_at:
     trajectory.json = types.SimpleNamespace(dump=dump, dumps=real.dumps, loads=real.loads,
                                             JSONDecodeError=real.JSONDecodeError)
 
-from gnorm_kernels.cli.main import main
+from gnorm_kernels.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 

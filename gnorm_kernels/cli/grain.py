@@ -49,7 +49,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `gnorm grain` with the arguments its parser in `gnorm_kernels.cli.main` produced (the
+    """Run `gnorm grain` with the arguments its parser in `gnorm_kernels.cli.commands` produced (the
     learning rate already resolved); returns the exit status."""
     from gnorm_kernels.data.loading import load_task
     from gnorm_kernels.grain.prune import grain_prune

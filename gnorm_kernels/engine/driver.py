@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +35,7 @@ from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.engine.choice import budget as unit_budget
 from gnorm_kernels.engine.choice import check_count, choose, unit_words
 from gnorm_kernels.engine.resume import data_settings, describe_setting, model_fingerprint, resume_run
+from gnorm_kernels.engine.settings import PruneSettings
 from gnorm_kernels.engine.trajectory import Step, Trajectory
 from gnorm_kernels.heads.families import head_layout, is_causal_lm
 from gnorm_kernels.heads.layout import Head
@@ -116,50 +116,38 @@ def _drive(
     model: nn.Module,
     calibration: Sequence[Batch],
     evaluation: Sequence[Batch] | None,
+    run: PruneSettings,
     *,
     greedy: bool,
-    scorer: str | Callable[..., torch.Tensor],
-    scorer_options: Mapping[str, Any] | None,
-    prune_first: Literal["lowest", "highest"],
-    unit: Literal["head", "kv_group"],
-    method: str | None,
-    ratio: float | None,
-    steps: int | None,
-    heads_per_step: int,
-    min_heads_per_layer: int,
-    eval_every: int,
-    metric: str,
-    checkpoint: str | os.PathLike | None,
-    max_steps: int | None,
-    inplace: bool,
-    progress: bool,
-    per_example: bool,
 ) -> Trajectory:
     """The one pruning loop: `greedy_prune` (``greedy=True``) and `static_prune` (``False``)."""
+    scorer, prune_first, unit, method, metric = run.scorer, run.prune_first, run.unit, run.method, run.metric
+    ratio, steps, checkpoint, max_steps, progress, per_example = (
+        run.ratio, run.steps, run.checkpoint, run.max_steps, run.progress, run.per_example)
     score_fn = get_scorer(scorer) if isinstance(scorer, str) else scorer
     if not callable(score_fn):
         raise TypeError(f"scorer must be a registered name or a callable, got {type(scorer).__name__}")
     if prune_first not in ("lowest", "highest"):
         raise ValueError(f"prune_first must be 'lowest' or 'highest', got {prune_first!r}")
-    heads_per_step = check_count(heads_per_step, "heads_per_step", 1)
-    eval_every = check_count(eval_every, "eval_every", 1)
+    heads_per_step = check_count(run.heads_per_step, "heads_per_step", 1)
+    eval_every = check_count(run.eval_every, "eval_every", 1)
     if max_steps is not None:
         check_count(max_steps, "max_steps", 0)
     # a rank's shard is checked over all ranks; else a list of non-empty batches with input_ids, or an error
     calibration = list(calibration) if distributed.data_parallel(model) else check_batches(calibration)
     evaluation = None if evaluation is None else list(evaluation)
     sharded = distributed.is_sharded(model)
-    if inplace and sharded:
+    if run.inplace and sharded:
         raise ValueError("inplace=True cannot cut heads out of an FSDP-sharded model; "
                          "save the result with gnorm_kernels.parallel.fsdp.save_pruned_sharded")
-    options = dict(scorer_options or {})
+    options = dict(run.scorer_options or {})
     if "unit" in options:
         raise ValueError(f"give the unit to the driver (unit={options['unit']!r}), not in scorer_options")
     layout = head_layout(model)
     unit = check_unit(unit, layout)
     grid = unit_shape(layout, unit)
     _check_evaluation(model, evaluation, metric)
-    min_heads = check_count(min_heads_per_layer, "min_heads_per_layer", 0)
+    min_heads = check_count(run.min_heads_per_layer, "min_heads_per_layer", 0)
     if min_heads > grid[1]:
         raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit_words(unit)} of a layer")
     budget = unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
@@ -254,7 +242,7 @@ def _drive(
                 bar.set_postfix({metric: f"{metrics.get(metric, float('nan')):.3f}"})
     finally:
         bar.close()
-    if inplace and trajectory.order:
+    if run.inplace and trajectory.order:
         _prune(model, trajectory.order, unit)
     return trajectory
 
@@ -285,78 +273,44 @@ def _score(
 
 
 # --------------------------------------------------------------------------- the public drivers
-# Both keep their full signatures visible to users and type checkers, and pass every argument,
-# by name, to `_drive` (test_greedy checks that the three signatures agree).
 
 
 def greedy_prune(
     model: nn.Module,
     calibration: Sequence[Batch],
     evaluation: Sequence[Batch] | None = None,
-    *,
-    scorer: str | Callable[..., torch.Tensor] = "gnorm",
-    scorer_options: Mapping[str, Any] | None = None,
-    prune_first: Literal["lowest", "highest"] = "lowest",
-    unit: Literal["head", "kv_group"] = "head",
-    method: str | None = None,
-    ratio: float | None = None,
-    steps: int | None = None,
-    heads_per_step: int = 1,
-    min_heads_per_layer: int = 0,
-    eval_every: int = 1,
-    metric: str = "accuracy",
-    checkpoint: str | os.PathLike | None = None,
-    max_steps: int | None = None,
-    inplace: bool = False,
-    progress: bool = True,
-    per_example: bool = False,
+    settings: PruneSettings | None = None,
+    **options: Any,
 ) -> Trajectory:
-    """Greedy pruning: score the remaining heads, remove the `heads_per_step` lowest (or highest),
-    re-score the pruned model, repeat until `ratio` of the heads (or `steps` steps, or every
-    prunable head) is gone. No fine-tuning between steps.
+    """Greedy pruning: score the remaining units, remove the `heads_per_step` lowest (or highest),
+    re-score the pruned model, repeat until `ratio` of the units (or `steps` steps, or every
+    prunable unit) is gone. No fine-tuning between steps.
 
-    `unit="kv_group"` (grouped-query models) ranks and removes whole key/value groups instead of
-    query heads (`prune_kv_groups`); `ratio`, `steps`, `heads_per_step` and `min_heads_per_layer`
-    then count groups, and the trajectory's grid is [L, H_kv].
-    `scorer` is a name from `gnorm_kernels.scoring.registry.SCORERS` or any ``f(model, batches, **options)``
-    returning the unit's grid ([L, H]; it is called with ``unit="kv_group"`` for groups); Greedy-Gnorm
-    is the default. `evaluation` batches (with labels; for a causal LM text alone with
-    ``metric="perplexity"``) are scored with `metric` after step 0 and every `eval_every` steps and
+    The options are the fields of `PruneSettings` (given as `settings`, or by name:
+    ``greedy_prune(model, calib, test, ratio=0.5, unit="kv_group")``). `unit="kv_group"`
+    (grouped-query models) ranks and removes whole key/value groups instead of query heads
+    (`prune_kv_groups`); the budget then counts groups and the trajectory's grid is [L, H_kv].
+    `scorer` is a name from `gnorm_kernels.scoring.registry.SCORERS` or any
+    ``f(model, batches, **options)`` returning the unit's grid (called with ``unit="kv_group"``
+    for groups); Greedy-Gnorm is the default. `evaluation` batches (with labels; for a causal LM
+    text alone with ``metric="perplexity"``) are scored after step 0, every `eval_every` steps and
     after the last; a causal LM's steps record its perplexity beside the task metric. The model
-    passed in is not changed unless `inplace` (then it ends pruned to the final state).
-    `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
-    it. `max_steps` stops this call after that many new steps (resume later with the same
-    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
-    the trajectory (what `gnorm_kernels.evidence.compare` bootstraps).
+    passed in is not changed unless `inplace`. With `checkpoint` the run resumes from that file
+    when it exists; `per_example` keeps what `gnorm_kernels.evidence.comparison` bootstraps.
     """
-    return _drive(greedy=True, **locals())
+    return _drive(model, calibration, evaluation, PruneSettings.build(settings, **options), greedy=True)
 
 
 def static_prune(
     model: nn.Module,
     calibration: Sequence[Batch],
     evaluation: Sequence[Batch] | None = None,
-    *,
-    scorer: str | Callable[..., torch.Tensor] = "gnorm",
-    scorer_options: Mapping[str, Any] | None = None,
-    prune_first: Literal["lowest", "highest"] = "lowest",
-    unit: Literal["head", "kv_group"] = "head",
-    method: str | None = None,
-    ratio: float | None = None,
-    steps: int | None = None,
-    heads_per_step: int = 1,
-    min_heads_per_layer: int = 0,
-    eval_every: int = 1,
-    metric: str = "accuracy",
-    checkpoint: str | os.PathLike | None = None,
-    max_steps: int | None = None,
-    inplace: bool = False,
-    progress: bool = True,
-    per_example: bool = False,
+    settings: PruneSettings | None = None,
+    **options: Any,
 ) -> Trajectory:
-    """Static pruning: score the full model once, then remove heads in that order,
-    `heads_per_step` at a time, evaluating as `greedy_prune` does (same arguments)."""
-    return _drive(greedy=False, **locals())
+    """Static pruning: score the full model once, then remove units in that order,
+    `heads_per_step` at a time, evaluating as `greedy_prune` does (same settings)."""
+    return _drive(model, calibration, evaluation, PruneSettings.build(settings, **options), greedy=False)
 
 
 def run_method(
@@ -364,32 +318,33 @@ def run_method(
     model: nn.Module,
     calibration: Sequence[Batch],
     evaluation: Sequence[Batch] | None = None,
+    settings: PruneSettings | None = None,
     *,
     seed: int = 0,
-    scorer_options: Mapping[str, Any] | None = None,
-    unit: Literal["head", "kv_group"] = "head",
     preset: str | None = None,
-    **driver_options: Any,
+    **options: Any,
 ) -> Trajectory:
     """Run a method of `gnorm_kernels.scoring.registry.METHODS` by name (e.g. "greedy-gnorm", "random").
 
-    `seed` reaches seeded methods (random); `scorer_options` go to the scorer; `unit` ("head" or
-    "kv_group") is what the method ranks and removes; everything else goes to `greedy_prune` /
-    `static_prune`. `preset` (e.g. "authors", see `gnorm_kernels.scoring.presets`) sets the Gnorm
-    scorer's options, under the caller's own.
+    `settings` and `options` are `PruneSettings` (as for `greedy_prune`); the method sets the
+    scorer, the direction and the run's name. `seed` reaches seeded methods (random); `preset`
+    (e.g. "authors", see `gnorm_kernels.scoring.presets`) sets the Gnorm scorer's options under
+    the caller's own, and the preset's units per step unless the caller gave them.
     """
     spec = get_method(method) if isinstance(method, str) else method
-    unit = spec.check_unit(unit)
-    options = dict(scorer_options or {})
+    run = PruneSettings.build(settings, **options)
+    unit = spec.check_unit(run.unit)
+    scorer_options = dict(run.scorer_options or {})
     if spec.seeded:
-        options.setdefault("seed", seed)
+        scorer_options.setdefault("seed", seed)
     scorer: Any = spec.scorer
     if preset is not None:
         from gnorm_kernels.scoring.presets import apply_preset
 
-        scorer, options, driver_options = apply_preset(preset, spec, options, driver_options, seed=seed)
+        chosen = "heads_per_step" in options or settings is not None  # the caller's own choice wins
+        scorer, scorer_options, heads_per_step = apply_preset(preset, spec, scorer_options, run.heads_per_step,
+                                                              keep_heads_per_step=chosen, seed=seed)
+        run = PruneSettings.build(run, heads_per_step=heads_per_step)
     driver = greedy_prune if spec.greedy else static_prune
-    return driver(
-        model, calibration, evaluation, scorer=scorer, scorer_options=options,
-        prune_first=spec.prune_first, unit=unit, method=spec.name, **driver_options,
-    )
+    return driver(model, calibration, evaluation, PruneSettings.build(
+        run, scorer=scorer, scorer_options=scorer_options, prune_first=spec.prune_first, unit=unit, method=spec.name))

@@ -90,7 +90,7 @@ class Step:
     eval_seconds: float = 0.0
     scores: torch.Tensor | None = None  # unit grid this step's choice was made on (NaN: pruned)
     # per evaluation example, in evaluation order: the predicted and the true class (evaluated
-    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence.compare resamples)
+    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence.comparison resamples)
     predictions: list[int] | None = None
     golds: list[int] | None = None
 

@@ -4,7 +4,7 @@
   and the area under the curve (medians and ranges for methods run with several seeds);
   `markdown_table` and `write_csv` render it.
 * `evidence_markdown`: the same numbers with their 95% intervals and the differences from a
-  reference method, resolved or not (the rows of `gnorm_kernels.evidence.compare.Comparison.table`).
+  reference method, resolved or not (the rows of `gnorm_kernels.evidence.comparison.Comparison.table`).
 * `masks_figure`: the kept-head grid of every method at one pruning ratio, side by side.
 * `ablation_table` and `write_ablation_csv`: single-head ablation drops as a layers x heads table.
 

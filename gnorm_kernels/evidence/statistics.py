@@ -4,7 +4,7 @@ A bootstrap resample of n evaluation examples is a row of counts (how often each
 drawn); a metric on a resample is then a weighted count, so B resamples of S steps are one
 [B, n] x [n, S] matrix product. Reading a curve at a budget, or its mean over a range, is linear
 in the curve's values: `point_weights` and `range_weights` give the weight vectors, so the same
-product serves the recorded curve and every resampled one. `gnorm_kernels.evidence.compare` uses these.
+product serves the recorded curve and every resampled one. `gnorm_kernels.evidence.comparison` uses these.
 """
 
 from __future__ import annotations

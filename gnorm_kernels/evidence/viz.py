@@ -31,7 +31,7 @@ from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
 __all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
-# {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.compare.Evidence.bands
+# {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.comparison.Evidence.bands
 Bands = Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -74,7 +74,7 @@ def plot_accuracy_curves(
     seeds) is drawn as the median with a band from the lowest to the highest run.
 
     `bands` ({method: (fractions pruned, lower, upper)}, such as `Evidence.bands` of
-    `gnorm_kernels.evidence.compare`) shades each named method's interval instead; the seed range of a
+    `gnorm_kernels.evidence.comparison`) shades each named method's interval instead; the seed range of a
     method with several runs is then drawn as thin dotted lines."""
     if x not in ("heads", "percent"):
         raise ValueError(f"x must be 'heads' or 'percent', got {x!r}")

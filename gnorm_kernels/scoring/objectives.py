@@ -29,7 +29,6 @@ from gnorm_kernels.modes import model_mode
 
 __all__ = [
     "OBJECTIVES",
-    "Batch",
     "NonFiniteGradientError",
     "Objective",
     "check_batches",

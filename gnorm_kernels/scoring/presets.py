@@ -9,7 +9,7 @@ is the same as without it, only the recorded scores change).
 
 A preset changes two things: the scorer settings of the Gnorm-scored methods (`apply_preset`,
 used by `gnorm_kernels.engine.driver.run_method`), and the calibration data (`Preset.calibration_size`
-and `Preset.batch_size`, which whoever makes the batches applies: `gnorm_kernels.evidence.compare.
+and `Preset.batch_size`, which whoever makes the batches applies: `gnorm_kernels.evidence.comparison.
 calibration_draws` and the `gnorm --preset` flag do). Other methods keep their own scorers.
 """
 
@@ -98,21 +98,22 @@ def apply_preset(
     preset: str | Preset | None,
     method: Method,
     scorer_options: Mapping[str, Any],
-    driver_options: Mapping[str, Any],
+    heads_per_step: int,
     *,
+    keep_heads_per_step: bool = False,
     seed: int = 0,
-) -> tuple[str | Any, dict[str, Any], dict[str, Any]]:
-    """(scorer, scorer options, driver options) for running `method` under `preset` (None: as they are).
+) -> tuple[str | Any, dict[str, Any], int]:
+    """(scorer, scorer options, heads per step) for running `method` under `preset` (None: as given).
 
     Gnorm-scored methods get `authors_gnorm_scores` with the preset's options under the caller's
-    (an option the caller gives wins); every method gets the preset's heads per step unless the
-    caller gave one. Other scorers are left as they are."""
+    (an option the caller gives wins); every method gets the preset's heads per step unless
+    `keep_heads_per_step` (the caller chose one). Other scorers are left as they are."""
     if preset is None:
-        return method.scorer, dict(scorer_options), dict(driver_options)
+        return method.scorer, dict(scorer_options), heads_per_step
     spec = get_preset(preset)
-    driver = dict(driver_options)
-    driver.setdefault("heads_per_step", spec.heads_per_step)
+    if not keep_heads_per_step:
+        heads_per_step = spec.heads_per_step
     if method.scorer != "gnorm":
-        return method.scorer, dict(scorer_options), driver
+        return method.scorer, dict(scorer_options), heads_per_step
     options = {**spec.gnorm_options, "seed": seed, **scorer_options}
-    return authors_gnorm_scores, options, driver
+    return authors_gnorm_scores, options, heads_per_step

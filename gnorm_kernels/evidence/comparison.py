@@ -127,7 +127,7 @@ class _Run:
                 continue
             if s.predictions is None or s.golds is None:
                 raise ValueError(f"{t.method!r} step {s.step} has no per-example predictions: run it with "
-                                 "per_example=True (gnorm_kernels.evidence.compare.compare does) to bootstrap it")
+                                 "per_example=True (gnorm_kernels.evidence.comparison.compare does) to bootstrap it")
             if golds is not None and s.golds != golds:
                 raise ValueError(f"{t.method!r} step {s.step} was evaluated on other examples than step 0")
             golds = s.golds

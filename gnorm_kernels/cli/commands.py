@@ -16,7 +16,7 @@ refused unless `--force` is given, in which case it is replaced once the new run
 One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
 killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
 
-Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli.main ...`` prune, compare and ablate split their batches
+Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli.commands ...`` prune, compare and ablate split their batches
 across the processes and rank 0 writes the folder (`gnorm_kernels.parallel.distributed`); `--fsdp` shards the model.
 """
 
@@ -116,7 +116,7 @@ def _check_args(args: argparse.Namespace) -> None:
     from gnorm_kernels.parallel.distributed import is_initialised
     if getattr(args, "fsdp", False) and not is_initialised():
         raise CLIError("--fsdp shards the model across processes: start the command with "
-                       "torchrun --nproc-per-node N -m gnorm_kernels.cli.main ...")
+                       "torchrun --nproc-per-node N -m gnorm_kernels.cli.commands ...")
 
 
 def _output_folder(args: argparse.Namespace) -> OutputFolder:
@@ -265,7 +265,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from gnorm_kernels.cli.load import checkpointed
     from gnorm_kernels.evidence.calibration import calibration_draws
-    from gnorm_kernels.evidence.compare import DEFAULT_BUDGETS, compare
+    from gnorm_kernels.evidence.comparison import DEFAULT_BUDGETS, compare
     from gnorm_kernels.parallel import distributed
 
     _check_args(args)
