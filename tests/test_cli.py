@@ -29,7 +29,7 @@ def test_prune_writes_trajectory_plots_and_a_loadable_pruned_model(model_dir, tm
                  "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "mask.png", "model", "trajectory.json"]
     data = json.loads((out / "trajectory.json").read_text())
-    assert data["method"] == "greedy-gnorm" and data["num_heads_total"] == 8 and data["complete"]
+    assert data["method"] == "greedy-gnorm" and data["units_total"] == 8 and data["complete"]
     assert len(data["steps"]) == 3 and all(len(s["pruned"]) == 1 for s in data["steps"][1:])
     model = load_pruned(out / "model")
     gone = {tuple(h) for s in data["steps"] for h in s["pruned"]}

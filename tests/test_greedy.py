@@ -159,7 +159,7 @@ def test_trajectory_json_round_trip_and_masks(tmp_path):
     t = greedy_prune(model, calib, test, progress=False)
     path = t.save(tmp_path / "t.json")
     data = json.loads(path.read_text())
-    assert data["method"] == "greedy-gnorm" and data["num_heads_total"] == 8
+    assert data["method"] == "greedy-gnorm" and data["units_total"] == 8
     step = data["steps"][3]
     assert step["pruned"] == [list(t.order[2])] and isinstance(step["accuracy"], float)
     assert {"params", "size_mb", "seconds", "scores"} <= set(step)

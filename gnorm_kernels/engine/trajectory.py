@@ -4,16 +4,11 @@ A trajectory holds the pruning order, the score grid each choice was made on, an
 sizes and times after every step. It is a plain record: it imports nothing of the pruning engine
 (only torch, numpy and the standard library), so reading a saved run needs no model code.
 
-A run prunes units (`unit`): query heads, named by (layer, original head index) on the original
-[num_layers, num_heads] grid, or key/value groups of a grouped-query model, (layer, original
-key/value head) on [num_layers, num_kv_heads]. Order, score grids and `mask_at` are on the unit's
-grid; `head_mask_at` and `pruned_heads_at` always speak of query heads (a group stands for all its
-query heads), for plots, widgets and `prune_heads`. A record written before units existed loads
-as a "head" run.
-
-Positions along a run are given either as a pruning ratio (the fraction of the units present at
-the start that are gone) or as a step number; `step_for`, `mask_at`, `head_mask_at` and
-`pruned_heads_at` are the one place that turns either into a step, a mask or a `prune_heads` map.
+A run prunes units (`unit`): query heads on the original [num_layers, num_heads] grid, or
+key/value groups on [num_layers, num_kv_heads]. Order, score grids and `mask_at` are on the unit's
+grid; `head_mask_at` and `pruned_heads_at` speak of query heads (a group stands for all of its).
+Positions are a pruning ratio (of the units present at the start) or a step number; `step_for`,
+`mask_at`, `head_mask_at` and `pruned_heads_at` are the one place that turns either into a step.
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,25 +170,35 @@ class Trajectory:
             )
 
     # ---- shape and order
+    _RENAMED = {"num_units": "units_per_layer", "num_heads_total": "units_total", "num_heads_start": "units_at_start",
+                "heads_pruned": "units_pruned"}  # 0.1's names, which said "heads" for KV groups too
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Trajectory._RENAMED:
+            new = Trajectory._RENAMED[name]
+            warnings.warn(f"Trajectory.{name} is now Trajectory.{new}", DeprecationWarning, stacklevel=2)
+            return getattr(self, new)
+        raise AttributeError(f"'Trajectory' object has no attribute {name!r}")
+
     @property
-    def num_units(self) -> int:
+    def units_per_layer(self) -> int:
         """Units per layer: query heads, or key/value groups for a "kv_group" run."""
         return self.num_heads if self.unit == "head" else self.num_kv_heads
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(num_layers, num_units): the original grid of the run's unit ([L, H] for heads)."""
-        return (self.num_layers, self.num_units)
+        """(num_layers, units_per_layer): the original grid of the run's unit ([L, H] for heads)."""
+        return (self.num_layers, self.units_per_layer)
 
     @property
-    def num_heads_total(self) -> int:
+    def units_total(self) -> int:
         """Units on the original grid (heads, or key/value groups for a "kv_group" run)."""
-        return self.num_layers * self.num_units
+        return self.num_layers * self.units_per_layer
 
     @property
-    def num_heads_start(self) -> int:
-        """Units present when the run started (num_heads_total unless the model came pruned)."""
-        return self.num_heads_total - len(self.initially_pruned)
+    def units_at_start(self) -> int:
+        """Units present when the run started (units_total unless the model came pruned)."""
+        return self.units_total - len(self.initially_pruned)
 
     @property
     def order(self) -> list[Head]:
@@ -200,7 +206,7 @@ class Trajectory:
         return [h for s in self.steps for h in s.pruned]
 
     @property
-    def heads_pruned(self) -> list[int]:
+    def units_pruned(self) -> list[int]:
         """Cumulative number of units pruned after each step (0 for step 0)."""
         out, n = [], 0
         for s in self.steps:
@@ -210,13 +216,13 @@ class Trajectory:
 
     # ---- ratio -> step -> mask
     def step_for(self, ratio: float) -> int:
-        """The last step after which at most round(ratio * num_heads_start) heads are pruned.
+        """The last step after which at most round(ratio * units_at_start) heads are pruned.
 
         With one head per step that step prunes exactly that many; with several it is the last
         step not past the ratio. Past the end of the run it is the last step."""
-        wanted = round(check_ratio(ratio) * self.num_heads_start)
+        wanted = round(check_ratio(ratio) * self.units_at_start)
         step = 0
-        for index, count in enumerate(self.heads_pruned):
+        for index, count in enumerate(self.units_pruned):
             if count <= wanted:
                 step = index
         return step
@@ -230,17 +236,17 @@ class Trajectory:
                 raise ValueError(f"steps must be an integer in 0..{len(self.steps) - 1} for this trajectory, got {steps!r}")
             return [h for s in self.steps[1 : steps + 1] for h in s.pruned]
         ratio = check_ratio(ratio)
-        n = round(ratio * self.num_heads_start)
+        n = round(ratio * self.units_at_start)
         if n > len(order):
             raise ValueError(
                 f"ratio {ratio} means {n} heads pruned, but this trajectory covers only {len(order)} "
-                f"of {self.num_heads_start} heads"
+                f"of {self.units_at_start} heads"
             )
         return order[:n]
 
     def mask_at(self, ratio: float | None = None, *, steps: int | None = None) -> torch.Tensor:
         """Bool kept mask on the unit grid (`shape`) after pruning the first
-        round(ratio * num_heads_start) units of the order, or after `steps` steps (units pruned
+        round(ratio * units_at_start) units of the order, or after `steps` steps (units pruned
         before the run count as gone)."""
         mask = torch.ones(self.shape, dtype=torch.bool)
         for l, h in [*self.initially_pruned, *self._heads_for(ratio, steps)]:
@@ -280,9 +286,9 @@ class Trajectory:
     def curve(self, metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
         """(fraction of heads pruned, metric) at every evaluated step."""
         xs, ys = [], []
-        for n, s in zip(self.heads_pruned, self.steps):
+        for n, s in zip(self.units_pruned, self.steps):
             if s.metrics is not None and s.metrics.get(metric) is not None:
-                xs.append(n / self.num_heads_start)
+                xs.append(n / self.units_at_start)
                 ys.append(float(s.metrics[metric]))
         return np.asarray(xs), np.asarray(ys)
 
@@ -311,7 +317,7 @@ class Trajectory:
             "family": self.family,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
-            "num_heads_total": self.num_heads_total,
+            "units_total": self.units_total,
             "unit": self.unit,
             "num_kv_heads": self.num_kv_heads,
             "greedy": self.greedy,
@@ -348,12 +354,8 @@ class Trajectory:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trajectory as JSON, atomically and durably.
-
-        The JSON goes to a temporary file that is flushed to disk and then renamed into
-        place (and the folder entry synced), so a crash or power loss leaves either the
-        previous trajectory or this one, never a torn file.
-        """
+        """Write the trajectory as JSON, atomically and durably: a temporary file flushed to disk,
+        renamed into place, the folder synced; a crash leaves the previous record or this one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -384,10 +386,8 @@ class Trajectory:
         acc = [s.accuracy for s in self.steps if s.accuracy is not None]
         tail = f", accuracy {acc[0]:.4f} -> {acc[-1]:.4f}" if acc else ""
         units = "heads" if self.unit == "head" else "key/value groups"
-        return (
-            f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.num_units}, "
-            f"{len(self.order)} of {self.num_heads_start} {units} pruned in {len(self.steps) - 1} steps{tail})"
-        )
+        return (f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.units_per_layer}, "
+                f"{len(self.order)} of {self.units_at_start} {units} pruned in {len(self.steps) - 1} steps{tail})")
 
 
 def _gone(mask: torch.Tensor) -> dict[int, list[int]]:

@@ -122,7 +122,7 @@ class _Run:
     @classmethod
     def of(cls, t: Trajectory, metric: str) -> "_Run":
         xs, ys, preds, golds = [], [], [], None
-        for n, s in zip(t.heads_pruned, t.steps):
+        for n, s in zip(t.units_pruned, t.steps):
             if s.metrics is None or s.metrics.get(metric) is None:
                 continue
             if s.predictions is None or s.golds is None:
@@ -131,7 +131,7 @@ class _Run:
             if golds is not None and s.golds != golds:
                 raise ValueError(f"{t.method!r} step {s.step} was evaluated on other examples than step 0")
             golds = s.golds
-            xs.append(n / t.num_heads_start)
+            xs.append(n / t.units_at_start)
             ys.append(float(s.metrics[metric]))
             preds.append(s.predictions)
         if golds is None:

@@ -57,7 +57,7 @@ def group_runs(runs: Runs) -> dict[str, list[Trajectory]]:
 
 
 def _x_scale(t: Trajectory, x: str) -> float:
-    return 100.0 if x == "percent" else float(t.num_heads_start)
+    return 100.0 if x == "percent" else float(t.units_at_start)
 
 
 def plot_accuracy_curves(

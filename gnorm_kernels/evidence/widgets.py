@@ -225,7 +225,7 @@ class PruningExplorer:
         first = method if method is not None else next(iter(self.trajectories))
         if first not in self.trajectories:
             raise ValueError(f"unknown method {first!r}; expected one of {list(self.trajectories)}")
-        total = self.trajectories[first].num_heads_start
+        total = self.trajectories[first].units_at_start
         self.dropdown = w.Dropdown(options=list(self.trajectories), value=first, description="method")
         self.dropdown.add_class("gnorm-method")
         self.slider = w.FloatSlider(
@@ -262,7 +262,7 @@ class PruningExplorer:
     # ---- reading trajectories
     def _max_ratio(self, name: str) -> float:
         trajectory = self.trajectories[name]
-        return trajectory.heads_pruned[-1] / trajectory.num_heads_start
+        return trajectory.units_pruned[-1] / trajectory.units_at_start
 
     def step_for(self, name: str, ratio: float) -> int:
         """The step of trajectory `name` after which round(ratio * heads) heads are pruned
@@ -276,8 +276,8 @@ class PruningExplorer:
         record = trajectory.steps[step]
         first = trajectory.steps[0]
         metric = trajectory.settings.get("metric", "accuracy") or "accuracy"
-        pruned = trajectory.heads_pruned[step]
-        fraction = pruned / trajectory.num_heads_start
+        pruned = trajectory.units_pruned[step]
+        fraction = pruned / trajectory.units_at_start
         evaluated = record.metrics is not None
         if evaluated:
             accuracy = record.metrics.get("accuracy")
@@ -290,7 +290,7 @@ class PruningExplorer:
             "ratio": fraction,
             "step": step,
             "heads_pruned": pruned,
-            "heads_total": trajectory.num_heads_start,
+            "heads_total": trajectory.units_at_start,
             "mask": trajectory.mask_at(steps=step),
             "accuracy": accuracy,
             "score": score,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         progress_over,
         scoring_mode,
     )
-    from gnorm_kernels.scoring.per_example import QKV_PARTS, Norms, check_finite_norms, per_example_qkv_norms, with_bias_norms
+    from gnorm_kernels.scoring.per_example import QKV_PARTS, Norms, Sweep, check_finite_norms, per_example_qkv_norms, with_bias_norms
     from gnorm_kernels.scoring.presets import PRESETS, Preset, apply_preset, authors_gnorm_scores, get_preset, zscore
     from gnorm_kernels.scoring.registry import METHODS, SCORERS, Method, Scorer, get_method, get_scorer
 

@@ -36,7 +36,7 @@ from gnorm_kernels.scoring.objectives import (
     progress_over,
     scoring_mode,
 )
-from gnorm_kernels.scoring.per_example import QKV_PARTS, Norms, check_finite_norms, per_example_qkv_norms, with_bias_norms
+from gnorm_kernels.scoring.per_example import QKV_PARTS, Norms, Sweep, check_finite_norms, per_example_qkv_norms, with_bias_norms
 
 __all__ = ["AGGREGATIONS", "gnorm_scores", "qkv_gradient_norms"]
 
@@ -85,12 +85,11 @@ def qkv_gradient_norms(
     blocks = [b for b in layout.blocks if b.kept_heads]
     if not blocks:
         return grid
-    run = dict(objective=objective, include_bias=include_bias, unit=unit, dropout=dropout,
-               causal=is_causal_lm(model), backend=backend, progress=progress)
+    sweep = Sweep(objective, include_bias, unit, dropout, is_causal_lm(model), backend, progress)
     if aggregation == "per_example":
-        norms = per_example_qkv_norms(model, layout, blocks, batches, **run)
+        norms = per_example_qkv_norms(model, layout, blocks, batches, sweep)
     else:
-        norms = _batch_norms(model, layout, blocks, batches, accumulate=aggregation == "accumulated", **run)
+        norms = _batch_norms(model, layout, blocks, batches, sweep, accumulate=aggregation == "accumulated")
     # each block's units at their original indices on the grid
     for block, values in zip(blocks, norms):
         kept = block.kept_heads if unit == "head" else block.kept_kv_heads
@@ -250,37 +249,31 @@ def _batch_norms(
     layout: HeadLayout,
     blocks: list[AttentionBlock],
     batches: list[Batch],
+    sweep: Sweep,
     *,
-    objective: str | Objective,
-    include_bias: bool,
-    unit: str,
-    dropout: bool,
-    causal: bool,
-    backend: str,
-    progress: bool,
     accumulate: bool,
 ) -> list[torch.Tensor]:
     """Per block [3, units kept]: mean per-batch block norms, or (`accumulate`) those of the summed gradient."""
-    grads = _QKVGradients(blocks, layout, include_bias, backend, sharded=distributed.is_sharded(model))
+    grads = _QKVGradients(blocks, layout, sweep.include_bias, sweep.backend, sharded=distributed.is_sharded(model))
     device = model_device(model)
     total: list[torch.Tensor] | None = None
-    with scoring_mode(model, grads.parameters, training=dropout), grads:
-        for i, batch in enumerate(progress_over(batches, progress, "gradient norms")):
+    with scoring_mode(model, grads.parameters, training=sweep.dropout), grads:
+        for i, batch in enumerate(progress_over(batches, sweep.progress, "gradient norms")):
             if not accumulate:
                 grads.zero_()
             logits = model_logits(model, batch, device)
-            objective_value(objective, logits, batch, i, per_example=False, causal=causal).backward()
+            objective_value(sweep.objective, logits, batch, i, per_example=False, causal=sweep.causal).backward()
             # accumulated: the norms of the running sum, checked after each batch to name the
             # first batch that brings a NaN or inf in; the last batch's norms are the result
             norms = grads.norms()
             check_finite_norms(norms, blocks, i)
-            units = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
+            units = [unit_qkv_norms(*parts, block, sweep.unit) for parts, block in zip(norms, blocks)]
             total = units if accumulate or total is None else [t + u for t, u in zip(total, units)]
         if accumulate and distributed.data_parallel(model):  # every rank's summed gradients
             grads.all_reduce_()
             norms = grads.norms()
             check_finite_norms(norms, blocks, len(batches) - 1)
-            total = [unit_qkv_norms(*parts, block, unit) for parts, block in zip(norms, blocks)]
+            total = [unit_qkv_norms(*parts, block, sweep.unit) for parts, block in zip(norms, blocks)]
     return total if accumulate else distributed.mean_over_ranks(total, len(batches), model)
 
 

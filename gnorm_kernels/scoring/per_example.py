@@ -6,6 +6,7 @@ gradient is ever formed), averaged over examples. `gnorm_kernels.scoring.gnorm` 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -25,10 +26,24 @@ from gnorm_kernels.scoring.objectives import (
     scoring_mode,
 )
 
-__all__ = ["Norms", "QKV_PARTS", "per_example_qkv_norms", "check_finite_norms", "with_bias_norms"]
+__all__ = ["Sweep", "Norms", "QKV_PARTS", "per_example_qkv_norms", "check_finite_norms", "with_bias_norms"]
 
 Norms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # one block's Q, K, V norms per kept head
 QKV_PARTS = ("query", "key", "value")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """How one scoring sweep runs: its objective, whether bias rows count, the unit, train mode
+    (dropout) or eval mode, whether the model is causal, the kernel backend, a progress bar."""
+
+    objective: str | Objective
+    include_bias: bool
+    unit: str
+    dropout: bool
+    causal: bool
+    backend: str
+    progress: bool
 
 
 def check_finite_norms(norms: Sequence[Norms], blocks: Sequence[AttentionBlock], index: int) -> None:
@@ -84,25 +99,18 @@ def per_example_qkv_norms(
     layout: HeadLayout,
     blocks: list[AttentionBlock],
     batches: list[Batch],
-    *,
-    objective: str | Objective,
-    include_bias: bool,
-    unit: str,
-    dropout: bool,
-    causal: bool,
-    backend: str,
-    progress: bool,
+    sweep: Sweep,
 ) -> list[torch.Tensor]:
     """Per block [3, units kept]: block norms of each example's own gradient, averaged over examples."""
     device = model_device(model)
     totals = [None] * len(blocks)
     examples = 0
     d = layout.head_size
-    with scoring_mode(model, (), training=dropout), _capture_qkv(blocks) as store:
-        for i, batch in enumerate(progress_over(batches, progress, "per-example norms")):
+    with scoring_mode(model, (), training=sweep.dropout), _capture_qkv(blocks) as store:
+        for i, batch in enumerate(progress_over(batches, sweep.progress, "per-example norms")):
             store.clear()
             logits = model_logits(model, batch, device)
-            values = objective_value(objective, logits, batch, i, per_example=True, causal=causal)
+            values = objective_value(sweep.objective, logits, batch, i, per_example=True, causal=sweep.causal)
             keys = sorted(store)
             leaves = [leaf for key in keys for _, leaf in store[key]]
             grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True)
@@ -127,9 +135,9 @@ def per_example_qkv_norms(
                         and all(a[0].data_ptr() == b[0].data_ptr() for a, b in zip(store[(j, 0)], store[(j, p)]))
                         for p in (1, 2)
                     )
-                norms = _per_example_block(parts, shared, counts, d, include_bias, backend)
+                norms = _per_example_block(parts, shared, counts, d, sweep.include_bias, sweep.backend)
                 check_finite_norms([norms], [block], i)
-                summed = unit_qkv_norms(*norms, block, unit).sum(dim=1).double()  # [3, units]
+                summed = unit_qkv_norms(*norms, block, sweep.unit).sum(dim=1).double()  # [3, units]
                 totals[j] = summed if totals[j] is None else totals[j] + summed
             examples += int(values.shape[0])
     return [t.float() for t in distributed.mean_over_ranks(totals, examples, model)]

@@ -167,9 +167,9 @@ def greedy_trajectory(parameters: dict[str, Any]) -> Any:
 
 def explorer_expectation(trajectory: Any, ratio: float) -> tuple[int, int, float]:
     """(heads pruned, heads at the start, accuracy) of the last step with at most round(ratio * heads) pruned."""
-    total = trajectory.num_heads_start
+    total = trajectory.units_at_start
     wanted = round(ratio * total)
-    counts = list(trajectory.heads_pruned)
+    counts = list(trajectory.units_pruned)
     step = max(i for i, count in enumerate(counts) if count <= wanted)
     metrics = trajectory.steps[step].metrics
     assert metrics is not None and "accuracy" in metrics, f"step {step} of the trajectory was not evaluated"
@@ -198,7 +198,7 @@ def drive_explorer(notebook: NotebookPage, trajectory: Any) -> None:
     widget = slider.locator(WIDGET_BOX)  # the explorer: controls, summary and picture
     readout = slider.locator(".widget-readout")
     handle = slider.locator(".noUi-handle")
-    total = trajectory.num_heads_start
+    total = trajectory.units_at_start
 
     def ratio_shown() -> float:
         return float(readout.inner_text().strip().rstrip("%")) / 100
@@ -214,7 +214,7 @@ def drive_explorer(notebook: NotebookPage, trajectory: Any) -> None:
     notebook.screenshot(f"explorer-0-at-{100 * start:.0f}pct", widget)
 
     # drag the handle to three quarters of the track
-    target, top = 0.75, trajectory.heads_pruned[-1] / total
+    target, top = 0.75, trajectory.units_pruned[-1] / total
     track, knob = slider.locator(".noUi-base").bounding_box(), handle.bounding_box()
     y = knob["y"] + knob["height"] / 2
     page.mouse.move(knob["x"] + knob["width"] / 2, y)
