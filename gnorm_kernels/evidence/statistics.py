@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gnorm_kernels.evaluate import confusion_metrics
+
 __all__ = ["resample_counts", "metric_on_resamples", "point_weights", "range_weights"]
 
 _EPS = 1e-9
@@ -37,21 +39,11 @@ def metric_on_resamples(counts: np.ndarray, predictions: np.ndarray, golds: np.n
     k = int(max(predictions.max(), golds.max())) + 1
     confusion = np.stack([np.stack([counts @ ((golds == g)[None, :] & (predictions == p)).T.astype(np.float64)
                                     for p in range(k)], -1) for g in range(k)], -2)  # [B, S, gold, pred]
-    if metric == "f1":
-        if k > 2:
-            raise ValueError(f"f1 needs a binary task; these predictions have {k} classes")
-        tp, fp, fn = confusion[..., 1, 1], confusion[..., 0, 1], confusion[..., 1, 0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(tp == 0, 0.0, 2 * tp / (2 * tp + fp + fn))
-    total = confusion.sum((-1, -2))
-    correct = np.trace(confusion, axis1=-2, axis2=-1)
-    true, pred = confusion.sum(-1), confusion.sum(-2)
-    cov_tp = correct * total - (true * pred).sum(-1)
-    cov_pp = total**2 - (pred * pred).sum(-1)
-    cov_tt = total**2 - (true * true).sum(-1)
-    denom = np.sqrt(cov_pp * cov_tt)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom == 0, 0.0, cov_tp / denom)
+    if metric == "f1" and k > 2:
+        raise ValueError(f"f1 needs a binary task; these predictions have {k} classes")
+    if k == 1:  # one class seen: pad so F1 has a positive class and MCC is its undefined 0
+        confusion = np.pad(confusion, [(0, 0)] * (confusion.ndim - 2) + [(0, 1), (0, 1)])
+    return confusion_metrics(confusion)[metric]
 
 
 def point_weights(xs: np.ndarray, fraction: float) -> np.ndarray:
