@@ -34,42 +34,40 @@ GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
 
 def _check(args: argparse.Namespace) -> None:
     if not 0.0 < args.density <= 1.0:
-        raise ValueError(f"--density must be in (0, 1], got {args.density}")
+        raise CLIError(f"--density must be in (0, 1], got {args.density}")
     for name in ("steps", "batch_size", "max_length"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("train_size", "eval_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.lr is None:
-        raise ValueError("no learning rate: expected args.lr set (add_grain_command's handler fills in the default)")
+        raise CLIError("no learning rate: expected args.lr set (add_grain_command's handler fills in the default)")
     if args.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
+        raise CLIError(f"--lr must be > 0, got {args.lr}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `gnorm grain` with the arguments its parser in `gnorm_kernels.cli.commands` produced (the
     learning rate already resolved); returns the exit status."""
-    from gnorm_kernels.data.loading import load_task
+    from gnorm_kernels.cli.load import check_device, fit_max_length, load_model_and_task
     from gnorm_kernels.grain.prune import grain_prune
     from gnorm_kernels.grain.shrink import save_grain
-    from gnorm_kernels.models.loading import load_model
 
     _check(args)
     # the output folder is checked before any work
     with OutputFolder(args.out, force=args.force) if args.out is not None else nullcontext() as out:
         progress = not args.quiet
-        teacher, tokenizer = load_model(args.model, device=args.device, progress=progress)
-        task = load_task(args.task)
-        if task.num_labels != teacher.config.num_labels:
-            raise ValueError(f"task {task.name!r} has {task.num_labels} labels, the model {teacher.config.num_labels}")
+        # the same checks as every command: a usable --device, the task's labels fitted to the model's classes
+        teacher, tokenizer, task = load_model_and_task(args, check_device(args.device))
+        max_length = fit_max_length(args.max_length, teacher)
         train = task.batches(
-            "train", tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+            "train", tokenizer, batch_size=args.batch_size, max_length=max_length,
             shuffle=True, seed=args.seed, group_by_length=True, limit=args.train_size,
         )
-        test = task.batches("test", tokenizer, batch_size=256, max_length=args.max_length, limit=args.eval_size)
-        timing = task.batches("test", tokenizer, batch_size=32, max_length=args.max_length, limit=4 * 32)
+        test = task.batches("test", tokenizer, batch_size=256, max_length=max_length, limit=args.eval_size)
+        timing = task.batches("test", tokenizer, batch_size=32, max_length=max_length, limit=4 * 32)
         model, report = grain_prune(
             teacher,
             None,  # the student: grain_prune starts it as a copy of the teacher

@@ -67,6 +67,7 @@ class Family:
     group_attr: str | None = None  # attention attribute: query heads per KV head (repeat_kv's factor)
     fused_qkv: bool = False  # Q, K, V are column blocks of one input-major Conv1D (GPT-2)
     causal: bool = False  # a decoder
+    padded_positions: bool = False  # positions start after the padding id (RoBERTa): pad_token_id + 1 rows unused
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -223,8 +224,9 @@ def _albert_layers(base: nn.Module) -> list[tuple[nn.Module, tuple[int, ...]]]:
     return out
 
 
-def _bert_like(name: str, *model_types: str) -> Family:
+def _bert_like(name: str, *model_types: str, padded_positions: bool = False) -> Family:
     return Family(
+        padded_positions=padded_positions,
         name=name,
         model_types=model_types,
         layers=_encoder_layers,
@@ -241,8 +243,8 @@ def _bert_like(name: str, *model_types: str) -> Family:
 
 
 register_family(_bert_like("bert", "bert"))
-register_family(_bert_like("roberta", "roberta"))
-register_family(_bert_like("xlm-roberta", "xlm-roberta"))
+register_family(_bert_like("roberta", "roberta", "camembert", padded_positions=True))
+register_family(_bert_like("xlm-roberta", "xlm-roberta", padded_positions=True))
 register_family(_bert_like("electra", "electra"))
 register_family(
     Family(

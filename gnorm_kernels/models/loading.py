@@ -85,7 +85,13 @@ def max_positions(model: Any) -> int | None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit is None:
         return None
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+    from gnorm_kernels.heads.families import family_of
+
+    try:
+        padded = family_of(model).padded_positions
+    except ValueError:  # a family the registry does not know: no offset
+        padded = False
+    if padded:
         limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
     return int(limit)
 
