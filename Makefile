@@ -53,9 +53,9 @@ demo: setup
 	$(OFFLINE) $(BIN)/gnorm compare --model tiny --task synthetic --methods $(DEMO_METHODS) --out $(DEMO_OUT) --force
 
 # Retrain every shipped offline model (tiny, tiny-lm) from its recipe into gnorm_kernels/models/shipped/
-# and print the hashes to pin in gnorm_kernels/shipped_models.py and the behavioural figures.
+# and print the hashes to pin in gnorm_kernels/models/shipped_models.py and the behavioural figures.
 models: setup
-	$(OFFLINE) $(BIN)/python -m gnorm_kernels.shipped_models
+	$(OFFLINE) $(BIN)/python -m gnorm_kernels.models.shipped_models
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)

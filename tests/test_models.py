@@ -8,11 +8,13 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gnorm_kernels import models
-from gnorm_kernels.data import synthetic_tokenizer
+from gnorm_kernels.data.synthetic import synthetic_tokenizer
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
-from gnorm_kernels.models import TinyRecipe, TrainingStuck, load_model, tiny_cache_path
-from gnorm_kernels.shipped_models import shipped_record
+from gnorm_kernels.models import tiny_bert as models
+from gnorm_kernels.models.loading import load_model
+from gnorm_kernels.models.shipped_models import shipped_record
+from gnorm_kernels.models.tiny_bert import TinyRecipe, tiny_cache_path
+from gnorm_kernels.models.training import TrainingStuck
 
 
 def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -49,8 +51,10 @@ def test_tiny_is_the_shipped_model_whatever_the_cache(tiny, tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("load_model trained the shipped model")
 
+    from gnorm_kernels.models import loading
+
     monkeypatch.setattr(models, "train_tiny", no_training)
-    monkeypatch.setattr(models, "_ensure_tiny", no_training)
+    monkeypatch.setattr(loading, "ensure_tiny", no_training)
     model, tokenizer = load_model("tiny", cache=tmp_path, recipe=TinyRecipe(), progress=False)
     text = ["the plot was not good but the coffee was great"]
     assert torch.equal(logits(model, tokenizer, text), logits(tiny.model, tiny.tokenizer, text))
@@ -167,7 +171,7 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 
 
 def test_cache_key_covers_every_setting(monkeypatch) -> None:
-    from gnorm_kernels import synthetic
+    from gnorm_kernels.data import synthetic
 
     base = TinyRecipe()
     base_key = base.key()
@@ -211,8 +215,9 @@ def test_local_folder_loads_like_a_hub_checkpoint(tmp_path) -> None:
 
 
 def test_pruned_folder_goes_through_load_pruned(tmp_path) -> None:
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.pruning import prune_heads, save_pruned
+    from gnorm_kernels.checkpoints.pruned import save_pruned
+    from gnorm_kernels.heads.families import head_layout
+    from gnorm_kernels.heads.pruning import prune_heads
     from gnorm_kernels.testing import tiny_random_model
 
     tokenizer = synthetic_tokenizer()
@@ -231,7 +236,7 @@ def test_folder_without_a_checkpoint_says_what_was_expected(tmp_path) -> None:
 
 
 def test_a_folder_without_its_tokenizer_is_refused(tmp_path) -> None:
-    from gnorm_kernels.synthetic import synthetic_tokenizer
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
     from gnorm_kernels.testing import tiny_random_model
 
     model = tiny_random_model("bert", vocab_size=len(synthetic_tokenizer()))
@@ -278,12 +283,12 @@ def test_local_looking_typos_fail_at_once_and_pickle_is_refused(tmp_path, model_
 
 
 def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
-    from gnorm_kernels import models
+    from gnorm_kernels.models import loading
 
     folder = tmp_path / "tiny-broken"
     folder.mkdir()
     (folder / "training.json").write_text("{}")
     (folder / "config.json").write_text("{}")
-    monkeypatch.setattr(models, "_ensure_tiny", lambda recipe, cache, progress: folder)
+    monkeypatch.setattr(loading, "ensure_tiny", lambda recipe, cache, progress: folder)
     with pytest.raises(RuntimeError, match="delete that folder"):
         load_model("tiny", recipe=OTHER, progress=False)

@@ -15,9 +15,9 @@ import pytest
 import tomllib
 import torch
 
-from gnorm_kernels import models, shipped_models, tiny_lm, training
-from gnorm_kernels.models import TinyRecipe, load_model
-from gnorm_kernels.shipped_models import (
+from gnorm_kernels.models import loading, shipped_models, tiny_bert, tiny_lm, training
+from gnorm_kernels.models.loading import load_model
+from gnorm_kernels.models.shipped_models import (
     RECORD,
     SHIPPED_MODELS,
     SHIPPED_SHA256,
@@ -27,7 +27,8 @@ from gnorm_kernels.shipped_models import (
     shipped_record,
     shipped_root,
 )
-from gnorm_kernels.tiny_lm import LMRecipe
+from gnorm_kernels.models.tiny_bert import TinyRecipe
+from gnorm_kernels.models.tiny_lm import LMRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"tiny": TinyRecipe(), "tiny-lm": LMRecipe()}
@@ -37,8 +38,8 @@ def refuse_training(monkeypatch) -> None:
     def trained(*args, **kwargs):
         raise AssertionError("a shipped model was trained instead of read")
 
-    for module, name in ((models, "train_tiny"), (tiny_lm, "train_tiny_lm"), (models, "cached_model"),
-                         (tiny_lm, "cached_model"), (training, "cached_model")):
+    for module, name in ((tiny_bert, "train_tiny"), (tiny_lm, "train_tiny_lm"), (tiny_bert, "cached_model"),
+                         (tiny_lm, "cached_model"), (training, "cached_model"), (loading, "ensure_tiny")):
         monkeypatch.setattr(module, name, trained)
 
 
@@ -56,13 +57,13 @@ def test_loading_a_shipped_model_trains_nothing_and_writes_no_cache(name, tmp_pa
 
 CHILD = """
 import hashlib, json, sys, torch
-from gnorm_kernels import models, tiny_lm
+from gnorm_kernels.models import loading, tiny_bert, tiny_lm
 def trained(*args, **kwargs):
     sys.exit("a shipped model was trained")
-models.train_tiny = tiny_lm.train_tiny_lm = trained
+tiny_bert.train_tiny = tiny_lm.train_tiny_lm = trained
 digests = {}
 for name in ("tiny", "tiny-lm"):
-    model, _ = models.load_model(name, progress=False)
+    model, _ = loading.load_model(name, progress=False)
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
