@@ -22,7 +22,6 @@ from gnorm_kernels.models.shipped_models import (
     SHIPPED_MODELS,
     SHIPPED_SHA256,
     ShippedModelError,
-    build_shipped,
     shipped_folder,
     shipped_record,
     shipped_root,
@@ -142,6 +141,8 @@ def test_the_recipe_still_makes_a_model_that_behaves_like_the_shipped_one(name, 
     """Retrains from the recipe (a minute or two) and compares behaviour, never bytes: another
     kind of CPU rounds differently and trains a different model of the same recipe."""
     shipped = shipped_record(name)["behaviour"]
+    from gnorm_kernels.models.make_models import build_shipped
+
     made = build_shipped((name,), tmp_path, progress=False)[name]["behaviour"]
     assert made["test_accuracy"] >= 0.95
     assert made["test_accuracy"] == pytest.approx(shipped["test_accuracy"], abs=0.02)
