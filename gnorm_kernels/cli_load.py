@@ -108,6 +108,25 @@ def _labels_in_range(task: Any, classes: int) -> None:
         raise CLIError(f"task {task.name!r} has class ids {bad[:10]} outside the model's {classes} classes")
 
 
+# the tasks whose batches a causal LM can be scored and evaluated on (labels as one-token verdict words)
+CAUSAL_LM_TASKS = '"synthetic-lm" (the film reviews as text, each ending in a verdict word)'
+
+
+def _check_fits_causal_lm(task: Any, tokenizer: Any, model: str) -> None:
+    """A causal LM reads a labelled task through each class's verdict word: a classification task
+    (labels as class ids only) is refused before any work, with the tasks that fit."""
+    for split in ("calibration", "test"):
+        if task.splits.get(split):
+            batch = task.batches(split, tokenizer, batch_size=1, limit=1)[0]
+            if "labels" in batch and "label_token_ids" not in batch:
+                raise CLIError(
+                    f"--task {task.name} is a classification task (labels as class ids), but --model {model} is a "
+                    f"causal language model, which is scored and evaluated on text with a verdict word per class; "
+                    f"tasks that fit it: {CAUSAL_LM_TASKS}"
+                )
+            return
+
+
 def load_model_and_task(args: argparse.Namespace, device: str, source: str | None = None,
                         **task_options: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, task) of a command's --model, --tokenizer, --task and --new-head,
@@ -137,6 +156,7 @@ def load_model_and_task(args: argparse.Namespace, device: str, source: str | Non
     from gnorm_kernels.batch import is_causal_lm
 
     if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids
+        _check_fits_causal_lm(task, tokenizer, str(args.model))
         return model, tokenizer, task
     try:
         task = fit_labels(task, model.config.label2id)
