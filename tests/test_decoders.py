@@ -147,14 +147,15 @@ def test_uneven_groups_decode_a_left_padded_batch_like_the_masked_model(attn):
 @pytest.mark.parametrize("attn", IMPLEMENTATIONS)
 @pytest.mark.parametrize("layer", [0, 1], ids=["first-layer", "middle-layer"])
 @pytest.mark.parametrize("reload", [False, True], ids=["in-memory", "reloaded"])
-def test_an_emptied_layer_decodes_with_the_cache_like_without_it(attn, layer, reload, tmp_path):
-    """Every KV group of one layer removed: the layer caches zero heads, which transformers'
-    DynamicLayer took for an empty cache, so an emptied layer 0 reported length 0 and cached
-    generation from left-padded prompts went wrong. Single and batched prompts must match the
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_an_emptied_layer_decodes_with_the_cache_like_without_it(family, attn, layer, reload, tmp_path):
+    """Every KV group (GPT-2: every head) of one layer removed: the layer caches zero heads,
+    which transformers' DynamicLayer took for an empty cache, so an emptied layer 0 reported
+    length 0 and cached generation from left-padded prompts went wrong. Single and batched prompts must match the
     uncached run and the masked model, and the cache must report the real length."""
     from transformers import DynamicCache
 
-    model = tiny_random_model("llama", num_layers=3, num_heads=4, head_size=8, num_kv_heads=2, attn_implementation=attn)
+    model = tiny_random_model(family, num_layers=3, num_heads=4, head_size=8, attn_implementation=attn)
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(3, 99, (3, 7), generator=gen)
     attention = torch.ones_like(ids)
@@ -162,7 +163,10 @@ def test_an_emptied_layer_decodes_with_the_cache_like_without_it(attn, layer, re
     attention[2, :4] = 0  # left padding of different lengths
     mask = torch.ones(3, 4)
     mask[layer] = 0.0
-    pruned = prune_kv_groups(copy.deepcopy(model), {layer: [0, 1]})
+    if family == "llama":  # every key/value group of the layer
+        pruned = prune_kv_groups(copy.deepcopy(model), {layer: [0, 1]})
+    else:
+        pruned = prune_heads(copy.deepcopy(model), {layer: [0, 1, 2, 3]})
     if reload:
         save_pruned(pruned, tmp_path / "pruned")
         pruned = load_pruned(tmp_path / "pruned", attn_implementation=attn)
@@ -177,4 +181,8 @@ def test_an_emptied_layer_decodes_with_the_cache_like_without_it(attn, layer, re
     with torch.no_grad():
         pruned(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True)
     assert [cache.get_seq_length(i) for i in range(3)] == [7, 7, 7]
+    lazy = DynamicCache()  # layers made on first use
+    with torch.no_grad():
+        pruned(input_ids=ids, attention_mask=attention, past_key_values=lazy, use_cache=True)
+    assert lazy.get_seq_length() == 7
     assert cache.layers[layer].keys.shape[1] == 0  # the emptied layer holds no key/value heads
