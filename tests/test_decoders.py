@@ -179,10 +179,10 @@ def test_an_emptied_layer_decodes_with_the_cache_like_without_it(family, attn, l
         assert torch.equal(cached, uncached) and torch.equal(cached, masked)
     cache = DynamicCache(config=pruned.config)
     with torch.no_grad():
-        pruned(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True)
+        pruned(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True)
     assert [cache.get_seq_length(i) for i in range(3)] == [7, 7, 7]
     lazy = DynamicCache()  # layers made on first use
     with torch.no_grad():
-        pruned(input_ids=ids, attention_mask=attention, past_key_values=lazy, use_cache=True)
+        pruned(input_ids=ids, attention_mask=attention, cache=lazy, use_cache=True)
     assert lazy.get_seq_length() == 7
     assert cache.layers[layer].keys.shape[1] == 0  # the emptied layer holds no key/value heads

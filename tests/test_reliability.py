@@ -55,6 +55,8 @@ if kill_at:
     trajectory.json = types.SimpleNamespace(dump=dump, dumps=real.dumps, loads=real.loads,
                                             JSONDecodeError=real.JSONDecodeError)
 
+# Ctrl-C as in a terminal, even when the tests run in the background (where SIGINT is ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from gnorm_kernels.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """

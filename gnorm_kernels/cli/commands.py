@@ -89,7 +89,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run that was stopped (Ctrl-C, SIGTERM) or killed while writing --out, from its last finished step")
+                   help="continue the run that was stopped (Ctrl-C, SIGTERM) or killed while writing --out, "
+                        "from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
