@@ -13,9 +13,10 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -391,10 +392,12 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
             f"\"tiny\", a hub id, or a folder with config.json, weights and tokenizer files: {err}"
         ) from err
     options = dict(kwargs, **_check_labels(config, num_labels, new_head, str(name)))
+    options["ignore_mismatched_sizes"] = True  # reported in the loading info, refused by _check_complete
     if not allow_pickle:
         options["use_safetensors"] = True
     try:
-        model, info = _model_class(config).from_pretrained(name, output_loading_info=True, **options)
+        with _quiet_load_report():
+            model, info = _model_class(config).from_pretrained(name, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError) as err:
         hint = (" If it has no safetensors weights: this package reads safetensors only (pickle can run code); "
                 "convert the weights, or pass allow_pickle=True for files you trust.") \
@@ -405,17 +408,35 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
     return model
 
 
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:
     """Refuse a model that transformers filled only in part: tensors missing from the checkpoint
-    would be random, unexpected ones would be dropped. With `new_head`, the classifier (anything
-    outside the base model) may be missing, unexpected or of another size: it is new on purpose."""
+    would be random, and an unexpected tensor of a module the model has means the two do not
+    belong together (tensors of parts it lacks, such as another task's head or an unused pooler,
+    are left out harmlessly). With `new_head`, the classifier (anything outside the base model)
+    may be missing, unexpected or of another size: it is new on purpose."""
     prefix = getattr(model, "base_model_prefix", "")
+    modules = {module_name for module_name, _ in model.named_modules()}
 
     def expected_gap(key: str) -> bool:
         return new_head and bool(prefix) and not key.startswith(f"{prefix}.")
 
     missing = sorted(k for k in info.get("missing_keys", ()) if not expected_gap(k))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not expected_gap(k))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ())
+                        if k.rpartition(".")[0] in modules and not expected_gap(k))
     mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()) if not expected_gap(str(k[0])))
     if missing or unexpected or mismatched:
         parts = [f"{what} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"

@@ -8,7 +8,8 @@ neurons. A head with no value dimensions is removed with its query dimensions; a
 heads, or no FFN neurons, is left adding only the bias of its output projection.
 
 `save_grain` writes an ordinary safetensors checkpoint whose config.json carries the structure
-under ``grain_structure``; `load_grain` rebuilds the model from its config, shrinks it as
+under ``grain_structure``, with a manifest (``gnorm_checkpoint.json``) of that structure and the
+weights' hashes; `load_grain` checks the two, rebuilds the model from its config, shrinks it as
 recorded and loads the weights strictly.
 """
 
