@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.checkpoint import MANIFEST
-from gnorm_kernels.data import synthetic_tokenizer
+from gnorm_kernels.checkpoints.formats import MANIFEST
+from gnorm_kernels.checkpoints.pruned import load_pruned, save_pruned
+from gnorm_kernels.data.synthetic import synthetic_tokenizer
 from gnorm_kernels.grain import GrainStructure, Units, grain_structure_of, load_grain, save_grain, unit_layout
 from gnorm_kernels.grain.shrink import shrink_model
-from gnorm_kernels.models import load_model
-from gnorm_kernels.pruning import load_pruned, prune_heads, save_pruned
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads
+from gnorm_kernels.models.loading import load_model
 from gnorm_kernels.testing import tiny_random_model
 
 TOKENIZER = synthetic_tokenizer()
@@ -62,7 +63,7 @@ def drop_tensors(file: Path, *names: str) -> None:
 
 
 def run_gnorm(argv: list[str], capsys) -> tuple[int, str]:
-    from gnorm_kernels.cli import main
+    from gnorm_kernels.cli.commands import main
 
     capsys.readouterr()  # only what the command prints
     with pytest.raises(SystemExit) as exit_:

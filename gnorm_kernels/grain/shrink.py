@@ -23,18 +23,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from gnorm_kernels.checkpoint import (
+from gnorm_kernels.checkpoints.formats import (
     MANIFEST,
     check_manifest,
     load_weights,
     model_from_config,
     read_config,
+    register_format,
     write_checkpoint,
     write_manifest,
 )
 from gnorm_kernels.grain.attention import DEFAULT_IMPL, UnevenSelfAttention, check_impl
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
-from gnorm_kernels.surgery import owner_of, select_linear
+from gnorm_kernels.heads.surgery import owner_of, select_linear
 
 __all__ = [
     "LayerStructure",
@@ -369,3 +370,6 @@ def load_grain(
         model.config.pruned_heads = pruned
     load_weights(model, path, "its recorded GRAIN structure")
     return model.to(device).eval()
+
+
+register_format("grain", "grain_structure", load_grain)
