@@ -233,7 +233,9 @@ class Evidence:
     `estimates[method][key]` and `differences[(method, other)][key]` (method minus other) are
     `Estimate`s; keys are "unpruned", the budgets' "at_X%" and the ranges' "auc..." columns.
     `bands[method]` is (fraction pruned, lower, upper): the pointwise bootstrap interval of the
-    method's curve, for plots."""
+    method's curve, for plots. `resampled[method]` ([resamples, keys]) is the method's value on
+    every resample, from which `verdicts` decides a family of differences. Built by
+    `gnorm_kernels.evidence.comparison.bootstrap_evidence`."""
 
     metric: str
     methods: list[str]
