@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gnorm_kernels.engine.trajectory import Step, Trajectory
-from gnorm_kernels.evaluate import _confusion, confusion_metrics, evaluate
+from gnorm_kernels.evaluate import evaluate
 from gnorm_kernels.evidence.comparison import bootstrap_evidence
 from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
 
@@ -50,7 +50,20 @@ def test_resample_counts_draw_n_examples_per_resample():
     assert np.array_equal(counts, resample_counts(50, 200, np.random.default_rng(0)))
 
 
-def test_metrics_on_unit_counts_are_evaluate_s_metrics():
+def _textbook_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    tp, fp, fn = ((gold == 1) & (pred == 1)).sum(), ((gold == 0) & (pred == 1)).sum(), ((gold == 1) & (pred == 0)).sum()
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _textbook_mcc(gold: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Gorodkin's R_K: the correlation of the one-hot gold and prediction matrices."""
+    x, y = np.eye(k)[gold], np.eye(k)[pred]
+    x, y = x - x.mean(0), y - y.mean(0)
+    cov = lambda a, b: float((a * b).sum())  # noqa: E731
+    return cov(x, y) / np.sqrt(cov(x, x) * cov(y, y))
+
+
+def test_metrics_on_resamples_are_the_textbook_metrics_of_the_resampled_data():
     rng = np.random.default_rng(1)
     golds = rng.integers(0, 2, 300)
     preds = np.stack([np.where(rng.random(300) < p, golds, 1 - golds) for p in (0.9, 0.7, 0.5)])
@@ -60,13 +73,17 @@ def test_metrics_on_unit_counts_are_evaluate_s_metrics():
     f1 = metric_on_resamples(ones, preds, golds, "f1")[0]
     mcc = metric_on_resamples(ones, preds, golds, "matthews")[0]
     for s in range(3):
-        confusion = _confusion(torch.tensor(preds[s]), torch.tensor(golds), 2)
-        expected = confusion_metrics(confusion.numpy())
-        assert f1[s] == pytest.approx(float(expected["f1"])) and mcc[s] == pytest.approx(float(expected["matthews"]))
+        assert f1[s] == pytest.approx(_textbook_f1(golds, preds[s])) and mcc[s] == pytest.approx(_textbook_mcc(golds, preds[s], 2))
+    # a resample's counts weigh examples as if they were repeated that many times
+    counts = resample_counts(300, 3, np.random.default_rng(2))
+    for r in range(3):
+        idx = np.repeat(np.arange(300), counts[r].astype(int))
+        assert metric_on_resamples(counts, preds, golds, "f1")[r][1] == pytest.approx(_textbook_f1(golds[idx], preds[1][idx]))
+        assert metric_on_resamples(counts, preds, golds, "matthews")[r][2] == pytest.approx(
+            _textbook_mcc(golds[idx], preds[2][idx], 2))
     three = rng.integers(0, 3, (2, 300))
     gold3 = rng.integers(0, 3, 300)
-    assert metric_on_resamples(ones, three, gold3, "matthews")[0][1] == pytest.approx(
-        float(confusion_metrics(_confusion(torch.tensor(three[1]), torch.tensor(gold3), 3).numpy())["matthews"]))
+    assert metric_on_resamples(ones, three, gold3, "matthews")[0][1] == pytest.approx(_textbook_mcc(gold3, three[1], 3))
     with pytest.raises(ValueError, match="binary"):
         metric_on_resamples(ones, three, gold3, "f1")
 

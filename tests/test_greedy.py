@@ -327,6 +327,7 @@ def test_the_record_imports_nothing_of_the_engine():
     code = ("import sys, gnorm_kernels.engine.trajectory; "
             "print(sorted(m for m in sys.modules if m.startswith(('gnorm_kernels.', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    loaded = set(eval(out))  # durable: stdlib only; heads.layout: the Head type, torch only
+    loaded = set(eval(out))  # durable: stdlib only; heads.layout and heads.units: names of units, torch only
     assert loaded == {"gnorm_kernels._aliases", "gnorm_kernels._lazy", "gnorm_kernels.durable", "gnorm_kernels.engine",
-                      "gnorm_kernels.engine.trajectory", "gnorm_kernels.heads", "gnorm_kernels.heads.layout"}, loaded
+                      "gnorm_kernels.engine.trajectory", "gnorm_kernels.heads", "gnorm_kernels.heads.layout",
+                      "gnorm_kernels.heads.units"}, loaded

@@ -196,9 +196,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     import shutil
 
     from gnorm_kernels.checkpoints.pruned import save_pruned
-    from gnorm_kernels.engine.choice import unit_words
     from gnorm_kernels.evidence.report import save_figure
     from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid
+    from gnorm_kernels.heads.units import unit_of
     from gnorm_kernels.parallel.distributed import is_main
 
     _check_args(args)
@@ -231,7 +231,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         if not args.fsdp:
             save_pruned(model, folder.path("model"), tokenizer=tokenizer)
     first, final = trajectory.steps[0], trajectory.steps[-1]
-    print(f"{method}: pruned {len(trajectory.order)} of {trajectory.units_at_start} {unit_words(trajectory.unit)} in {last} steps")
+    print(f"{method}: pruned {len(trajectory.order)} of {trajectory.units_at_start} {unit_of(trajectory.unit).words} in {last} steps")
     if first.metrics is not None and final.metrics is not None:
         print(f"{args.metric}: {first.metrics[args.metric]:.4f} -> {final.metrics[args.metric]:.4f}")
     print(f"parameters: {first.params:,} -> {final.params:,}")

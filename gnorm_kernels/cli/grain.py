@@ -118,7 +118,7 @@ def add_grain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=8.0, help="distillation temperature τ (default 8)")
     p.add_argument("--alpha", type=float, default=0.3, help="structure regulariser α (default 0.3)")
     p.add_argument("--no-structure-reg", action="store_true", help="rank value units without the structure regulariser")
-    p.add_argument("--impl", choices=(*GRAIN_IMPLEMENTATIONS, "auto"), default=GRAIN_IMPLEMENTATIONS[0],
+    p.add_argument("--impl", choices=GRAIN_IMPLEMENTATIONS, default=GRAIN_IMPLEMENTATIONS[0],
                    help="attention implementation of the shrunk model (default grouped: one matmul per group of "
                         "equal-sized heads; loop: one per head; auto: a deprecated alias of grouped)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from gnorm_kernels._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from gnorm_kernels.engine.choice import budget, check_count, choose, unit_words
+    from gnorm_kernels.engine.choice import budget, check_count, choose
     from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
     from gnorm_kernels.engine.resume import (
         EVALUATION_KEYS,

@@ -14,9 +14,10 @@ import torch
 
 from gnorm_kernels.engine.trajectory import check_ratio
 from gnorm_kernels.heads.layout import Head, HeadLayout
+from gnorm_kernels.heads.units import PruningUnit
 from gnorm_kernels.scoring.objectives import NonFiniteGradientError
 
-__all__ = ["check_count", "unit_words", "budget", "choose"]
+__all__ = ["check_count", "budget", "choose"]
 
 
 
@@ -26,28 +27,24 @@ def check_count(value: Any, name: str, low: int) -> int:
     return value
 
 
-def unit_words(unit: str) -> str:
-    return "heads" if unit == "head" else "key/value groups"
-
-
 def budget(
-    layout: HeadLayout, unit: str, ratio: float | None, steps: int | None, per_step: int, min_heads: int
+    layout: HeadLayout, unit: PruningUnit, ratio: float | None, steps: int | None, per_step: int, min_heads: int
 ) -> int:
     """Units to prune, checked against what `min_heads_per_layer` allows."""
-    kept = [len(b.kept_heads if unit == "head" else b.kept_kv_heads) for b in layout.blocks]
+    kept = [len(unit.kept(b)) for b in layout.blocks]
     present = sum(kept)
     prunable = sum(max(0, n - min_heads) for n in kept)
     if ratio is not None and steps is not None:
         raise ValueError(f"give ratio= or steps=, not both (got ratio={ratio!r}, steps={steps!r})")
     if ratio is not None:
         wanted = round(check_ratio(ratio) * present)
-        what = f"ratio {ratio} means {wanted} of {present} {unit_words(unit)}"
+        what = f"ratio {ratio} means {wanted} of {present} {unit.words}"
     elif steps is not None:
         steps = check_count(steps, "steps", 0)
         max_steps = math.ceil(prunable / per_step)
         if steps > max_steps:
             raise ValueError(
-                f"steps={steps} is more than this model allows: {prunable} prunable {unit_words(unit)} at "
+                f"steps={steps} is more than this model allows: {prunable} prunable {unit.words} at "
                 f"{per_step} per step make at most {max_steps} steps"
             )
         return min(steps * per_step, prunable)

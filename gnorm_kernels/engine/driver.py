@@ -32,14 +32,13 @@ from torch import nn
 
 from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.engine.choice import budget as unit_budget
-from gnorm_kernels.engine.choice import check_count, choose, unit_words
+from gnorm_kernels.engine.choice import check_count, choose
 from gnorm_kernels.engine.resume import data_settings, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.engine.settings import PruneSettings
 from gnorm_kernels.engine.trajectory import Step, Trajectory
 from gnorm_kernels.heads.families import head_layout, is_causal_lm
 from gnorm_kernels.heads.layout import Head
-from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
-from gnorm_kernels.heads.units import check_unit, kept_unit_mask, unit_shape
+from gnorm_kernels.heads.units import PruningUnit, unit_of
 from gnorm_kernels.parallel import distributed
 from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.scoring.objectives import NonFiniteGradientError, check_batches
@@ -58,9 +57,9 @@ def _as_map(heads: Sequence[Head]) -> dict[int, list[int]]:
     return out
 
 
-def _prune(model: nn.Module, units: Sequence[Head], unit: str) -> nn.Module:
+def _prune(model: nn.Module, units: Sequence[Head], unit: PruningUnit) -> nn.Module:
     """Remove (layer, unit) pairs: query heads, or key/value groups with all their query heads."""
-    return (prune_heads if unit == "head" else prune_kv_groups)(model, _as_map(units))
+    return unit.prune(model, _as_map(units))
 
 
 class _Copy:
@@ -144,12 +143,12 @@ def _drive(
     if "unit" in options:
         raise ValueError(f"give the unit to the driver (unit={options['unit']!r}), not in scorer_options")
     layout = head_layout(model)
-    unit = check_unit(unit, layout)
-    grid = unit_shape(layout, unit)
+    unit = unit_of(unit, layout)
+    grid = unit.shape(layout)
     _check_evaluation(model, evaluation, metric)
     min_heads = check_count(run.min_heads_per_layer, "min_heads_per_layer", 0)
     if min_heads > grid[1]:
-        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit_words(unit)} of a layer")
+        raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit.words} of a layer")
     budget = unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
     scorer_name = scorer if isinstance(scorer, str) else describe_setting(scorer)
     settings = {
@@ -164,10 +163,10 @@ def _drive(
         **data_settings(calibration, evaluation, parallel=distributed.data_parallel(model)),
         "model_fingerprint": model_fingerprint(model),
     }
-    initially_pruned = [tuple(x) for x in (~kept_unit_mask(layout, unit)).nonzero().tolist()]
-    pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit == "kv_group" else []
+    initially_pruned = [tuple(x) for x in (~unit.kept_mask(layout)).nonzero().tolist()]
+    pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit.is_group else []
     name = method or f"{'greedy' if greedy else 'static'}-{scorer_name}"
-    call_options = options if unit == "head" else {**options, "unit": unit}
+    call_options = {**options, "unit": unit.name} if unit.is_group else options
     if distributed.is_distributed():  # same model (a sharded one: same shapes), same run, every rank
         model_id = layout.describe() if sharded else distributed.fingerprint_model(model)
         distributed.check_same({"model": model_id, "method": name, "budget": budget, **settings}, "models or settings")
@@ -179,7 +178,7 @@ def _drive(
     else:
         work = _Copy(model, unit)
     trajectory = distributed.from_main(
-        lambda: resume_run(checkpoint, name, unit, grid, greedy, prune_first, settings, initially_pruned, budget),
+        lambda: resume_run(checkpoint, name, unit.name, grid, greedy, prune_first, settings, initially_pruned, budget),
         "the checkpoint",
     )
     if trajectory is not None and trajectory.order:
@@ -192,7 +191,7 @@ def _drive(
             greedy=greedy, prune_first=prune_first, settings=settings, initially_pruned=initially_pruned,
             budget=budget, steps=[Step(0, [], metrics, seconds=0.0, eval_seconds=eval_seconds,
                                        **outcomes, **_measure(work.structure))],
-            unit=unit, num_kv_heads=layout.kv_heads if layout.grouped else 0, initially_pruned_heads=pruned_heads,
+            unit=unit.name, num_kv_heads=layout.kv_heads if layout.grouped else 0, initially_pruned_heads=pruned_heads,
         )
     trajectory.complete = len(trajectory.order) >= budget
     write = checkpoint is not None and distributed.is_main()
@@ -202,7 +201,7 @@ def _drive(
     done = len(trajectory.order)
     static_scores = None if greedy else trajectory.scores_at(len(trajectory.steps) - 1)
     new_steps = 0
-    bar = progress_bar(total=budget, initial=done, desc=name, unit=unit.replace("kv_", ""),
+    bar = progress_bar(total=budget, initial=done, desc=name, unit=unit.name.replace("kv_", ""),
                disable=not progress or not distributed.is_main())
     try:
         while done < budget and (max_steps is None or new_steps < max_steps):
@@ -210,7 +209,7 @@ def _drive(
             start = time.perf_counter()
             scores = static_scores  # static: the grid scored at the first step, reused
             recorded = None  # the grid recorded on this step: only a newly scored one
-            kept = kept_unit_mask(head_layout(work.structure), unit)
+            kept = unit.kept_mask(head_layout(work.structure))
             if scores is None:
                 with work.applied() as scored:
                     scores = _score(score_fn, scored, calibration, call_options, grid, f"{name}, step {index}")

@@ -27,6 +27,7 @@ import torch
 
 from gnorm_kernels.durable import sync_folder
 from gnorm_kernels.heads.layout import Head
+from gnorm_kernels.heads.units import unit_of
 
 __all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
 
@@ -385,9 +386,8 @@ class Trajectory:
     def __repr__(self) -> str:
         acc = [s.accuracy for s in self.steps if s.accuracy is not None]
         tail = f", accuracy {acc[0]:.4f} -> {acc[-1]:.4f}" if acc else ""
-        units = "heads" if self.unit == "head" else "key/value groups"
         return (f"Trajectory({self.method!r}, {self.family} {self.num_layers}x{self.units_per_layer}, "
-                f"{len(self.order)} of {self.units_at_start} {units} pruned in {len(self.steps) - 1} steps{tail})")
+                f"{len(self.order)} of {self.units_at_start} {unit_of(self.unit).words} pruned in {len(self.steps) - 1} steps{tail})")
 
 
 def _gone(mask: torch.Tensor) -> dict[int, list[int]]:

@@ -16,16 +16,6 @@ if TYPE_CHECKING:
     from gnorm_kernels.heads.masking import check_mask, mask_heads
     from gnorm_kernels.heads.pruning import normalize_head_map, prune_heads, prune_kv_groups, record_pruning
     from gnorm_kernels.heads.surgery import owner_of, replace_module, select_conv1d, select_linear, subclass_with_forward
-    from gnorm_kernels.heads.units import (
-        UNITS,
-        Unit,
-        check_unit,
-        group_mean,
-        group_sum,
-        kept_unit_mask,
-        kv_positions,
-        unit_qkv_norms,
-        unit_shape,
-    )
+    from gnorm_kernels.heads.units import HEAD, KV_GROUP, UNITS, PruningUnit, UnitName, kv_positions, unit_of
 
 __getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

@@ -105,7 +105,7 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def head_layout(model: nn.Module) -> HeadLayout:
-    """Describe the attention heads of a BERT-family model (bare or inside a task head class)."""
+    """Describe the attention heads of a model of a registered family (bare or inside a task head class)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module (a transformers model), got {type(model).__name__}")
     family = family_of(model)

@@ -17,7 +17,6 @@ family keeps its modules) and read by everything else.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -149,12 +148,6 @@ class HeadLayout:
     def num_heads_total(self) -> int:
         """Heads on the grid (layers x heads), pruned ones included."""
         return self.num_layers * self.num_heads
-
-    @property
-    def num_units(self) -> int:
-        """Deprecated name of `num_heads_total` (GRAIN's units are neurons, not heads)."""
-        warnings.warn("HeadLayout.num_units is deprecated; use num_heads_total", DeprecationWarning, stacklevel=2)
-        return self.num_heads_total
 
     def kept_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Bool [L, H]: True where the head is still physically present."""

@@ -12,49 +12,102 @@ Scorers return a grid on the unit's original indices, NaN for units already gone
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
 
-__all__ = [
-    "UNITS",
-    "Unit",
-    "check_unit",
-    "group_mean",
-    "group_sum",
-    "kept_unit_mask",
-    "kv_positions",
-    "unit_qkv_norms",
-    "unit_shape",
-]
+__all__ = ["UNITS", "UnitName", "PruningUnit", "HEAD", "KV_GROUP", "unit_of", "kv_positions"]
 
 UNITS = ("head", "kv_group")
-Unit = Literal["head", "kv_group"]
+UnitName = Literal["head", "kv_group"]
 
 
-def check_unit(unit: object, layout: HeadLayout | None = None) -> str:
-    """`unit` checked to be one of `UNITS` (and, given a layout, to make sense for its model)."""
-    if not isinstance(unit, str) or unit not in UNITS:
+@dataclass(frozen=True)
+class PruningUnit:
+    """What one pruning choice removes, and everything that differs between the two kinds: the
+    score grid's shape, which units are still present, how per-head values become per-unit
+    values, how Q/K/V block norms become a unit's norms, how the unit is pruned, and its words."""
+
+    name: UnitName
+    words: str  # in messages: "heads", "key/value groups"
+
+    @property
+    def is_group(self) -> bool:
+        """True when one unit stands for several query heads (a key/value group)."""
+        return self.name == "kv_group"
+
+    def shape(self, layout: HeadLayout) -> tuple[int, int]:
+        """The score grid: [L, H] for heads, [L, H_kv] for key/value groups."""
+        return layout.kv_shape if self.is_group else layout.shape
+
+    def kept_mask(self, layout: HeadLayout) -> torch.Tensor:
+        """Bool grid of `shape`: True where the unit is still (at least partly) present."""
+        return layout.kept_kv_mask() if self.is_group else layout.kept_mask()
+
+    def kept(self, block: AttentionBlock) -> tuple[int, ...]:
+        """The original indices of this block's units still present."""
+        return block.kept_kv_heads if self.is_group else block.kept_heads
+
+    def from_heads(self, grid: torch.Tensor, layout: HeadLayout, reduce: Literal["mean", "sum"]) -> torch.Tensor:
+        """Per-query-head values [..., L, H] as per-unit values: for groups, the sum over each
+        group's query heads, or the mean over those still present (NaN for a group with none)."""
+        if not self.is_group:
+            return grid
+        groups = grid.unflatten(-1, (layout.kv_heads, layout.num_heads // layout.kv_heads))
+        if reduce == "sum":
+            return groups.sum(dim=-1)
+        kept = layout.kept_mask().unflatten(-1, groups.shape[-2:])
+        count = kept.sum(dim=-1)
+        mean = torch.where(kept, groups, torch.zeros((), dtype=grid.dtype)).sum(dim=-1) / count.clamp_min(1)
+        return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+    def qkv_norms(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: AttentionBlock) -> torch.Tensor:
+        """One block's Q, K, V block norms as norms per unit -> [3, ..., units kept].
+
+        q: [..., kept query heads]; k, v: [..., kept key/value heads] (in weight-row order). For
+        heads, K and V are those of each query head's group; for groups, Q is the Frobenius norm
+        of the group's stacked Q rows: the square root of the sum of its query heads' squared norms.
+        Call it on the norms of one gradient (a batch's, an example's) before averaging them.
+        """
+        if not self.is_group:
+            if not block.num_kv_heads:
+                return torch.stack([q, k, v])
+            pos = kv_positions(block, q.device)
+            return torch.stack([q, k.index_select(-1, pos), v.index_select(-1, pos)])
+        pos = kv_positions(block, q.device)
+        squares = q.new_zeros(*q.shape[:-1], k.shape[-1]).index_add_(-1, pos, q.square())
+        return torch.stack([squares.sqrt(), k, v])
+
+    def prune(self, model: torch.nn.Module, units: dict[int, list[int]]) -> torch.nn.Module:
+        """Remove `units` ({layer: [original unit index]}) from `model` for good."""
+        from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
+
+        return (prune_kv_groups if self.is_group else prune_heads)(model, units)
+
+
+HEAD = PruningUnit("head", "heads")
+KV_GROUP = PruningUnit("kv_group", "key/value groups")
+
+
+def unit_of(unit: object, layout: HeadLayout | None = None) -> PruningUnit:
+    """The `PruningUnit` that `unit` ("head", "kv_group" or a unit) names, checked to make sense
+    for the model of `layout` when one is given."""
+    if isinstance(unit, PruningUnit):
+        found = unit
+    elif isinstance(unit, str) and unit in UNITS:
+        found = HEAD if unit == "head" else KV_GROUP
+    else:
         raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
-    if unit == "kv_group" and layout is not None and not layout.grouped:
+    if found.is_group and layout is not None and not layout.grouped:
         raise ValueError(
             f"unit='kv_group' needs grouped-query attention (several query heads per key/value head), but this "
             f"{layout.family} model has one query head per key/value head, so a group is a single head: "
             "use unit='head'"
         )
-    return unit
-
-
-def unit_shape(layout: HeadLayout, unit: str) -> tuple[int, int]:
-    """The score grid of `unit`: [L, H] for heads, [L, H_kv] for key/value groups."""
-    return layout.shape if unit == "head" else layout.kv_shape
-
-
-def kept_unit_mask(layout: HeadLayout, unit: str) -> torch.Tensor:
-    """Bool grid of `unit_shape`: True where the unit is still (at least partly) present."""
-    return layout.kept_mask() if unit == "head" else layout.kept_kv_mask()
+    return found
 
 
 def kv_positions(block: AttentionBlock, device: torch.device | str | None = None) -> torch.Tensor:
@@ -65,44 +118,3 @@ def kv_positions(block: AttentionBlock, device: torch.device | str | None = None
         return torch.arange(len(kept), device=device)
     kv = block.kept_kv_heads
     return torch.tensor([kv.index(block.kv_head_of(h)) for h in kept], dtype=torch.long, device=device)
-
-
-def unit_qkv_norms(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: AttentionBlock, unit: str
-) -> torch.Tensor:
-    """One block's Q, K, V block norms as norms per unit -> [3, ..., units kept].
-
-    q: [..., kept query heads]; k, v: [..., kept key/value heads] (in weight-row order). For
-    "head", K and V are those of each query head's group; for "kv_group", Q is the Frobenius norm
-    of the group's stacked Q rows: the square root of the sum of its query heads' squared norms.
-    Call it on the norms of one gradient (a batch's, an example's) before averaging them.
-    """
-    if unit == "head":
-        if not block.num_kv_heads:
-            return torch.stack([q, k, v])
-        pos = kv_positions(block, q.device)
-        return torch.stack([q, k.index_select(-1, pos), v.index_select(-1, pos)])
-    pos = kv_positions(block, q.device)
-    squares = q.new_zeros(*q.shape[:-1], k.shape[-1]).index_add_(-1, pos, q.square())
-    return torch.stack([squares.sqrt(), k, v])
-
-
-def _groups(grid: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """[..., L, H] -> [..., L, H_kv, H / H_kv]: each key/value head's query heads (original indices)."""
-    return grid.unflatten(-1, (layout.kv_heads, layout.num_heads // layout.kv_heads))
-
-
-def group_sum(grid: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """[..., L, H] per query head -> [..., L, H_kv]: the sum over each group's query heads."""
-    return _groups(grid, layout).sum(dim=-1)
-
-
-def group_mean(grid: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """[L, H] per query head -> [L, H_kv]: the mean over each group's heads still present (NaN for
-    a group with none)."""
-    kept = _groups(layout.kept_mask(), layout)
-    values = torch.where(kept, _groups(grid, layout), torch.zeros((), dtype=grid.dtype))
-    count = kept.sum(dim=-1)
-    mean = values.sum(dim=-1) / count.clamp_min(1)
-    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
-

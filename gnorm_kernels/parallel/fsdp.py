@@ -34,6 +34,7 @@ from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.layout import Head
 from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.heads.pruning import prune_heads
+from gnorm_kernels.heads.units import PruningUnit, unit_of
 from gnorm_kernels.kernels.torch_backend import norm_from_sumsq
 from gnorm_kernels.parallel import distributed
 
@@ -168,10 +169,10 @@ class MaskedPruning:
     and sizes are those of the pruned model (what the trajectory records). `unit` is "head" or
     "kv_group" (a key/value group goes with all its query heads)."""
 
-    def __init__(self, model: nn.Module, unit: str = "head"):
+    def __init__(self, model: nn.Module, unit: str | PruningUnit = "head"):
         layout = head_layout(model)
-        self.model, self.unit = model, unit
-        self.group = layout.num_heads // layout.kv_heads if unit == "kv_group" else 1
+        self.model, self.unit = model, unit_of(unit, layout)
+        self.group = layout.num_heads // layout.kv_heads if self.unit.is_group else 1
         self.structure = unsharded_copy(model, "meta")
         self.mask = layout.kept_mask().float()
 

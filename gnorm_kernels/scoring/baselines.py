@@ -25,7 +25,7 @@ from gnorm_kernels.heads.families import head_layout, is_causal_lm
 from gnorm_kernels.heads.grouped_attention import GROUPED_IMPLEMENTATIONS
 from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
 from gnorm_kernels.heads.masking import mask_heads
-from gnorm_kernels.heads.units import check_unit, group_mean, group_sum, kept_unit_mask, unit_shape
+from gnorm_kernels.heads.units import PruningUnit, unit_of
 from gnorm_kernels.parallel import distributed
 from gnorm_kernels.scoring.objectives import (
     NonFiniteGradientError,
@@ -135,7 +135,7 @@ def attention_entropy(
     """
     batches = check_batches(batches)
     layout = head_layout(model)
-    unit = check_unit(unit, layout)
+    unit = unit_of(unit, layout)
     blocks = [b for b in layout.blocks if b.kept_heads]
     device = model_device(model)
     causal = layout.causal
@@ -169,7 +169,7 @@ def attention_entropy(
         raise ValueError("no calibration example has a position with more than one token to attend to")
     out = (total / examples).float()
     out[~layout.kept_mask()] = float("nan")
-    return group_mean(out, layout) if unit == "kv_group" else out
+    return unit.from_heads(out, layout, "mean")
 
 
 # --------------------------------------------------------------------------- Taylor, random
@@ -192,10 +192,10 @@ def taylor_importance(
     """
     batches = check_batches(batches)
     layout = head_layout(model)
-    unit = check_unit(unit, layout)
+    unit = unit_of(unit, layout)
     device = model_device(model)
     causal = is_causal_lm(model)
-    total = torch.zeros(unit_shape(layout, unit), dtype=torch.float64)
+    total = torch.zeros(unit.shape(layout), dtype=torch.float64)
     gates = torch.ones(layout.shape, device=device, requires_grad=True)
     with scoring_mode(model, ()), mask_heads(model, gates):
         for i, batch in enumerate(progress_over(batches, progress, "head-gate importance")):
@@ -205,7 +205,7 @@ def taylor_importance(
             if not torch.isfinite(grad).all():
                 raise NonFiniteGradientError(f"NaN or infinite head-gate gradient on calibration batch {i}")
             grad = grad.double().cpu()
-            total += (group_sum(grad, layout) if unit == "kv_group" else grad).abs()
+            total += unit.from_heads(grad, layout, "sum").abs()
     if distributed.data_parallel(model):
         (total,) = distributed.all_reduce_sums(total)
     return _pruned_nan(total.float(), layout, unit)
@@ -223,11 +223,11 @@ def random_scores(
     """
     distributed.check_same(int(seed), "random_scores seeds")
     layout = head_layout(model)
-    unit = check_unit(unit, layout)
+    unit = unit_of(unit, layout)
     gen = torch.Generator().manual_seed(int(seed))
-    return _pruned_nan(torch.rand(unit_shape(layout, unit), generator=gen), layout, unit)
+    return _pruned_nan(torch.rand(unit.shape(layout), generator=gen), layout, unit)
 
 
-def _pruned_nan(grid: torch.Tensor, layout: HeadLayout, unit: str) -> torch.Tensor:
-    grid[~kept_unit_mask(layout, unit)] = float("nan")
+def _pruned_nan(grid: torch.Tensor, layout: HeadLayout, unit: PruningUnit) -> torch.Tensor:
+    grid[~unit.kept_mask(layout)] = float("nan")
     return grid

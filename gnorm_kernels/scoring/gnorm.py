@@ -26,7 +26,7 @@ import gnorm_kernels.kernels as kernels
 from gnorm_kernels.data.batches import Batch, model_device
 from gnorm_kernels.heads.families import head_layout, is_causal_lm
 from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
-from gnorm_kernels.heads.units import check_unit, unit_qkv_norms, unit_shape
+from gnorm_kernels.heads.units import unit_of
 from gnorm_kernels.parallel import distributed
 from gnorm_kernels.scoring.objectives import (
     Objective,
@@ -79,8 +79,8 @@ def qkv_gradient_norms(
         raise TypeError(f"dropout must be True (train mode) or False (eval mode), got {dropout!r}")
     batches = check_batches(batches)
     layout = head_layout(model)
-    unit = check_unit(unit, layout)
-    rows, width = unit_shape(layout, unit)
+    unit = unit_of(unit, layout)
+    rows, width = unit.shape(layout)
     grid = torch.full((rows, 3, width), float("nan"))
     blocks = [b for b in layout.blocks if b.kept_heads]
     if not blocks:
@@ -92,7 +92,7 @@ def qkv_gradient_norms(
         norms = _batch_norms(model, layout, blocks, batches, sweep, accumulate=aggregation == "accumulated")
     # each block's units at their original indices on the grid
     for block, values in zip(blocks, norms):
-        kept = block.kept_heads if unit == "head" else block.kept_kv_heads
+        kept = unit.kept(block)
         grid[block.index][:, list(kept)] = values
     return grid
 
@@ -267,13 +267,13 @@ def _batch_norms(
             # first batch that brings a NaN or inf in; the last batch's norms are the result
             norms = grads.norms()
             check_finite_norms(norms, blocks, i)
-            units = [unit_qkv_norms(*parts, block, sweep.unit) for parts, block in zip(norms, blocks)]
+            units = [sweep.unit.qkv_norms(*parts, block) for parts, block in zip(norms, blocks)]
             total = units if accumulate or total is None else [t + u for t, u in zip(total, units)]
         if accumulate and distributed.data_parallel(model):  # every rank's summed gradients
             grads.all_reduce_()
             norms = grads.norms()
             check_finite_norms(norms, blocks, len(batches) - 1)
-            total = [unit_qkv_norms(*parts, block, sweep.unit) for parts, block in zip(norms, blocks)]
+            total = [sweep.unit.qkv_norms(*parts, block) for parts, block in zip(norms, blocks)]
     return total if accumulate else distributed.mean_over_ranks(total, len(batches), model)
 
 

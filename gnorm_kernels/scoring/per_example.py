@@ -15,7 +15,7 @@ from torch import nn
 import gnorm_kernels.kernels as kernels
 from gnorm_kernels.data.batches import Batch, model_device
 from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
-from gnorm_kernels.heads.units import unit_qkv_norms
+from gnorm_kernels.heads.units import PruningUnit
 from gnorm_kernels.parallel import distributed
 from gnorm_kernels.scoring.objectives import (
     NonFiniteGradientError,
@@ -39,7 +39,7 @@ class Sweep:
 
     objective: str | Objective
     include_bias: bool
-    unit: str
+    unit: PruningUnit
     dropout: bool
     causal: bool
     backend: str
@@ -137,7 +137,7 @@ def per_example_qkv_norms(
                     )
                 norms = _per_example_block(parts, shared, counts, d, sweep.include_bias, sweep.backend)
                 check_finite_norms([norms], [block], i)
-                summed = unit_qkv_norms(*norms, block, sweep.unit).sum(dim=1).double()  # [3, units]
+                summed = sweep.unit.qkv_norms(*norms, block).sum(dim=1).double()  # [3, units]
                 totals[j] = summed if totals[j] is None else totals[j] + summed
             examples += int(values.shape[0])
     return [t.float() for t in distributed.mean_over_ranks(totals, examples, model)]

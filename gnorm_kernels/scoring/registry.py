@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gnorm_kernels.data.batches import Batch
-from gnorm_kernels.heads.units import UNITS, check_unit
+from gnorm_kernels.heads.units import UNITS, unit_of
 from gnorm_kernels.scoring.baselines import attention_entropy, random_scores, taylor_importance
 from gnorm_kernels.scoring.gnorm import gnorm_scores
 
@@ -54,7 +54,7 @@ def get_scorer(name: str, *, unit: str | None = None) -> Scorer:
         raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(SCORERS)}") from None
     if unit is None:
         return scorer
-    return functools.partial(scorer, unit=check_unit(unit))
+    return functools.partial(scorer, unit=unit_of(unit).name)
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ class Method:
     units: tuple[str, ...] = UNITS  # what it can rank: query heads, key/value groups
 
     def check_unit(self, unit: str) -> str:
-        """`unit`, checked to be one this method ranks."""
-        unit = check_unit(unit)
+        """`unit`'s name, checked to be a unit this method ranks."""
+        unit = unit_of(unit).name
         if unit not in self.units:
             raise ValueError(f"method {self.name!r} ranks {' or '.join(self.units)} units, not {unit!r}")
         return unit

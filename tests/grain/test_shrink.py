@@ -52,14 +52,8 @@ def test_shrunk_model_matches_masked_model(family, attn, seq_len):
             torch.testing.assert_close(out.logits, masked.logits, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out.hidden_states[-1], masked.hidden_states[-1], atol=1e-5, rtol=1e-5)
         set_costs(shrunk, CPU_COSTS)
-        # the deprecated "auto" is "grouped", bit for bit
         set_attention_impl(shrunk, "grouped")
-        grouped = shrunk(**batch).logits
-        with pytest.warns(DeprecationWarning, match='impl="auto" is deprecated'):
-            set_attention_impl(shrunk, "auto")
-        assert {m.impl for m in shrunk.modules() if isinstance(m, UnevenSelfAttention)} == {"grouped"}
-        assert torch.equal(shrunk(**batch).logits, grouped)
-        torch.testing.assert_close(grouped, masked.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shrunk(**batch).logits, masked.logits, atol=1e-5, rtol=1e-5)
     # the removed weights are gone
     layer0 = shrunk.base_model.encoder.layer[0]
     assert layer0.attention.self.query.out_features == int(masks.query[0, masks.value[0].any(-1)].sum())
