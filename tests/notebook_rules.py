@@ -50,7 +50,7 @@ _HELPER_NAME = re.compile(r"(^|_)(se|stderr|sem|binomial|bootstrap|interval|ci|w
                           r"curves?|panel)($|_)", re.IGNORECASE)
 _HELPER_BODY = re.compile(r"\b(plt|sns|ax|axes|fig)\.|\bnp\.(sqrt|percentile|quantile|std)\(|\.(plot|imshow|bar|"
                           r"scatter|fill_between|errorbar)\(|\bbootstrap|\bpercentile\(")
-_DEFAULT_WIDGET_TEXT = re.compile(r"^\s*[A-Za-z_]\w*\(.*\)\s*$|^A Jupyter widget could not be displayed", re.DOTALL)
+_DEFAULT_WIDGET_TEXT = re.compile(r"^\s*[A-Z]\w*\(|^A Jupyter widget could not be displayed")  # a repr, maybe cut with "…"
 _TQDM_TEXT = re.compile(r"\d+%\|.*\|\s*\d+/\d+|Progress\(")
 
 

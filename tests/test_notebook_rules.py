@@ -48,13 +48,14 @@ def test_each_rule_finds_its_violation():
         new_code_cell("run()", outputs=[widget_output("greedy-gnorm:   0%|          | 0/32 [00:00<?, ?head/s]")]),
         new_code_cell("explorer.widget", outputs=[widget_output("VBox(children=(Dropdown(),))"),
                                                   new_output("stream", name="stderr", text="DeprecationWarning\n")]),
+        new_code_cell("display(grid.widget)", outputs=[widget_output("VBox(children=(HBox(children=(Label(value='l…")]),
     ])
     found = check_notebook(nb)
-    assert summary(found) == {"claim": 3, "progress-widget": 1, "widget-without-still": 1, "helper": 2}
+    assert summary(found) == {"claim": 3, "progress-widget": 1, "widget-without-still": 2, "helper": 2}
     claims = [v.detail for v in found if v.rule == "claim"]
     assert claims[0].startswith("Greedy Gnorm keeps 0.93") and "1.48×" in claims[1] and "2.1x" in claims[2]
     assert {v.detail for v in found if v.rule == "helper"} == {"def binomial_se", "def show"}
-    assert [v.cell for v in found if v.rule != "claim"] == [1, 1, 2, 3]
+    assert [v.cell for v in found if v.rule != "claim"] == [1, 1, 2, 3, 4]
     # an allow-list entry lets a sentence through; the others still count
     assert summary(check_notebook(nb, allow=[r"1\.48×"]))["claim"] == 2
 
