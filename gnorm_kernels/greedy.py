@@ -40,7 +40,7 @@ from gnorm_kernels.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.objectives import check_batches
 from gnorm_kernels.resume import ResumeMismatch, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.scores import Batch, Method, NonFiniteGradientError, get_method, get_scorer
-from gnorm_kernels.choice import budget as unit_budget, check_count, choose, unit_words
+from gnorm_kernels.choice import budget as unit_budget, check_count, choose, choose_uniform, uniform_plan, unit_words
 from gnorm_kernels.trajectory import TRAJECTORY_FORMAT, Step, Trajectory
 
 __all__ = ["Step", "Trajectory", "greedy_prune", "static_prune", "run_method", "TRAJECTORY_FORMAT", "ResumeMismatch"]
@@ -133,6 +133,7 @@ def _drive(
     inplace: bool,
     progress: bool,
     per_example: bool,
+    uniform: bool,
 ) -> Trajectory:
     """The one pruning loop: `greedy_prune` (``greedy=True``) and `static_prune` (``False``)."""
     score_fn = get_scorer(scorer) if isinstance(scorer, str) else scorer
@@ -161,7 +162,8 @@ def _drive(
     min_heads = check_count(min_heads_per_layer, "min_heads_per_layer", 0)
     if min_heads > grid[1]:
         raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit_words(unit)} of a layer")
-    budget = unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
+    plan = uniform_plan(layout, unit, ratio, steps, heads_per_step, min_heads) if uniform else None
+    budget = plan.units if plan is not None else unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
     scorer_name = scorer if isinstance(scorer, str) else describe_setting(scorer)
     settings = {
         "scorer": scorer_name,
@@ -174,6 +176,7 @@ def _drive(
         "metric": metric,
         **distributed.data_settings(calibration, evaluation, parallel=distributed.data_parallel(model)),
         "model_fingerprint": model_fingerprint(model),
+        **({"uniform": True} if uniform else {}),  # absent when False: earlier checkpoints still resume
     }
     initially_pruned = [tuple(x) for x in (~kept_unit_mask(layout, unit)).nonzero().tolist()]
     pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit == "kv_group" else []
@@ -229,7 +232,10 @@ def _drive(
                 if not greedy:
                     static_scores = scores
             where = f"{name}, step {index}"
-            chosen = choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
+            if plan is not None:  # one round: the lowest (highest) unit of every layer, or of every group
+                chosen = choose_uniform(scores, kept, plan.cells, prune_first, where)
+            else:
+                chosen = choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable units
                 raise RuntimeError(f"step {index}: no {unit} left to prune")
             distributed.check_same(chosen, f"units chosen at step {index}")
@@ -309,6 +315,7 @@ def greedy_prune(
     inplace: bool = False,
     progress: bool = True,
     per_example: bool = False,
+    uniform: bool = False,
 ) -> Trajectory:
     """Greedy pruning: score the remaining heads, remove the `heads_per_step` lowest (or highest),
     re-score the pruned model, repeat until `ratio` of the heads (or `steps` steps, or every
@@ -327,6 +334,16 @@ def greedy_prune(
     it. `max_steps` stops this call after that many new steps (resume later with the same
     checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
     the trajectory (what `gnorm_kernels.evidence` bootstraps).
+
+    `uniform=True` prunes every layer alike, so the result has one head count per layer (for
+    Llama, Qwen2, Mistral: a standard config, see `save_pruned`). A step is then a round: one unit
+    removed from every layer, or, for ``unit="head"`` under grouped-query attention, one query head
+    from every key/value group of every layer, so groups stay equal. Within a round each layer
+    (group) loses its own lowest-scored (highest, with ``prune_first="highest"``) unit on the
+    current scores; the model is re-scored before the next round (greedy per round, not per unit,
+    and never trading a unit of one layer for a lower one elsewhere). `steps` counts rounds;
+    `ratio` is a fraction of the units present, rounded down to whole rounds with a warning when it
+    is not one; `heads_per_step` must be 1; the model must start uniform.
     """
     return _drive(greedy=True, **locals())
 
@@ -352,9 +369,11 @@ def static_prune(
     inplace: bool = False,
     progress: bool = True,
     per_example: bool = False,
+    uniform: bool = False,
 ) -> Trajectory:
     """Static pruning: score the full model once, then remove heads in that order,
-    `heads_per_step` at a time, evaluating as `greedy_prune` does (same arguments)."""
+    `heads_per_step` at a time (with `uniform`, a round per step on those first scores),
+    evaluating as `greedy_prune` does (same arguments)."""
     return _drive(greedy=False, **locals())
 
 
@@ -368,12 +387,14 @@ def run_method(
     scorer_options: Mapping[str, Any] | None = None,
     unit: Literal["head", "kv_group"] = "head",
     preset: str | None = None,
+    uniform: bool = False,
     **driver_options: Any,
 ) -> Trajectory:
     """Run a method of `gnorm_kernels.scores.METHODS` by name (e.g. "greedy-gnorm", "random").
 
     `seed` reaches seeded methods (random); `scorer_options` go to the scorer; `unit` ("head" or
-    "kv_group") is what the method ranks and removes; everything else goes to `greedy_prune` /
+    "kv_group") is what the method ranks and removes; `uniform` prunes every layer alike (see
+    `greedy_prune`); everything else goes to `greedy_prune` /
     `static_prune`. `preset` (e.g. "authors", see `gnorm_kernels.presets`) sets the Gnorm
     scorer's options, under the caller's own.
     """
@@ -390,5 +411,5 @@ def run_method(
     driver = greedy_prune if spec.greedy else static_prune
     return driver(
         model, calibration, evaluation, scorer=scorer, scorer_options=options,
-        prune_first=spec.prune_first, unit=unit, method=spec.name, **driver_options,
+        prune_first=spec.prune_first, unit=unit, method=spec.name, uniform=uniform, **driver_options,
     )
