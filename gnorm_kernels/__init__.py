@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.baselines import attention_entropy, random_scores, taylor_importance
     from gnorm_kernels.scores import METHODS, get_method, get_scorer
     from gnorm_kernels.greedy import greedy_prune, run_method, static_prune
+    from gnorm_kernels.heal import heal
     from gnorm_kernels.trajectory import Trajectory
     from gnorm_kernels.report import comparison_table
     from gnorm_kernels.evidence import compare
@@ -69,6 +70,7 @@ _EXPORTS = {
     "greedy_prune": "greedy",
     "static_prune": "greedy",
     "run_method": "greedy",
+    "heal": "heal",
     "Trajectory": "trajectory",
     "comparison_table": "report",
     "compare": "evidence",

@@ -23,7 +23,7 @@ from gnorm_kernels.gnorm import NonFiniteGradientError
 from gnorm_kernels.layout import HeadLayout
 from gnorm_kernels.trajectory import check_ratio
 
-__all__ = ["check_count", "unit_words", "budget", "choose", "UniformPlan", "uniform_plan", "choose_uniform"]
+__all__ = ["UniformPlan", "budget", "check_count", "choose", "choose_uniform", "uniform_plan", "unit_words"]
 
 Head = tuple[int, int]
 
