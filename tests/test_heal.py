@@ -8,19 +8,20 @@ import json
 import pytest
 import torch
 
-from gnorm_kernels.arch import head_layout
+from gnorm_kernels.checkpoints.pruned import save_pruned
+from gnorm_kernels.engine.driver import greedy_prune
+from gnorm_kernels.engine.resume import ResumeMismatch
 from gnorm_kernels.evaluate import evaluate
-from gnorm_kernels.greedy import greedy_prune
-from gnorm_kernels.heal import heal
-from gnorm_kernels.models import load_model
-from gnorm_kernels.pruning import prune_heads, prune_kv_groups, save_pruned
-from gnorm_kernels.resume import ResumeMismatch
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
+from gnorm_kernels.healing import heal
+from gnorm_kernels.models.loading import load_model
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
 
 @pytest.fixture(scope="module")
 def lm():
-    from gnorm_kernels.tiny_lm import synthetic_lm_task
+    from gnorm_kernels.data.lm_tasks import synthetic_lm_task
 
     model, tokenizer = load_model("tiny-lm", progress=False)
     task = synthetic_lm_task(train_size=1, calibration_size=512)

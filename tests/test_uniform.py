@@ -21,18 +21,19 @@ import warnings
 import pytest
 import torch
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.gnorm import gnorm_scores
-from gnorm_kernels.greedy import greedy_prune, run_method, static_prune
-from gnorm_kernels.models import load_model
-from gnorm_kernels.pruning import load_pruned, prune_heads, prune_kv_groups, save_pruned
+from gnorm_kernels.checkpoints.pruned import load_pruned, save_pruned
+from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
+from gnorm_kernels.models.loading import load_model
+from gnorm_kernels.scoring.gnorm import gnorm_scores
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
 
 @pytest.fixture(scope="module")
 def tiny_lm():
     """tiny-lm (4 layers x 8 query heads in 2 key/value groups) and 4 calibration batches."""
-    from gnorm_kernels.tiny_lm import synthetic_lm_task
+    from gnorm_kernels.data.lm_tasks import synthetic_lm_task
 
     model, tokenizer = load_model("tiny-lm", progress=False)
     task = synthetic_lm_task(train_size=100)
