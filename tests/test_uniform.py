@@ -220,3 +220,19 @@ def test_encoders_keep_the_package_format(tmp_path):
     config = json.loads((save_pruned(model, tmp_path / "bert") / "config.json").read_text())
     assert config["num_attention_heads"] == 4 and "per_layer_config" not in config and "head_dim" not in config
     assert math.isclose(len(load_pruned(tmp_path / "bert").bert.encoder.layer[0].attention.self.query.weight), 24)
+
+
+def test_gnorm_prune_uniform_writes_a_model_plain_transformers_builds(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from gnorm_kernels.cli import main
+
+    out = tmp_path / "run"
+    assert main(["prune", "--model", "tiny-lm", "--task", "synthetic-lm", "--unit", "kv_group", "--uniform",
+                 "--ratio", "0.5", "--calib-size", "32", "--eval-size", "50", "--quiet", "--out", str(out)]) == 0
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert trajectory["settings"]["uniform"] is True and len(trajectory["steps"]) == 2  # step 0 and one round
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 1)
+    plain = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert [layer.self_attn.k_proj.out_features for layer in plain.model.layers] == [8] * 4
