@@ -6,15 +6,24 @@ Names: the offline defaults "tiny" (`gnorm_kernels.models.tiny_bert`) and "tiny-
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 import gnorm_kernels.checkpoints.pruned  # noqa: F401 (registers the pruned format's loader)
 import gnorm_kernels.grain.shrink  # noqa: F401 (registers the GRAIN format's loader)
-from gnorm_kernels.checkpoints.formats import checkpoint_format, load_checkpoint, progress_bars
+from gnorm_kernels.checkpoints.formats import (
+    check_weight_paths,
+    checkpoint_format,
+    load_checkpoint,
+    progress_bars,
+    weight_files,
+)
 from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
 
 __all__ = ["load_model", "max_positions"]
@@ -23,14 +32,22 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
                    "sentencepiece.bpe.model")
 
 
+# what a hub id can be: "name" or "org/name", each part letters, digits, '-', '_' or '.'
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+PATH_RULE = ("a name is a local path when it exists, starts with / ./ ../ or ~, ends with /, has more than one "
+             "slash or a character a hub id cannot hold, or its parent folder exists; otherwise \"name\" or "
+             "\"org/name\" is a hub id")
+
+
 def _looks_local(name: str) -> bool:
-    """A name meant as a local path: it exists, or is written like a path (absolute, ./, ../, ~,
-    a trailing slash, several slashes) or its parent folder exists here. Such names are never
-    sent to the hub, so a typo fails at once instead of after minutes of retries."""
+    """A name meant as a local path (`PATH_RULE`). Such names are never sent to the hub, so a
+    typo fails at once with "no such folder" instead of after minutes of retries."""
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
         return True
-    return "/" in name and path.parent.is_dir() and str(path.parent) not in ("", ".")
+    if not _HUB_ID.fullmatch(name):  # a space, a backslash, "a//b": no hub id looks like that
+        return True
+    return "/" in name and path.parent.is_dir()
 
 
 def _model_class(config: Any):
@@ -46,17 +63,15 @@ def _model_class(config: Any):
 def _tokenizer_for(folder: Path, tokenizer: Any, model: Any, hub: bool):
     """The tokenizer of a checkpoint: the one passed, or the folder's own (which must exist and fit
     the model's embeddings: a folder without tokenizer files would give an all-[UNK] tokenizer)."""
-    from transformers import AutoTokenizer
-
     if tokenizer is None:
         if not hub and not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"{folder} holds no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
                 "with the model (tokenizer.save_pretrained(folder)) or pass tokenizer= (a tokenizer or its folder)"
             )
-        tokenizer = AutoTokenizer.from_pretrained(folder if not hub else str(folder), trust_remote_code=False)
+        tokenizer = _read_tokenizer(str(folder) if hub else folder)
     elif isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
+        tokenizer = _read_tokenizer(tokenizer)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
         raise ValueError(
@@ -64,6 +79,35 @@ def _tokenizer_for(folder: Path, tokenizer: Any, model: Any, hub: bool):
             "they do not belong together (token ids past the table would crash or read garbage)"
         )
     return tokenizer
+
+
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json")
+
+
+def _read_tokenizer(source: str | os.PathLike):
+    """AutoTokenizer of a folder (or hub id), with a broken file named: its JSON files are checked
+    first (a corrupt tokenizer.json, or a link to a non-JSON file), and any other failure to read
+    the folder says which folder it was."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        for name in TOKENIZER_JSON_FILES:
+            file = folder / name
+            if not (file.exists() or file.is_symlink()):
+                continue
+            link = f" (a link to {file.resolve()})" if file.is_symlink() else ""
+            try:
+                json.loads(file.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{file}{link} is not a readable JSON tokenizer file: {err}") from None
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError) as err:
+        if not folder.is_dir():
+            raise
+        raise ValueError(f"the tokenizer files in {folder} cannot be read ({type(err).__name__}: {err})") from err
 
 
 def _check_labels(config: Any, num_labels: int | None, new_head: bool, name: str) -> dict[str, Any]:
@@ -108,6 +152,7 @@ def load_model(
     tokenizer: Any = None,
     new_head: bool = False,
     allow_pickle: bool = False,
+    allow_unverified: bool = False,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode.
 
@@ -125,6 +170,11 @@ def load_model(
     tokenizer (or pass `tokenizer=`), and the tokenizer must fit the embeddings; a `num_labels`
     other than the checkpoint's classifier is an error unless `new_head=True` (a new, untrained
     classifier). `progress=False` silences the training bar and transformers' loading bars.
+
+    Loading is strict: every tensor the model needs must be in the checkpoint, and nothing else
+    (with `new_head=True`, the classifier may be missing or of another size); weight files are
+    read only from inside the folder; a pruned or GRAIN folder must carry the manifest its saver
+    wrote (`allow_unverified=True` loads one saved before manifests existed: only for folders you trust).
     """
     name = os.fspath(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": False}
@@ -148,18 +198,28 @@ def load_model(
         elif _looks_local(name):
             folder = Path(name).expanduser()
             if not folder.is_dir():
-                what = "is a file, not a checkpoint folder" if folder.exists() else "does not exist"
-                raise FileNotFoundError(f"{folder} {what}; expected \"tiny\", a hub id, or a checkpoint folder")
+                if folder.exists():
+                    raise FileNotFoundError(f"{folder} is a file, not a checkpoint folder; expected \"tiny\", "
+                                            "a hub id, or a checkpoint folder")
+                raise FileNotFoundError(f"{folder} does not exist: no such folder ({PATH_RULE})")
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(
                     f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
                     f"found {sorted(p.name for p in folder.iterdir())}"
                 )
-            if checkpoint_format(folder) != "plain":
-                model = load_checkpoint(folder, attn_implementation=attn_implementation)  # pruned or GRAIN
-                _check_labels(model.config, num_labels, False, str(folder))
-            else:
-                model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            try:
+                if checkpoint_format(folder) != "plain":  # pruned or GRAIN: rebuilt, checked against its manifest
+                    model = load_checkpoint(folder, attn_implementation=attn_implementation,
+                                            allow_unverified=allow_unverified)
+                    _check_labels(model.config, num_labels, False, str(folder))
+                else:
+                    if allow_pickle:
+                        check_weight_paths(folder)
+                    else:
+                        weight_files(folder)  # safetensors only, all inside the folder
+                    model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            except RuntimeError as err:  # torch/transformers failures while building or filling the model
+                raise ValueError(f"could not load the checkpoint folder {folder}: {err}") from err
             tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
         else:
             model = _from_pretrained(name, num_labels, new_head, allow_pickle, kwargs)
@@ -185,7 +245,7 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
                      kwargs: dict[str, Any]):
     from transformers import AutoConfig
 
-    where = "a local folder" if isinstance(name, Path) else "a hub id"
+    where = "a local folder" if isinstance(name, Path) else f"no such folder here, so it was tried as a hub id; {PATH_RULE}"
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except OSError as err:
@@ -194,11 +254,58 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
             f"\"tiny\", a hub id, or a folder with config.json, weights and tokenizer files: {err}"
         ) from err
     options = dict(kwargs, **_check_labels(config, num_labels, new_head, str(name)))
+    options["ignore_mismatched_sizes"] = True  # reported in the loading info, refused by _check_complete
     if not allow_pickle:
         options["use_safetensors"] = True
     try:
-        return _model_class(config).from_pretrained(name, **options)
+        with _quiet_load_report():
+            model, info = _model_class(config).from_pretrained(name, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError) as err:
-        hint = (" It has no safetensors weights: this package reads safetensors only (pickle can run code); "
-                "convert the weights, or pass allow_pickle=True for files you trust.") if not allow_pickle else ""
-        raise type(err)(f"could not load the weights of {str(name)!r} ({where}): {err}.{hint}") from err
+        hint = (" If it has no safetensors weights: this package reads safetensors only (pickle can run code); "
+                "convert the weights, or pass allow_pickle=True for files you trust.") \
+            if not allow_pickle and isinstance(err, OSError) and where == "a hub id" else ""
+        raise (OSError if isinstance(err, OSError) else ValueError)(
+            f"could not load the weights of {str(name)!r} ({where}): {err}.{hint}") from err
+    _check_complete(model, info, name, new_head)
+    return model
+
+
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:
+    """Refuse a model that transformers filled only in part: tensors missing from the checkpoint
+    would be random, and an unexpected tensor of a module the model has means the two do not
+    belong together (tensors of parts it lacks, such as another task's head or an unused pooler,
+    are left out harmlessly). With `new_head`, the classifier (anything outside the base model)
+    may be missing, unexpected or of another size: it is new on purpose."""
+    prefix = getattr(model, "base_model_prefix", "")
+    modules = {module_name for module_name, _ in model.named_modules()}
+
+    def expected_gap(key: str) -> bool:
+        return new_head and bool(prefix) and not key.startswith(f"{prefix}.")
+
+    missing = sorted(k for k in info.get("missing_keys", ()) if not expected_gap(k))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ())
+                        if k.rpartition(".")[0] in modules and not expected_gap(k))
+    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()) if not expected_gap(str(k[0])))
+    if missing or unexpected or mismatched:
+        parts = [f"{what} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+                 if keys]
+        head = "" if new_head else "; if only the classifier is missing, pass new_head=True (gnorm --new-head) to start one"
+        raise ValueError(
+            f"the weights of {str(name)!r} do not match its config ({model.config.architectures or type(model).__name__}): "
+            f"tensors {'; '.join(parts)}. Loading would fill the missing ones at random{head}"
+        )

@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gnorm_kernels.data.batches import Batch, model_inputs
 from gnorm_kernels.modes import model_mode
+from gnorm_kernels.progress import progress_bar
 
 __all__ = [
     "OBJECTIVES",
@@ -150,6 +150,14 @@ def check_batches(batches: Sequence[Batch]) -> list[Batch]:
             raise ValueError(f"calibration batch {i} must be a dict with at least 'input_ids', got {type(batch).__name__}")
         if batch["input_ids"].numel() == 0:
             raise ValueError(f"calibration batch {i} is empty")
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.numel() and not mask.bool().any():
+            # an error, not a warning: such a batch gives zero gradients, so scores from it rank
+            # nothing (all of them zero: greedy would prune in index order); it is a data bug
+            raise ValueError(
+                f"calibration batch {i} has no real tokens: its attention_mask is 0 everywhere (all padding), "
+                "which gives zero scores for every head; drop the batch or fix its attention_mask (1 = token, 0 = padding)"
+            )
     return batches
 
 
@@ -165,8 +173,8 @@ def model_logits(model: nn.Module, batch: Batch, device: torch.device) -> torch.
 
 
 def progress_over(items: Sequence, progress: bool, desc: str):
-    """`items`, behind a transient tqdm bar when `progress`."""
-    return tqdm(items, desc=desc, leave=False) if progress else items
+    """`items`, behind a transient progress bar when `progress` (`gnorm_kernels.progress`)."""
+    return progress_bar(items, desc=desc, leave=False) if progress else items
 
 
 @contextmanager
