@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.heads.layout import HeadLayout
     from gnorm_kernels.heads.masking import mask_heads
     from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
+    from gnorm_kernels.healing import heal
     from gnorm_kernels.kernels import (
         QKVGradientBuffer,
         combine_qkv_norms,

@@ -27,6 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "progress"},
     "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable", "progress"},
     "evidence": {"heads", "data", "parallel", "evaluate", "scoring", "engine", "extras", "durable"},
+    "healing": {"data", "grain", "engine"},  # distils a pruned model with GRAIN's losses; resumes as the engine does
     "testing": {"heads"},
     "cli": {"*"},  # the top: may import anything
 }

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from gnorm_kernels.cli.grain import add_grain_command
+from gnorm_kernels.cli.heal import add_heal
 from gnorm_kernels.cli.outputs import CLIError, Interrupted, OutputFolder
 from gnorm_kernels.extras import MissingExtra, require_extra
 
@@ -75,6 +76,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--unit", default="head", choices=("head", "kv_group"),
                    help="what is ranked and removed: a query head, or a key/value group with all its query "
                         "heads (grouped-query decoders; shrinks the KV cache) (default head)")
+    p.add_argument("--uniform", action="store_true", help="prune every layer (key/value group) alike, one unit each "
+                   "per step: Llama/Qwen2/Mistral then save as standard configs; --ratio rounds down to whole steps")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N steps (default 1; the last step always)")
     p.add_argument("--objective", default="logits_norm", choices=("logits_norm", "loss"),
                    help="what Gnorm differentiates (default logits_norm: no labels needed)")
@@ -149,14 +152,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
 
 
 def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
-    ratio = args.ratio
-    if ratio is None and args.steps is None:
-        ratio = args.default_ratio
+    ratio = args.default_ratio if args.ratio is None and args.steps is None else args.ratio
     return dict(
         ratio=ratio, steps=args.steps, heads_per_step=args.heads_per_step,
         min_heads_per_layer=args.min_heads_per_layer, eval_every=args.eval_every, unit=args.unit,
-        progress=not args.quiet,
-    )
+        progress=not args.quiet, uniform=args.uniform)
 
 
 def _run_method(method: str, model: Any, calibration: list, evaluation: list, args: argparse.Namespace,
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gnorm-kernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_prune, _add_compare, _add_ablate, add_grain_command):
+    for add in (_add_prune, _add_compare, _add_ablate, add_grain_command, add_heal):
         add(sub)
     return parser
 

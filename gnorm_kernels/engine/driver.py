@@ -32,7 +32,7 @@ from torch import nn
 
 from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.engine.choice import budget as unit_budget
-from gnorm_kernels.engine.choice import check_count, choose
+from gnorm_kernels.engine.choice import check_count, choose, choose_uniform, uniform_plan
 from gnorm_kernels.engine.resume import data_settings, describe_setting, model_fingerprint, resume_run
 from gnorm_kernels.engine.settings import PruneSettings
 from gnorm_kernels.engine.trajectory import Step, Trajectory
@@ -149,7 +149,8 @@ def _drive(
     min_heads = check_count(run.min_heads_per_layer, "min_heads_per_layer", 0)
     if min_heads > grid[1]:
         raise ValueError(f"min_heads_per_layer={min_heads} exceeds the {grid[1]} {unit.words} of a layer")
-    budget = unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
+    plan = uniform_plan(layout, unit, ratio, steps, heads_per_step, min_heads) if run.uniform else None
+    budget = plan.units if plan is not None else unit_budget(layout, unit, ratio, steps, heads_per_step, min_heads)
     scorer_name = scorer if isinstance(scorer, str) else describe_setting(scorer)
     settings = {
         "scorer": scorer_name,
@@ -162,6 +163,7 @@ def _drive(
         "metric": metric,
         **data_settings(calibration, evaluation, parallel=distributed.data_parallel(model)),
         "model_fingerprint": model_fingerprint(model),
+        **({"uniform": True} if run.uniform else {}),  # absent when False: earlier checkpoints still resume
     }
     initially_pruned = [tuple(x) for x in (~unit.kept_mask(layout)).nonzero().tolist()]
     pruned_heads = [tuple(x) for x in (~layout.kept_mask()).nonzero().tolist()] if unit.is_group else []
@@ -217,7 +219,10 @@ def _drive(
                 if not greedy:
                     static_scores = scores
             where = f"{name}, step {index}"
-            chosen = choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
+            if plan is not None:  # one round: the lowest (highest) unit of every layer, or of every group
+                chosen = choose_uniform(scores, kept, plan.cells, prune_first, where)
+            else:
+                chosen = choose(scores, kept, min(heads_per_step, budget - done), prune_first, min_heads, where)
             if not chosen:  # cannot happen: the budget counts only prunable units
                 raise RuntimeError(f"step {index}: no {unit} left to prune")
             distributed.check_same(chosen, f"units chosen at step {index}")
@@ -296,6 +301,16 @@ def greedy_prune(
     after the last; a causal LM's steps record its perplexity beside the task metric. The model
     passed in is not changed unless `inplace`. With `checkpoint` the run resumes from that file
     when it exists; `per_example` keeps what `gnorm_kernels.evidence.comparison` bootstraps.
+
+    `uniform=True` prunes every layer alike, so the result has one head count per layer (for
+    Llama, Qwen2, Mistral: a standard config, see `save_pruned`). A step is then a round: one unit
+    removed from every layer, or, for ``unit="head"`` under grouped-query attention, one query head
+    from every key/value group of every layer, so groups stay equal. Within a round each layer
+    (group) loses its own lowest-scored (highest, with ``prune_first="highest"``) unit on the
+    current scores; the model is re-scored before the next round (greedy per round, not per unit,
+    and never trading a unit of one layer for a lower one elsewhere). `steps` counts rounds;
+    `ratio` is a fraction of the units present, rounded down to whole rounds with a warning when it
+    is not one; `heads_per_step` must be 1; the model must start uniform.
     """
     return _drive(model, calibration, evaluation, PruneSettings.build(settings, **options), greedy=True)
 
@@ -308,7 +323,8 @@ def static_prune(
     **options: Any,
 ) -> Trajectory:
     """Static pruning: score the full model once, then remove units in that order,
-    `heads_per_step` at a time, evaluating as `greedy_prune` does (same settings)."""
+    `heads_per_step` at a time (with `uniform`, a round per step on those first scores),
+    evaluating as `greedy_prune` does (same settings)."""
     return _drive(model, calibration, evaluation, PruneSettings.build(settings, **options), greedy=False)
 
 

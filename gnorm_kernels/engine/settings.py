@@ -28,7 +28,8 @@ class PruneSettings:
     `metric` after step 0, every `eval_every` steps and after the last; `per_example` keeps each
     evaluated step's per-example predictions. `checkpoint`: a trajectory file written after every
     step, resumed from when it exists; `max_steps` stops this call after that many new steps.
-    `inplace` prunes the caller's model at the end; `progress` shows a bar."""
+    `inplace` prunes the caller's model at the end; `progress` shows a bar. `uniform` prunes every
+    layer alike, a round per step (see `greedy_prune`)."""
 
     scorer: str | Callable[..., torch.Tensor] = "gnorm"
     scorer_options: Mapping[str, Any] | None = None
@@ -46,6 +47,7 @@ class PruneSettings:
     inplace: bool = False
     progress: bool = True
     per_example: bool = False
+    uniform: bool = False
 
     @classmethod
     def build(cls, settings: PruneSettings | None = None, **options: Any) -> PruneSettings:

@@ -320,6 +320,7 @@ def compare(
     settings: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     around: Callable[[Path], ContextManager[Any]] | None = None,
+    uniform: bool = False,
     **driver_options: Any,
 ) -> Comparison:
     """Run pruning methods on one model and one evaluation set, and say how sure the comparison is.
@@ -335,7 +336,8 @@ def compare(
     differences from other methods take each of their draws against it. The `Evidence` uses the
     paired bootstrap with `resamples` resamples seeded with `seed` (see the module docstring).
     `around(path)`, given with `checkpoint_dir`, is a context manager wrapped around each
-    checkpointed run (the command line says there where a resumed run picks up).
+    checkpointed run (the command line says there where a resumed run picks up). `uniform=True`
+    prunes every layer alike in every run (see `greedy_prune`).
     """
     from gnorm_kernels.engine.driver import run_method
     from gnorm_kernels.parallel import distributed
@@ -369,7 +371,8 @@ def compare(
         with around(path) if around is not None and path is not None else contextlib.nullcontext():
             trajectory = run_method(method, model, draws[d], evaluation, seed=s, metric=metric,
                                     scorer_options=(scorer_options or {}).get(method), checkpoint=path,
-                                    preset=preset, per_example=True, **driver_options)
+                                    preset=preset, per_example=True, uniform=uniform,
+                                    **driver_options)
         trajectory.settings.update(dict(settings or {}), seed=s, calibration_draw=d,
                                    **({"preset": preset} if preset is not None else {}))
         if path is not None and distributed.is_main():  # under torchrun rank 0 writes
