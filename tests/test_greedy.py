@@ -208,7 +208,7 @@ def test_albert_units_are_shared_heads():
     calib, test = _data(model)
     t = greedy_prune(model, calib, test, ratio=0.5, progress=False)
     layout = head_layout(model)
-    assert t.num_heads_total == layout.num_layers * layout.num_heads == 8
+    assert t.units_total == layout.num_layers * layout.num_heads == 8
     pruned = prune_heads(_model("albert"), t.pruned_heads_at(0.5))
     assert head_layout(pruned).num_kept_heads == 4
     assert evaluate(pruned, test)["accuracy"] == pytest.approx(t.steps[-1].accuracy)
