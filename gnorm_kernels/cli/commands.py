@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from gnorm_kernels.cli.grain import add_grain_command
 from gnorm_kernels.cli.heal import add_heal
-from gnorm_kernels.cli.outputs import CLIError, Interrupted, OutputFolder
+from gnorm_kernels.cli.interrupts import interruption, stop_like_ctrl_c_on_sigterm
+from gnorm_kernels.cli.outputs import CLIError, OutputFolder
 from gnorm_kernels.extras import MissingExtra, require_extra
 
 __all__ = ["main", "build_parser", "METHOD_NAMES"]
@@ -352,39 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _stop_like_ctrl_c_on_sigterm() -> Iterator[None]:
-    """Inside the block SIGTERM raises `Interrupted` (a KeyboardInterrupt), so it stops a run as
-    Ctrl-C does: its progress is kept for --resume; the previous handler is restored on exit."""
-    import signal
-    import threading
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    install = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, handler) if install else None
-    try:
-        yield
-    finally:
-        if install:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupted(stop: KeyboardInterrupt, command: str, argv: Sequence[str]) -> tuple[int, str]:
-    """The exit status (128 + the signal) and the one line that says what a stopped run left."""
-    import shlex
-    import signal
-
-    signum = getattr(stop, "signum", signal.SIGINT)
-    kept = getattr(stop, "kept", None)
-    name = signal.Signals(signum).name
-    if kept is None:
-        return 128 + signum, f"gnorm {command}: interrupted by {name}; earlier outputs untouched\n"
-    again = shlex.join(["gnorm", *argv, *([] if "--resume" in argv else ["--resume"])])
-    return 128 + signum, f"gnorm {command}: interrupted by {name}; progress kept in {kept}; continue with: {again}\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gnorm` with `argv` (default: the process arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -394,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
-        with _stop_like_ctrl_c_on_sigterm():
+        with stop_like_ctrl_c_on_sigterm():
             owned = not distributed.is_initialised() and distributed.init_from_env(getattr(args, "device", "cpu"))
             return int(args.handler(args) or 0)
     except (CLIError, MissingExtra) as err:
@@ -402,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
         parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `Interrupted`
-        parser.exit(*_interrupted(stop, args.command, argv))
+        parser.exit(*interruption(stop, args.command, argv))
     finally:
         if owned:
             distributed.shutdown()
