@@ -66,7 +66,7 @@ def _class_logits(model: torch.nn.Module, batch: Batch, device: torch.device) ->
     mask = batch.get("attention_mask", torch.ones_like(ids)).to(logits.device).bool()
     keep = mask[:, 1:] & mask[:, :-1]
     nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-    stats = {"token_nll": float(nll[keep.flatten()].sum()), "tokens": int(keep.sum())}
+    stats = {"token_nll": float(nll[keep.flatten()].sum(dtype=torch.float64)), "tokens": int(keep.sum())}
     if "labels" not in batch:
         return None, stats
     for key in ("label_token_ids", "verdict_index"):
