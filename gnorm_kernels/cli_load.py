@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 from gnorm_kernels import distributed
 from gnorm_kernels.outputs import CLIError, OutputFolder
+from gnorm_kernels.text_tasks import TextTask, is_text_file
 
-__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "fit_max_length", "load_model_and_task", "load_inputs",
-           "checkpointed"]
+__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "check_task_fits", "fit_max_length", "load_model_and_task",
+           "load_inputs", "checkpointed"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -138,6 +139,10 @@ def load_model_and_task(args: argparse.Namespace, device: str, source: str | Non
 
     if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids
         return model, tokenizer, task
+    if isinstance(task, TextTask):
+        raise CLIError(f"task {task.name!r} holds text without labels, which fits a causal LM (perplexity); "
+                       f"{args.model} is a classifier ({type(model).__name__}): give it a labelled task "
+                       "(a csv/tsv/jsonl file with a label column, glue/<task>, synthetic)")
     try:
         task = fit_labels(task, model.config.label2id)
     except ValueError as err:
@@ -157,16 +162,24 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     source = str(args.task)
     if getattr(args, "calib_data", None) is not None:  # two files: calibrate on one, evaluate on every row of the other
         options, source = {"eval_file": args.eval_data, "calibration_size": needed}, str(args.calib_data)
+        if is_text_file(args.calib_data):  # documents: --calib-size counts windows, cut from all of them
+            del options["calibration_size"]
         args.task = f"{args.calib_data} + {args.eval_data}"
     with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
         model, tokenizer, task = load_model_and_task(args, device, source=source, **options)
+    check_task_fits(args, model, task)
     max_length = fit_max_length(args.max_length, model)
     args.effective_max_length = max_length
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
                                limit=args.calib_size, max_length=max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
+    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast;
+    # windows of text: about 2,048 tokens a batch, so a large vocabulary's logits stay a few hundred MB
+    eval_batch = max(1, 2048 // max_length) if isinstance(task, TextTask) else 256
+    evaluation = task.batches("test", tokenizer, batch_size=eval_batch, limit=args.eval_size, max_length=max_length,
                               group_by_length=True)
+    if not calibration or not evaluation:
+        empty = "calibration" if not calibration else "test"
+        raise CLIError(f"task {task.name!r} gives no {empty} examples at --max-length {max_length}")
     available = len(task.splits["calibration"])
     if available < args.calib_size:
         note(f"the calibration split has {available} examples; using all of them")
@@ -178,6 +191,27 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
         calibration = distributed.shard(calibration)
         evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
     return model, tokenizer, task, calibration, evaluation
+
+
+def check_task_fits(args: argparse.Namespace, model: Any, task: Any) -> None:
+    """A causal LM reads text-only tasks (perplexity) or verdict-word tasks (synthetic-lm); a
+    classifier reads labelled tasks. Sets an unset --metric to the task's kind (perplexity for text)."""
+    from gnorm_kernels.batch import is_causal_lm
+    from gnorm_kernels.tiny_lm import LMTask
+
+    text_only = isinstance(task, TextTask)
+    if is_causal_lm(model) and not text_only and not isinstance(task, LMTask):
+        raise CLIError(f"task {task.name!r} is labelled classification, which {args.model} (a causal LM, "
+                       f"{type(model).__name__}) does not read: a causal LM fits text-only tasks (a .txt file, a "
+                       "csv/tsv/jsonl file with a text column and no label column, python-docs) or synthetic-lm")
+    if not hasattr(args, "metric"):
+        return
+    if args.metric is None:
+        args.metric = "perplexity" if text_only else "accuracy"
+    elif text_only and args.metric != "perplexity":
+        raise CLIError(f"--metric {args.metric} needs labels; task {task.name!r} holds text only: use --metric perplexity")
+    elif args.metric == "perplexity" and not is_causal_lm(model):
+        raise CLIError(f"--metric perplexity needs a causal LM; {args.model} is a classifier ({type(model).__name__})")
 
 
 @contextmanager

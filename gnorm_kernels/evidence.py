@@ -35,7 +35,7 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 import numpy as np
 
 from gnorm_kernels.bootstrap import metric_on_resamples, point_weights, range_weights, resample_counts
-from gnorm_kernels.trajectory import Trajectory, check_ratio
+from gnorm_kernels.trajectory import LOG_METRICS, Trajectory, auc_scale, check_ratio
 
 __all__ = [
     "DEFAULT_BUDGETS", "DEFAULT_RANGES", "RESAMPLES", "Estimate", "Evidence",
@@ -125,15 +125,17 @@ class _Run:
         for n, s in zip(t.heads_pruned, t.steps):
             if s.metrics is None or s.metrics.get(metric) is None:
                 continue
-            if s.predictions is None or s.golds is None:
-                raise ValueError(f"{t.method!r} step {s.step} has no per-example predictions: run it with "
-                                 "per_example=True (gnorm_kernels.evidence.compare does) to bootstrap it")
-            if golds is not None and s.golds != golds:
+            # perplexity resamples evaluation windows: their NLL sums and token counts
+            step_preds, step_golds = (s.example_nll, s.example_tokens) if metric == "perplexity" else (s.predictions, s.golds)
+            if step_preds is None or step_golds is None:
+                raise ValueError(f"{t.method!r} step {s.step} has no per-example {'NLL' if metric == 'perplexity' else 'predictions'}: "
+                                 "run it with per_example=True (gnorm_kernels.evidence.compare does) to bootstrap it")
+            if golds is not None and step_golds != golds:
                 raise ValueError(f"{t.method!r} step {s.step} was evaluated on other examples than step 0")
-            golds = s.golds
+            golds = step_golds
             xs.append(n / t.num_heads_start)
             ys.append(float(s.metrics[metric]))
-            preds.append(s.predictions)
+            preds.append(step_preds)
         if golds is None:
             raise ValueError(f"{t.method!r} has no step evaluated with {metric!r}")
         return cls(np.asarray(xs), np.asarray(ys), np.asarray(preds), np.asarray(golds),
@@ -191,15 +193,17 @@ def bootstrap_evidence(
     counts = resample_counts(len(golds), resamples, np.random.default_rng(seed))
 
     point, boot, per_draw, bands = {}, {}, {}, {}
+    scale = auc_scale(metric)  # areas of perplexity are of log-perplexity (Trajectory.area_under_curve)
     for m, rs in read.items():
         points, boots, curves = [], [], []
         for r in rs:
-            w = np.stack([point_weights(r.xs, f) for f in budgets]
-                         + [range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
-            missing = np.where(np.isnan(w).any(0), np.nan, 0.0)  # keys past the end of this run
+            at = np.stack([point_weights(r.xs, f) for f in budgets], 1)
+            over = np.stack([range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
+            missing = np.where(np.isnan(np.concatenate([at, over], 1)).any(0), np.nan, 0.0)  # keys past the run's end
             curves.append(metric_on_resamples(counts, r.predictions, r.golds, metric))  # [B, S]
-            points.append(r.ys @ np.nan_to_num(w) + missing)
-            boots.append(curves[-1] @ np.nan_to_num(w) + missing)
+            points.append(np.concatenate([r.ys @ np.nan_to_num(at), scale(r.ys) @ np.nan_to_num(over)]) + missing)
+            boots.append(np.concatenate([curves[-1] @ np.nan_to_num(at), scale(curves[-1]) @ np.nan_to_num(over)], -1)
+                         + missing)
         point[m], boot[m] = np.median(points, 0), np.median(boots, 0)
         draws = sorted({r.draw for r in rs})
         per_draw[m] = np.stack([np.median([p for p, r in zip(points, rs) if r.draw == d], 0) for d in draws])
@@ -265,11 +269,17 @@ class Comparison:
         from gnorm_kernels.report import evidence_markdown
 
         ev = self.evidence
-        caption = (f"{ev.metric} on {ev.examples} evaluation examples. [low, high]: {ev.level:.0%} interval of a "
-                   f"paired bootstrap over those examples ({ev.resamples} resamples, the same for every method)")
+        units = "evaluation windows" if ev.metric == "perplexity" else "evaluation examples"
+        caption = (f"{ev.metric} on {ev.examples} {units}. [low, high]: {ev.level:.0%} interval of a "
+                   f"paired bootstrap over those {units.split()[1]} ({ev.resamples} resamples, the same for every method)")
         if ev.draws > 1:
             caption += f"; calib [low, high]: the spread over {ev.draws} disjoint calibration samples"
-        caption += ". AUC: the curve's mean over the fractions pruned (the whole run, or the range named)."
+        if ev.metric in LOG_METRICS:
+            caption += (f". Lower {ev.metric} is better. AUC: the mean of the natural log of {ev.metric} over the "
+                        "fractions pruned (the whole run, or the range named)."
+                        )
+        else:
+            caption += ". AUC: the curve's mean over the fractions pruned (the whole run, or the range named)."
         return evidence_markdown(self.table(), metric=ev.metric, keys=ev.keys, reference=ev.reference, caption=caption)
 
     def save(self, folder: str | os.PathLike, *, title: str | None = None) -> Path:

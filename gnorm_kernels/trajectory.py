@@ -31,7 +31,7 @@ import torch
 
 from gnorm_kernels.durable import sync_folder
 
-__all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
+__all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "LOG_METRICS", "auc_scale", "check_ratio"]
 
 TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
 TRAJECTORY_VERSION = 2  # 2: unit, num_kv_heads, initially_pruned_heads (absent in 1: a "head" run)
@@ -76,6 +76,15 @@ def _umask() -> int:
     return mask
 
 
+LOG_METRICS = ("perplexity",)  # lower is better, and spans orders of magnitude: areas on a log scale
+
+
+def auc_scale(metric: str):
+    """The transform a curve of `metric` is averaged on: the natural log for perplexity (so the
+    area is a mean log-perplexity), the identity otherwise."""
+    return np.log if metric in LOG_METRICS else (lambda ys: ys)
+
+
 @dataclass
 class Step:
     """One pruning step. Step 0 is the model as given (nothing pruned)."""
@@ -93,6 +102,10 @@ class Step:
     # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence resamples)
     predictions: list[int] | None = None
     golds: list[int] | None = None
+    # a causal LM on text alone: each evaluation window's summed next-token NLL and its token count
+    # (what the bootstrap resamples for perplexity)
+    example_nll: list[float] | None = None
+    example_tokens: list[int] | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -121,6 +134,8 @@ class Step:
         }
         if self.predictions is not None:
             data.update(predictions=_labels_to_json(self.predictions), golds=_labels_to_json(self.golds))
+        if self.example_nll is not None:
+            data.update(example_nll=list(self.example_nll), example_tokens=list(self.example_tokens))
         return data
 
     @classmethod
@@ -138,6 +153,8 @@ class Step:
             scores=_grid_from_json(data.get("scores")),
             predictions=_labels_from_json(data.get("predictions")),
             golds=_labels_from_json(data.get("golds")),
+            example_nll=None if data.get("example_nll") is None else [float(v) for v in data["example_nll"]],
+            example_tokens=None if data.get("example_tokens") is None else [int(v) for v in data["example_tokens"]],
         )
 
 
@@ -295,10 +312,12 @@ class Trajectory:
 
     def area_under_curve(self, metric: str = "accuracy") -> float:
         """Area under `metric` against the fraction of heads pruned, over the range the run covers,
-        divided by that range: the curve's mean value (1.0 would be a perfect score throughout)."""
+        divided by that range: the curve's mean value (1.0 would be a perfect score throughout).
+        Perplexity is averaged as log-perplexity (`auc_scale`): it grows by orders of magnitude."""
         xs, ys = self.curve(metric)
         if len(xs) < 2 or xs[-1] <= 0:
             return float("nan")
+        ys = auc_scale(metric)(ys)
         return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
 
     # ---- JSON

@@ -162,15 +162,18 @@ class HeadToggleGrid:
             "mask": mask,
             "masked": list(masked),
             "score": result["score"],
-            "accuracy": result["accuracy"],
-            "loss": result["loss"],
+            "accuracy": result.get("accuracy"),  # None for a causal LM on text alone
+            "loss": result.get("loss", result.get("token_loss")),
             "baseline": baseline,
             "change": result["score"] - baseline,
         }
         n_active = int(mask.sum())
+        if self.metric == "perplexity":  # lower is better; a ratio reads better than points
+            against = f"{result['score'] / baseline:.2f}× the {baseline:.2f} with every head; lower is better"
+        else:
+            against = f"{_points(result['score'] - baseline)} points against {baseline:.4f} with every head"
         self.status.value = (
-            f"<b>{self.metric} {result['score']:.4f}</b> ({_points(result['score'] - baseline)} points "
-            f"against {baseline:.4f} with every head); {len(masked)} masked, {n_active} of "
+            f"<b>{self.metric} {result['score']:.4f}</b> ({against}); {len(masked)} masked, {n_active} of "
             f"{self.layout.num_heads_total} heads active"
         )
 
@@ -300,6 +303,7 @@ class PruningExplorer:
             "encoder_params": record.encoder_params,
             "size_mb": record.size_mb,
             "base_accuracy": first.accuracy,
+            "base_score": None if first.metrics is None else first.metrics.get(metric),
             "base_params": first.params,
             "base_size_mb": first.size_mb,
         }
@@ -339,7 +343,11 @@ class PruningExplorer:
                            f"encoder {s['encoder_params']:,}"),
             ("size", f"{s['size_mb']:.3f} MB ({s['size_mb'] / s['base_size_mb']:.1%} of {s['base_size_mb']:.3f} MB)"),
         ]
-        if s["metric"] != "accuracy":
+        if s["metric"] == "perplexity":  # a causal LM on text: no accuracy, lower perplexity is better
+            base = s.get("base_score")
+            ratio = "" if not base or s["score"] is None or math.isnan(s["score"]) else f" ({s['score'] / base:.2f}× unpruned)"
+            rows[1] = ("perplexity", f"{fmt(s['score'])}{ratio}{note}")
+        elif s["metric"] != "accuracy":
             rows.insert(2, (s["metric"], fmt(s["score"])))
         body = "".join(f"<tr><td style='padding-right:1em'><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
         return f"<table>{body}</table>"
