@@ -310,7 +310,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
                     "as a layers x heads table (in points); --out also writes ablation.csv and ablation.png.",
     )
     _add_data_args(p)
-    p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"))
+    p.add_argument("--metric", default=None, choices=("accuracy", "f1", "matthews", "perplexity"))
     p.add_argument("--out", type=Path, default=None, help="also write ablation.csv and ablation.png here")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.set_defaults(handler=_run_ablate)

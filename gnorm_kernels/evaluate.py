@@ -272,7 +272,8 @@ def single_head_ablation(
     """Drop in `metric` when each head alone is masked out: an [L, H] grid.
 
     Drops are in the metric's own units (accuracy 0.05 = 5 points); positive
-    means the model got worse without that head. Heads already pruned are NaN.
+    means the model got worse without that head (for perplexity, where lower is better, the
+    drop is the rise: masked minus unmasked). Heads already pruned are NaN.
     """
 
     layout = head_layout(model)
@@ -286,6 +287,7 @@ def single_head_ablation(
         mask = torch.ones(layout.shape)
         mask[layer, head] = 0.0
         with mask_heads(model, mask):
-            drops[layer, head] = base - evaluate(model, batches, metric=metric)["score"]
+            score = evaluate(model, batches, metric=metric)["score"]
+            drops[layer, head] = score - base if metric == "perplexity" else base - score
     bar.close()
     return drops

@@ -325,7 +325,8 @@ def greedy_prune(
     passed in is not changed unless `inplace` (then it ends pruned to the final state).
     `checkpoint` names a JSON file written after every step; if it exists, the run resumes from
     it. `max_steps` stops this call after that many new steps (resume later with the same
-    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds in
+    checkpoint). `per_example` keeps every evaluated step's per-example predictions and golds (text
+    only: each window's NLL sum and token count) in
     the trajectory (what `gnorm_kernels.evidence` bootstraps).
     """
     return _drive(greedy=True, **locals())

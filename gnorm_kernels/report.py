@@ -177,11 +177,13 @@ def masks_figure(runs: Mapping[str, Sequence[Trajectory]], ratio: float = 0.5) -
 def ablation_table(drops: torch.Tensor | np.ndarray, base: float, metric: str = "accuracy") -> str:
     """Single-head ablation drops (fractions, [L, H], NaN for missing heads) as text, in points."""
     L, H = drops.shape
-    lines = [f"{metric} {base:.4f} with every head; drop in points when one head is masked "
-             "(positive: worse without it)",
+    rise = metric == "perplexity"  # lower is better: the drop is a rise, in the metric's own units
+    change = "rise in perplexity" if rise else "drop in points"
+    lines = [f"{metric} {base:.4f} with every head; {change} when one head is masked (positive: worse without it)",
              "layer " + "".join(f"{f'h{h}':>8}" for h in range(H))]
+    scale = 1 if rise else 100
     for l in range(L):
-        lines.append(f"{l:>5} " + "".join("     n/a" if v != v else f"{100 * v:8.2f}" for v in drops[l].tolist()))
+        lines.append(f"{l:>5} " + "".join("     n/a" if v != v else f"{scale * v:8.2f}" for v in drops[l].tolist()))
     return "\n".join(lines) + "\n"
 
 

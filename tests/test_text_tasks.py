@@ -205,3 +205,13 @@ def test_python_docs_is_deterministic_disjoint_prose():
     assert len(calibration) >= 100 and len(test) >= 100 and not calibration & test
     assert all(len(text.split()) >= 20 for text in calibration | test)
     assert load_task("python-docs", seed=1).splits["test"] != task.splits["test"]
+
+
+def test_gnorm_ablate_on_text_reports_the_rise_in_perplexity(tmp_path, reviews, lm, capsys):
+    path = _write(tmp_path, "txt", reviews)
+    assert main(["ablate", "--model", "tiny-lm", "--task", str(path), "--eval-size", "4", "--max-length", "32",
+                 "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("perplexity ") and "rise in perplexity" in lines[0]
+    rises = [float(v) for line in lines[2:] for v in line.split()[1:]]
+    assert len(rises) == 32 and max(rises) > 0  # some head matters: the model reads worse without it
