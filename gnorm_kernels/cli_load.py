@@ -180,9 +180,10 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     if not calibration or not evaluation:
         empty = "calibration" if not calibration else "test"
         raise CLIError(f"task {task.name!r} gives no {empty} examples at --max-length {max_length}")
-    available = len(task.splits["calibration"])
+    text_only = isinstance(task, TextTask)  # --calib-size counts windows of --max-length tokens there
+    available = sum(len(b["input_ids"]) for b in calibration) if text_only else len(task.splits["calibration"])
     if available < args.calib_size:
-        note(f"the calibration split has {available} examples; using all of them")
+        note(f"the calibration split has {available} {'windows' if text_only else 'examples'}; using all of them")
     if getattr(args, "fsdp", False):  # gradients are averaged over ranks: each must see every batch
         from gnorm_kernels.fsdp import shard_model
 

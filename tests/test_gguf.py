@@ -44,18 +44,21 @@ def write_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     def w(*shape):
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
+    # transformers 5.24 reads neither the FFN width nor the context of a GPT-2 file (it keeps
+    # GPT-2's own 4 x hidden and 1,024 positions), so a GPT-2 file here has those
+    ffn, context = (4 * HIDDEN, 1024) if arch == "gpt2" else (FFN, CONTEXT)
     writer = gguf.GGUFWriter(str(path), arch)
     vocab = _tokenizer_fields(writer)
-    writer.add_context_length(CONTEXT)
+    writer.add_context_length(context)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
+    writer.add_feed_forward_length(ffn)
     writer.add_head_count(HEADS)
     head_dim = HIDDEN // HEADS
     tensors = {"token_embd.weight": w(vocab, HIDDEN), "output.weight": w(vocab, HIDDEN)}
     if arch == "gpt2":
         writer.add_layer_norm_eps(1e-5)
-        tensors.update({"position_embd.weight": w(CONTEXT, HIDDEN), "output_norm.weight": 1 + w(HIDDEN),
+        tensors.update({"position_embd.weight": w(context, HIDDEN), "output_norm.weight": 1 + w(HIDDEN),
                         "output_norm.bias": w(HIDDEN)})
         for i in range(LAYERS):
             tensors.update({
@@ -63,8 +66,8 @@ def write_gguf(path: Path, arch: str, seed: int = 0) -> Path:
                 f"blk.{i}.attn_qkv.weight": w(3 * HIDDEN, HIDDEN), f"blk.{i}.attn_qkv.bias": w(3 * HIDDEN),
                 f"blk.{i}.attn_output.weight": w(HIDDEN, HIDDEN), f"blk.{i}.attn_output.bias": w(HIDDEN),
                 f"blk.{i}.ffn_norm.weight": 1 + w(HIDDEN), f"blk.{i}.ffn_norm.bias": w(HIDDEN),
-                f"blk.{i}.ffn_up.weight": w(FFN, HIDDEN), f"blk.{i}.ffn_up.bias": w(FFN),
-                f"blk.{i}.ffn_down.weight": w(HIDDEN, FFN), f"blk.{i}.ffn_down.bias": w(HIDDEN),
+                f"blk.{i}.ffn_up.weight": w(ffn, HIDDEN), f"blk.{i}.ffn_up.bias": w(ffn),
+                f"blk.{i}.ffn_down.weight": w(HIDDEN, ffn), f"blk.{i}.ffn_down.bias": w(HIDDEN),
             })
     else:
         writer.add_head_count_kv(KV_HEADS)

@@ -97,7 +97,7 @@ def test_per_window_nll_gives_the_perplexity(lm, reviews):
     assert sum(result["example_tokens"]) == result["tokens"]
     assert math.isclose(math.exp(sum(result["example_nll"]) / sum(result["example_tokens"])), result["perplexity"],
                         rel_tol=1e-9)
-    assert 1 < result["perplexity"] < 20  # tiny-lm reads its own grammar well
+    assert 1 < result["perplexity"] < len(tokenizer) / 2  # well below a uniform guess over its vocabulary
 
 
 @pytest.fixture(scope="module")
