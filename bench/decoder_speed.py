@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.greedy import greedy_prune
-from gnorm_kernels.pruning import prune_heads, prune_kv_groups
+from gnorm_kernels.engine.driver import greedy_prune
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
 

@@ -98,8 +98,8 @@ def _greedy_step_cost(model, calibration, evaluation, aggregation: str, steps: i
     """Per greedy step on this rank: wall clock (the trajectory's scoring + evaluation seconds of
     steps 1..`steps`) and the collectives after those of the set-up and step 0, found by a run of
     no steps (their number does not depend on the data)."""
-    from gnorm_kernels import distributed
-    from gnorm_kernels.greedy import greedy_prune
+    from gnorm_kernels.engine.driver import greedy_prune
+    from gnorm_kernels.parallel import distributed
 
     def run(n: int):
         distributed.check_same(n, "steps")  # start together
@@ -115,8 +115,8 @@ def _greedy_step_cost(model, calibration, evaluation, aggregation: str, steps: i
 
 
 def worker(args: argparse.Namespace) -> None:
-    from gnorm_kernels import distributed
-    from gnorm_kernels.scores import gnorm_scores
+    from gnorm_kernels.parallel import distributed
+    from gnorm_kernels.scoring.gnorm import gnorm_scores
     from gnorm_kernels.testing import random_batches
 
     torch.set_num_threads(1)

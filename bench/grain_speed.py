@@ -194,8 +194,8 @@ def interleaved_latency(variants, inputs, repeats, device):
 def main(argv=None) -> None:
     import copy
 
-    from gnorm_kernels.arch import stack_module
     from gnorm_kernels.grain.shrink import shrink_model
+    from gnorm_kernels.heads.families import stack_module
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")

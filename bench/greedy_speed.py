@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference_gnorm import reference_gnorm_scores  # noqa: E402
 
-from gnorm_kernels.greedy import greedy_prune  # noqa: E402
+from gnorm_kernels.engine.driver import greedy_prune  # noqa: E402
 from gnorm_kernels.testing import random_batches  # noqa: E402
 
 

@@ -156,13 +156,13 @@ def bench_block_norms(device: torch.device, dtypes: list[torch.dtype], compiled:
                 continue
             nbytes = grads.numel() * grads.element_size()
             row = {"model": model.name, "layers": layers, "dtype": dtype, "MB": nbytes / 1e6}
-            eager = lambda: torch_backend.head_block_norms(grads, model.heads)  # noqa: E731
+            eager = lambda: torch_backend.head_block_norms(grads, model.heads)  # noqa: E731, F821 (bound in the loop above; ruff misreads the later del)
             row["eager_ms"] = timer(eager)
             if compiled:
                 compiled_fn = torch.compile(torch_backend.head_block_norms, dynamic=False)
-                row["compiled_ms"] = timer(lambda: compiled_fn(grads, model.heads))
+                row["compiled_ms"] = timer(lambda: compiled_fn(grads, model.heads))  # noqa: F821 (bound in the loop above; ruff misreads the later del)
             if on_gpu:
-                row["kernel_ms"] = timer(lambda: head_block_norms(grads, model.heads, backend="triton"))
+                row["kernel_ms"] = timer(lambda: head_block_norms(grads, model.heads, backend="triton"))  # noqa: F821 (bound in the loop above; ruff misreads the later del)
                 try:
                     row["table_ms"] = _time_buffer_norms(model, layers, dtype, device, timer)
                 except torch.OutOfMemoryError:
@@ -270,7 +270,7 @@ def bench_table_path(device: torch.device) -> list[dict]:
             shape = (model.width, model.width)
             grads = [tuple(torch.empty(shape, device=device) for _ in range(3)) for _ in range(model.layers)]
             row = {"model": name, "layers": model.layers, "blocks": 3 * model.layers * model.heads}
-            row["list_ms"] = timer(lambda: qkv_head_norms(grads, model.heads, backend="triton"))
+            row["list_ms"] = timer(lambda: qkv_head_norms(grads, model.heads, backend="triton"))  # noqa: F821 (bound in the loop above; ruff misreads the later del)
             params = [tuple(torch.nn.Parameter(g) for g in layer) for layer in grads]
             with QKVGradientBuffer(params, model.head_size, backend="triton") as buf:
                 row["buffer_ms"] = timer(buf.norms)

@@ -1,6 +1,6 @@
 """Evaluation: task metrics, model size, latency and single-head ablation.
 
-Under torch.distributed (`gnorm_kernels.distributed.data_parallel`) the batches are this rank's
+Under torch.distributed (`gnorm_kernels.parallel.distributed.data_parallel`) the batches are this rank's
 shard: the confusion counts and loss sums are all-reduced, so every rank reports the global metrics.
 """
 
@@ -9,22 +9,22 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gnorm_kernels import distributed
-from gnorm_kernels.arch import head_layout, stack_module
-from gnorm_kernels.batch import is_causal_lm, model_device, model_inputs
-from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.data.batches import Batch, model_device, model_inputs
+from gnorm_kernels.data.tasks import METRICS
+from gnorm_kernels.heads.families import head_layout, is_causal_lm, stack_module
+from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.modes import model_mode
+from gnorm_kernels.parallel import distributed
 
-__all__ = ["evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation", "METRICS"]
+__all__ = ["confusion_metrics", "evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation"]
 
-METRICS = ("accuracy", "f1", "matthews", "perplexity")
-Batch = Mapping[str, torch.Tensor]
 
 
 def _confusion(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -34,22 +34,24 @@ def _confusion(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torc
     return confusion
 
 
-def _binary_f1(confusion: torch.Tensor) -> float:
-    tp, fp, fn = int(confusion[1, 1]), int(confusion[0, 1]), int(confusion[1, 0])
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
-def _matthews(confusion: torch.Tensor) -> float:
-    """Matthews correlation (the multiclass R_K form; the usual MCC for two classes)."""
-    n = confusion.sum()
-    correct = confusion.trace()
-    true_counts = confusion.sum(1)
-    pred_counts = confusion.sum(0)
-    cov_tp = correct * n - (true_counts * pred_counts).sum()
-    cov_pp = n * n - (pred_counts * pred_counts).sum()
-    cov_tt = n * n - (true_counts * true_counts).sum()
-    denom = math.sqrt(float(cov_pp * cov_tt))
-    return 0.0 if denom == 0 else float(cov_tp) / denom
+def confusion_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Matthews correlation (the multiclass R_K form; the usual MCC for two classes) and, for two
+    classes, F1 of the positive class, from confusion counts [..., gold, pred] over any leading
+    axes (one evaluation, or every bootstrap resample at once). 0 where a metric is undefined."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    if confusion.shape[-1] == 2:
+        tp, fp, fn = confusion[..., 1, 1], confusion[..., 0, 1], confusion[..., 1, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["f1"] = np.where(tp == 0, 0.0, 2 * tp / (2 * tp + fp + fn))
+    total = confusion.sum((-1, -2))
+    correct = np.trace(confusion, axis1=-2, axis2=-1)
+    true, pred = confusion.sum(-1), confusion.sum(-2)
+    cov_tp = correct * total - (true * pred).sum(-1)
+    denom = np.sqrt((total**2 - (pred * pred).sum(-1)) * (total**2 - (true * true).sum(-1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["matthews"] = np.where(denom == 0, 0.0, cov_tp / denom)
+    return out
 
 
 def _class_logits(model: torch.nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor | None, dict]:
@@ -148,7 +150,7 @@ def evaluate(
 
     With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
     the predicted and the true class of every example, as lists of ints in batch order, so the
-    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence`);
+    metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence.comparison`);
     a causal LM on text alone gives ``example_nll`` and ``example_tokens`` instead (each row's
     summed next-token NLL and its token count: perplexity is exp(sum NLL / sum tokens)). Under data
     parallelism every rank gets all of them.
@@ -169,11 +171,9 @@ def evaluate(
         result.update(
             accuracy=float(torch.tensor(float(confusion.trace()), dtype=torch.float32) / n),
             loss=loss_sum / n,
-            matthews=_matthews(confusion),
             n=float(n),
         )
-        if num_classes == 2:
-            result["f1"] = _binary_f1(confusion)
+        result.update({k: float(v) for k, v in confusion_metrics(confusion.numpy()).items()})
     if per_example and not n and not tokens:
         raise ValueError("per_example=True needs labelled batches or a causal LM: there is nothing per example to report")
     if metric not in result:

@@ -107,7 +107,7 @@ def random_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """Random token batches for `model`'s vocabulary with (optionally) right padding, and class
     labels for classifiers (a causal LM's targets are its inputs shifted, so it gets none)."""
-    from gnorm_kernels.arch import family_of
+    from gnorm_kernels.heads.families import family_of
 
     config = model.config
     causal = family_of(model).causal and not type(model).__name__.endswith("ForSequenceClassification")

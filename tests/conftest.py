@@ -26,8 +26,8 @@ class TinySetup(NamedTuple):
 
 @pytest.fixture(scope="session")
 def tiny() -> TinySetup:
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.data.loading import load_task
+    from gnorm_kernels.models.loading import load_model
 
     model, tokenizer = load_model("tiny", progress=False)
     return TinySetup(model, tokenizer, load_task("synthetic"))
@@ -48,7 +48,7 @@ def tiny_test(tiny: TinySetup) -> list[dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A small random BERT with the synthetic task's tokenizer, saved as a local checkpoint."""
-    from gnorm_kernels.data import synthetic_tokenizer
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
     from gnorm_kernels.testing import tiny_random_model
 
     path = tmp_path_factory.mktemp("model")

@@ -33,9 +33,8 @@ FSDP_GREEDY = dict(ratio=0.5, heads_per_step=1, progress=False)
 
 def families() -> list[str]:
     """BERT, and a decoder family where decoder scoring is available."""
-    from gnorm_kernels.testing import tiny_random_model
-    from gnorm_kernels.scores import gnorm_scores
-    from gnorm_kernels.testing import random_batches
+    from gnorm_kernels.scoring.gnorm import gnorm_scores
+    from gnorm_kernels.testing import random_batches, tiny_random_model
 
     found = ["bert"]
     try:
@@ -68,7 +67,7 @@ def fsdp_setup():
 
 
 def score(model, batches, name):
-    from gnorm_kernels.scores import get_scorer
+    from gnorm_kernels.scoring.registry import get_scorer
 
     scorer, options = SCORERS[name]
     return get_scorer(scorer)(model, batches, **options)
@@ -104,11 +103,11 @@ def expect_error(fn) -> str:
 
 
 def run(out: Path) -> dict:
-    from gnorm_kernels import distributed, fsdp
-    from gnorm_kernels.baselines import random_scores
-    from gnorm_kernels.greedy import greedy_prune
-    from gnorm_kernels.trajectory import Trajectory
-    from gnorm_kernels.masking import mask_heads
+    from gnorm_kernels.engine.driver import greedy_prune
+    from gnorm_kernels.engine.trajectory import Trajectory
+    from gnorm_kernels.heads.masking import mask_heads
+    from gnorm_kernels.parallel import distributed, fsdp
+    from gnorm_kernels.scoring.baselines import random_scores
 
     results: dict = {"world": distributed.world_size(), "families": families(), "collectives": {}}
     for family in results["families"]:
@@ -150,7 +149,7 @@ def run(out: Path) -> dict:
 
 
 def main(out: str) -> int:
-    from gnorm_kernels import distributed
+    from gnorm_kernels.parallel import distributed
 
     torch.set_num_threads(1)
     out = Path(out)

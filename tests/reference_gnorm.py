@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.scores import scoring_mode
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.scoring.objectives import scoring_mode
 
 
 def _logits_norm(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

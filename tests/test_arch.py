@@ -1,8 +1,7 @@
 import pytest
-import torch
 import transformers
 
-from gnorm_kernels.arch import Family, head_layout, register_family, supported_families
+from gnorm_kernels.heads.families import Family, head_layout, register_family, supported_families
 from gnorm_kernels.testing import FAMILIES, tiny_random_model
 
 
@@ -66,5 +65,5 @@ def test_register_family_is_the_extension_point():
         with pytest.raises(ValueError, match="no attention blocks"):
             head_layout(model)
     finally:
-        from gnorm_kernels import arch
+        from gnorm_kernels.heads import families as arch
         arch._FAMILIES.pop("gpt2-like-test")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gnorm_kernels.cli import METHOD_NAMES, build_parser, main
-from gnorm_kernels.outputs import CLIError, OutputFolder
-from gnorm_kernels.pruning import load_pruned
+from gnorm_kernels.checkpoints.pruned import load_pruned
+from gnorm_kernels.cli.commands import METHOD_NAMES, build_parser, main
+from gnorm_kernels.cli.outputs import CLIError, OutputFolder
 
 SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
 
@@ -29,7 +29,7 @@ def test_prune_writes_trajectory_plots_and_a_loadable_pruned_model(model_dir, tm
                  "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "mask.png", "model", "trajectory.json"]
     data = json.loads((out / "trajectory.json").read_text())
-    assert data["method"] == "greedy-gnorm" and data["num_heads_total"] == 8 and data["complete"]
+    assert data["method"] == "greedy-gnorm" and data["units_total"] == 8 and data["complete"]
     assert len(data["steps"]) == 3 and all(len(s["pruned"]) == 1 for s in data["steps"][1:])
     model = load_pruned(out / "model")
     gone = {tuple(h) for s in data["steps"] for h in s["pruned"]}
@@ -136,12 +136,12 @@ def test_grain_is_a_subcommand_run_by_the_grain_package(monkeypatch):
 def test_help_does_not_import_torch(argv):
     code = (
         "import sys\n"
-        "from gnorm_kernels.cli import main\n"
+        "from gnorm_kernels.cli.commands import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'gnorm_kernels.scores') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'gnorm_kernels.scoring.registry') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -149,7 +149,7 @@ def test_help_does_not_import_torch(argv):
 
 
 def test_the_help_lists_the_registered_methods():
-    from gnorm_kernels.scores import METHODS
+    from gnorm_kernels.scoring.registry import METHODS
 
     assert METHOD_NAMES == tuple(METHODS)
     compare = build_parser().parse_args(["compare", "--out", "x"])
@@ -157,7 +157,7 @@ def test_the_help_lists_the_registered_methods():
 
 
 def test_the_grain_implementations_are_the_ones_grain_has():
-    from gnorm_kernels.cli import GRAIN_IMPLEMENTATIONS
+    from gnorm_kernels.cli.grain import GRAIN_IMPLEMENTATIONS
     from gnorm_kernels.grain.attention import DEFAULT_IMPL, IMPLEMENTATIONS
 
     assert GRAIN_IMPLEMENTATIONS == IMPLEMENTATIONS and build_parser().parse_args(["grain"]).impl == DEFAULT_IMPL
@@ -184,7 +184,7 @@ def test_output_folder_commits_on_success_and_discards_on_error(tmp_path):
 
 
 def test_an_interrupted_run_leaves_no_partial_output(model_dir, tmp_path, monkeypatch, capsys):
-    import gnorm_kernels.greedy as greedy
+    import gnorm_kernels.engine.driver as greedy
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

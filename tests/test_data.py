@@ -1,4 +1,4 @@
-"""Tasks: the synthetic grammar (gnorm_kernels.synthetic), its tokenizer, batching, local files and the GLUE mapping."""
+"""Tasks: the synthetic grammar (gnorm_kernels.data.synthetic), its tokenizer, batching, local files and the GLUE mapping."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from gnorm_kernels import data, synthetic
-from gnorm_kernels.data import Example, Task, load_task, task_from_glue
-from gnorm_kernels.synthetic import synthetic_task, synthetic_tokenizer
+from gnorm_kernels.data import loading as data
+from gnorm_kernels.data import synthetic
+from gnorm_kernels.data.loading import load_task, task_from_glue
+from gnorm_kernels.data.synthetic import synthetic_task, synthetic_tokenizer
+from gnorm_kernels.data.tasks import Example, Task
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_bag_of_words_cannot_solve_the_task(small: Task) -> None:
 
 
 def test_the_synthetic_names_stay_importable_from_data() -> None:
-    from gnorm_kernels.data import synthetic_fingerprint, synthetic_review, word_level_tokenizer  # noqa: F401
+    from gnorm_kernels.data.synthetic import synthetic_fingerprint, synthetic_review, word_level_tokenizer  # noqa: F401
 
     for name in synthetic.__all__:
         assert getattr(data, name) is getattr(synthetic, name), name
@@ -483,8 +485,8 @@ def test_two_files_share_label_ids_and_check_their_columns(tmp_path) -> None:
 
 
 def test_gnorm_evaluates_on_every_row_of_eval_data(model_dir, tmp_path, capsys) -> None:
-    from gnorm_kernels.cli import main
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.cli.commands import main
+    from gnorm_kernels.engine.trajectory import Trajectory
 
     train, dev, _, dev_rows = glue_style_files(tmp_path)
     out = tmp_path / "cmp"

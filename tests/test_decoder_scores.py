@@ -10,22 +10,17 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.greedy import Trajectory, greedy_prune, run_method, static_prune
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import prune_heads, prune_kv_groups
-from gnorm_kernels.scores import (
-    METHODS,
-    attention_entropy,
-    get_scorer,
-    gnorm_scores,
-    qkv_gradient_norms,
-    random_scores,
-    taylor_importance,
-)
-from gnorm_kernels.testing import DECODER_FAMILIES, random_batches, tiny_random_model
 from reference_gnorm import reference_decoder_greedy_order, reference_decoder_norms, reference_decoder_scores
+
+from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
+from gnorm_kernels.engine.trajectory import Trajectory
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
+from gnorm_kernels.scoring.baselines import attention_entropy, random_scores
+from gnorm_kernels.scoring.gnorm import gnorm_scores, qkv_gradient_norms
+from gnorm_kernels.scoring.registry import METHODS, get_scorer, taylor_importance
+from gnorm_kernels.testing import DECODER_FAMILIES, random_batches, tiny_random_model
 
 GROUPED = ("llama", "qwen2", "mistral")
 CASES = [(f, u) for f in DECODER_FAMILIES for u in ("head", "kv_group") if f in GROUPED or u == "head"]
@@ -358,7 +353,7 @@ def test_unit_errors_are_clear():
 
 
 def test_the_cli_passes_the_unit():
-    from gnorm_kernels.cli import _driver_options, build_parser
+    from gnorm_kernels.cli.commands import _driver_options, build_parser
 
     parser = build_parser()
     for command in ("prune", "compare"):

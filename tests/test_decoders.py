@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import load_pruned, prune_heads, prune_kv_groups, save_pruned
+from gnorm_kernels.checkpoints.pruned import load_pruned, save_pruned
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.testing import DECODER_FAMILIES, random_batches, tiny_random_model
 
 IMPLEMENTATIONS = ("eager", "sdpa")
@@ -92,7 +93,6 @@ def test_a_kv_group_is_all_its_query_heads_and_shrinks_the_cache(family):
 @pytest.mark.parametrize("attn", IMPLEMENTATIONS)
 @pytest.mark.parametrize("family", DECODER_FAMILIES)
 def test_pruned_decoder_round_trips_through_a_checkpoint(family, attn, tmp_path):
-    from gnorm_kernels.models import load_model
 
     model = prune_heads(_model(family, attn), {0: [1, 2], 1: [0, 1, 2, 3]})
     batch = random_batches(model, num_batches=1, batch_size=2, seq_len=9)[0]

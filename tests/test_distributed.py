@@ -7,18 +7,17 @@ interruption, FSDP2 scoring and masked greedy pruning, bad input) and a two-proc
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import dist_worker as worker
 import pytest
 import torch
 
-import dist_worker as worker
-from gnorm_kernels import distributed
+from gnorm_kernels.parallel import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 900  # seconds; the runs take about a minute on two idle cores
@@ -48,7 +47,7 @@ def launches(tmp_path_factory, tiny):
     (root / "worker").mkdir()
     started = {
         "worker": _torchrun([str(ROOT / "tests" / "dist_worker.py"), str(root / "worker")], root / "worker.log"),
-        "cli": _torchrun(["-m", "gnorm_kernels.cli", *CLI_ARGS, "--out", str(root / "cli2")], root / "cli.log"),
+        "cli": _torchrun(["-m", "gnorm_kernels.cli.commands", *CLI_ARGS, "--out", str(root / "cli2")], root / "cli.log"),
     }
     yield root, started
     for process in started.values():
@@ -98,7 +97,7 @@ def test_each_score_reduces_with_one_collective(ranks):
 
 
 def _single_process_greedy(setup, options, **kwargs):
-    from gnorm_kernels.greedy import greedy_prune
+    from gnorm_kernels.engine.driver import greedy_prune
 
     model, calibration, evaluation = setup()
     return greedy_prune(model, calibration, evaluation, **options, **kwargs)
@@ -118,7 +117,7 @@ def _same_run(got, expected) -> None:
 
 
 def test_two_process_greedy_takes_the_same_steps_and_resumes(ranks):
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.engine.trajectory import Trajectory
 
     (first, _), out = ranks
     expected = _single_process_greedy(lambda: worker.setup("bert"), worker.GREEDY)
@@ -141,9 +140,9 @@ def test_fsdp_scores_equal_the_unsharded_model(ranks, name):
 
 
 def test_fsdp_greedy_masks_heads_and_saves_a_checkpoint_one_process_reloads(ranks):
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.pruning import load_pruned
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.checkpoints.pruned import load_pruned
+    from gnorm_kernels.engine.trajectory import Trajectory
+    from gnorm_kernels.heads.families import head_layout
 
     (first, _), out = ranks
     got = Trajectory.load(out / "fsdp.json")
@@ -183,7 +182,8 @@ def test_a_backend_that_cannot_run_on_the_device_is_refused(monkeypatch):
 
 
 def test_fsdp_needs_torch_distributed(tmp_path, capsys):
-    from gnorm_kernels import cli, fsdp
+    from gnorm_kernels.cli import main as cli
+    from gnorm_kernels.parallel import fsdp
     from gnorm_kernels.testing import tiny_random_model
 
     with pytest.raises(distributed.DistributedError, match="torchrun"):
@@ -207,7 +207,7 @@ def test_shards_are_round_robin_and_gathered_back_in_order():
 def test_two_process_gnorm_prune_writes_what_one_process_writes(launches, tmp_path):
     from safetensors.torch import load_file
 
-    from gnorm_kernels import cli
+    from gnorm_kernels.cli import main as cli
 
     assert cli.main([*CLI_ARGS, "--out", str(tmp_path / "cli1")]) == 0  # meanwhile the launches run
     root, started = launches

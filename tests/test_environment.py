@@ -7,9 +7,9 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -147,7 +147,7 @@ def test_test_and_demo_targets_never_reach_the_hub():
 def test_core_modules_import_without_the_extras():
     """Every module of the package imports with matplotlib, seaborn, ipywidgets, jupyterlab, triton and
     datasets hidden, except the figures module and the Triton kernel files (loaded on first use)."""
-    needs_extra = {"gnorm_kernels.viz"} | {
+    needs_extra = {"gnorm_kernels.evidence.viz"} | {
         f"gnorm_kernels.kernels.{path.stem}" for path in (ROOT / "gnorm_kernels" / "kernels").glob("*.py") if _imports_triton(path)
     }
     script = f"""
@@ -187,7 +187,7 @@ def refused(call, extra):
 print(refused(lambda: gk.plot_head_grid(torch.rand(2, 2)), "plots"))
 print(refused(lambda: gk.head_toggle_grid(tiny_random_model("bert"), []), "notebooks"))
 print(refused(lambda: gk.load_task("glue/sst2"), "glue"))
-from gnorm_kernels.cli import main
+from gnorm_kernels.cli.commands import main
 out = Path({str(tmp_path)!r})
 for command in (["prune", "--method", "random"], ["compare", "--methods", "random"]):
     err = io.StringIO()

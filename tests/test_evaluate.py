@@ -127,8 +127,8 @@ def test_measure_latency_reports_per_batch_figures() -> None:
 
 
 def test_single_head_ablation_matches_masked_evaluation() -> None:
-    from gnorm_kernels.masking import mask_heads
-    from gnorm_kernels.pruning import prune_heads
+    from gnorm_kernels.heads.masking import mask_heads
+    from gnorm_kernels.heads.pruning import prune_heads
     from gnorm_kernels.testing import random_batches, tiny_random_model
 
     model = tiny_random_model("bert", num_layers=2, num_heads=4, num_labels=3)

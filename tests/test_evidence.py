@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from gnorm_kernels.bootstrap import metric_on_resamples, point_weights, range_weights, resample_counts
-from gnorm_kernels.evaluate import _binary_f1, _confusion, _matthews, evaluate
-from gnorm_kernels.evidence import bootstrap_evidence
-from gnorm_kernels.trajectory import Step, Trajectory
+from gnorm_kernels.engine.trajectory import Step, Trajectory
+from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evidence.comparison import bootstrap_evidence
+from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
 
 
 def run(name: str, per_step: list[int], predictions: list[list[int]], golds: list[int], *, draw: int = 0,
@@ -50,7 +50,20 @@ def test_resample_counts_draw_n_examples_per_resample():
     assert np.array_equal(counts, resample_counts(50, 200, np.random.default_rng(0)))
 
 
-def test_metrics_on_unit_counts_are_evaluate_s_metrics():
+def _textbook_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    tp, fp, fn = ((gold == 1) & (pred == 1)).sum(), ((gold == 0) & (pred == 1)).sum(), ((gold == 1) & (pred == 0)).sum()
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _textbook_mcc(gold: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Gorodkin's R_K: the correlation of the one-hot gold and prediction matrices."""
+    x, y = np.eye(k)[gold], np.eye(k)[pred]
+    x, y = x - x.mean(0), y - y.mean(0)
+    cov = lambda a, b: float((a * b).sum())  # noqa: E731
+    return cov(x, y) / np.sqrt(cov(x, x) * cov(y, y))
+
+
+def test_metrics_on_resamples_are_the_textbook_metrics_of_the_resampled_data():
     rng = np.random.default_rng(1)
     golds = rng.integers(0, 2, 300)
     preds = np.stack([np.where(rng.random(300) < p, golds, 1 - golds) for p in (0.9, 0.7, 0.5)])
@@ -60,12 +73,17 @@ def test_metrics_on_unit_counts_are_evaluate_s_metrics():
     f1 = metric_on_resamples(ones, preds, golds, "f1")[0]
     mcc = metric_on_resamples(ones, preds, golds, "matthews")[0]
     for s in range(3):
-        confusion = _confusion(torch.tensor(preds[s]), torch.tensor(golds), 2)
-        assert f1[s] == pytest.approx(_binary_f1(confusion)) and mcc[s] == pytest.approx(_matthews(confusion))
+        assert f1[s] == pytest.approx(_textbook_f1(golds, preds[s])) and mcc[s] == pytest.approx(_textbook_mcc(golds, preds[s], 2))
+    # a resample's counts weigh examples as if they were repeated that many times
+    counts = resample_counts(300, 3, np.random.default_rng(2))
+    for r in range(3):
+        idx = np.repeat(np.arange(300), counts[r].astype(int))
+        assert metric_on_resamples(counts, preds, golds, "f1")[r][1] == pytest.approx(_textbook_f1(golds[idx], preds[1][idx]))
+        assert metric_on_resamples(counts, preds, golds, "matthews")[r][2] == pytest.approx(
+            _textbook_mcc(golds[idx], preds[2][idx], 2))
     three = rng.integers(0, 3, (2, 300))
     gold3 = rng.integers(0, 3, 300)
-    assert metric_on_resamples(ones, three, gold3, "matthews")[0][1] == pytest.approx(
-        _matthews(_confusion(torch.tensor(three[1]), torch.tensor(gold3), 3)))
+    assert metric_on_resamples(ones, three, gold3, "matthews")[0][1] == pytest.approx(_textbook_mcc(gold3, three[1], 3))
     with pytest.raises(ValueError, match="binary"):
         metric_on_resamples(ones, three, gold3, "f1")
 
@@ -183,7 +201,7 @@ def test_steps_keep_per_example_records_compactly_and_old_json_still_loads(tmp_p
 
 
 def test_evaluate_per_example_and_the_driver_keep_predictions(tiny, tiny_calibration):
-    from gnorm_kernels.greedy import run_method
+    from gnorm_kernels.engine.driver import run_method
 
     evaluation = tiny.task.batches("test", tiny.tokenizer, batch_size=64, limit=100)
     result = evaluate(tiny.model, evaluation, per_example=True)
@@ -197,11 +215,11 @@ def test_evaluate_per_example_and_the_driver_keep_predictions(tiny, tiny_calibra
 
 
 def test_the_authors_preset_scores_in_train_mode_z_scored_and_seeded():
-    from gnorm_kernels.cli import PRESET_DATA
-    from gnorm_kernels.gnorm import gnorm_scores
-    from gnorm_kernels.greedy import run_method
-    from gnorm_kernels.presets import PRESETS, apply_preset, authors_gnorm_scores, zscore
-    from gnorm_kernels.scores import get_method
+    from gnorm_kernels.cli.commands import PRESET_DATA
+    from gnorm_kernels.engine.driver import run_method
+    from gnorm_kernels.scoring.gnorm import gnorm_scores
+    from gnorm_kernels.scoring.presets import PRESETS, apply_preset, authors_gnorm_scores, zscore
+    from gnorm_kernels.scoring.registry import get_method
     from gnorm_kernels.testing import tiny_random_model
 
     assert PRESET_DATA == {n: (p.calibration_size, p.batch_size) for n, p in PRESETS.items()}
@@ -214,9 +232,9 @@ def test_the_authors_preset_scores_in_train_mode_z_scored_and_seeded():
     torch.manual_seed(0)
     batches = [{"input_ids": torch.randint(5, 99, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
                 "labels": torch.randint(0, 2, (8,))}]
-    scorer, options, driver = apply_preset("authors", get_method("greedy-gnorm"), {}, {}, seed=3)
-    assert scorer is authors_gnorm_scores and options["dropout"] and driver["heads_per_step"] == 1
-    assert apply_preset("authors", get_method("entropy"), {}, {"heads_per_step": 2})[0] == "entropy"
+    scorer, options, per_step = apply_preset("authors", get_method("greedy-gnorm"), {}, 5, seed=3)
+    assert scorer is authors_gnorm_scores and options["dropout"] and per_step == 1  # the preset's, not 5
+    assert apply_preset("authors", get_method("entropy"), {}, 2, keep_heads_per_step=True) == ("entropy", {}, 2)
     state = torch.random.get_rng_state()
     a, b = scorer(model, batches, **options), scorer(model, batches, **options)
     assert torch.equal(a, b) and torch.equal(state, torch.random.get_rng_state())  # seeded, global stream untouched
@@ -233,7 +251,7 @@ def test_the_authors_preset_scores_in_train_mode_z_scored_and_seeded():
 
 
 def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, capsys):
-    from gnorm_kernels.cli import main
+    from gnorm_kernels.cli.commands import main
 
     out = tmp_path / "cmp"
     assert main(["compare", "--model", "tiny", "--task", "synthetic", "--methods", "greedy-gnorm,random",
@@ -269,7 +287,8 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
 
 def test_accuracy_curves_shade_the_bootstrap_bands(tmp_path):
     import matplotlib.pyplot as plt
-    from gnorm_kernels.viz import plot_accuracy_curves
+
+    from gnorm_kernels.evidence.viz import plot_accuracy_curves
 
     golds = np.random.default_rng(5).integers(0, 2, 300)
     a = run("a", [4, 4], [golds.tolist(), correct_on(golds, 270), correct_on(golds, 200)], golds.tolist())
@@ -292,7 +311,7 @@ def test_accuracy_curves_shade_the_bootstrap_bands(tmp_path):
 
 
 def test_gnorm_prune_with_the_authors_preset(model_dir, tmp_path):
-    from gnorm_kernels.cli import main
+    from gnorm_kernels.cli.commands import main
 
     common = ["prune", "--model", model_dir, "--task", "synthetic", "--preset", "authors", "--steps", "1",
               "--eval-size", "32", "--quiet"]
@@ -309,7 +328,7 @@ def test_gnorm_prune_with_the_authors_preset(model_dir, tmp_path):
 def _per_example_on_a_shard(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from gnorm_kernels import distributed
+    from gnorm_kernels.parallel import distributed
     from gnorm_kernels.testing import tiny_random_model
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=3)

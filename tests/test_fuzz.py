@@ -22,11 +22,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.data import load_task
-from gnorm_kernels.greedy import greedy_prune, static_prune
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import prune_heads
+from gnorm_kernels.data.loading import load_task
+from gnorm_kernels.engine.driver import greedy_prune, static_prune
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
 L, H = 2, 2  # the fuzzed model: 2 layers of 2 heads

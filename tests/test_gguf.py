@@ -16,8 +16,8 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("accelerate")
 
 from gnorm_kernels.cli import main  # noqa: E402
-from gnorm_kernels.gguf_models import GGUF_FAMILIES, gguf_architecture  # noqa: E402
-from gnorm_kernels.models import load_model  # noqa: E402
+from gnorm_kernels.models.gguf import GGUF_FAMILIES, gguf_architecture  # noqa: E402
+from gnorm_kernels.models.loading import load_model  # noqa: E402
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, FFN, CONTEXT = 2, 32, 4, 2, 64, 64
 
@@ -177,9 +177,9 @@ def test_smollm2_loads_offline_and_knows_the_capital_of_france():
 @needs_smollm2
 @pytest.mark.parametrize("source", ["name", "gguf", "txt"])
 def test_gnorm_prune_on_smollm2_records_perplexity_and_reloads(tmp_path, source):
-    from gnorm_kernels.gguf_models import smollm2_path
-    from gnorm_kernels.text_tasks import python_docs_task
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.models.gguf import smollm2_path
+    from gnorm_kernels.data.text import python_docs_task
+    from gnorm_kernels.engine.trajectory import Trajectory
 
     model = str(smollm2_path()) if source == "gguf" else "smollm2-135m"
     task = "python-docs"

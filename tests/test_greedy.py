@@ -9,15 +9,18 @@ import sys
 
 import pytest
 import torch
-
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.evaluate import evaluate
-import gnorm_kernels.greedy as greedy_module
-from gnorm_kernels.greedy import Trajectory, greedy_prune, run_method, static_prune
-from gnorm_kernels.pruning import prune_heads
-from gnorm_kernels.scores import METHODS, NonFiniteGradientError, attention_entropy, gnorm_scores
-from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 from reference_gnorm import reference_gnorm_scores, reference_greedy_order
+
+from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
+from gnorm_kernels.engine.trajectory import Trajectory
+from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.pruning import prune_heads
+from gnorm_kernels.scoring.baselines import attention_entropy
+from gnorm_kernels.scoring.gnorm import gnorm_scores
+from gnorm_kernels.scoring.objectives import NonFiniteGradientError
+from gnorm_kernels.scoring.registry import METHODS
+from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 
 TIE = 1e-4  # relative: reference scores closer than this count as a tie
 
@@ -156,7 +159,7 @@ def test_trajectory_json_round_trip_and_masks(tmp_path):
     t = greedy_prune(model, calib, test, progress=False)
     path = t.save(tmp_path / "t.json")
     data = json.loads(path.read_text())
-    assert data["method"] == "greedy-gnorm" and data["num_heads_total"] == 8
+    assert data["method"] == "greedy-gnorm" and data["units_total"] == 8
     step = data["steps"][3]
     assert step["pruned"] == [list(t.order[2])] and isinstance(step["accuracy"], float)
     assert {"params", "size_mb", "seconds", "scores"} <= set(step)
@@ -255,7 +258,7 @@ def test_figures_from_trajectories():
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
-    from gnorm_kernels.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
+    from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
 
     model = _model()
     calib, test = _data(model)
@@ -279,16 +282,27 @@ def test_figures_from_trajectories():
     plt.close("all")
 
 
-def test_both_drivers_have_one_signature_and_forward_it_whole():
-    greedy, static = inspect.signature(greedy_prune), inspect.signature(static_prune)
-    assert greedy == static
-    inner = inspect.signature(greedy_module._drive).parameters
-    assert [n for n in inner if n != "greedy"] == list(greedy.parameters)
-    assert all(inner[n].kind == p.kind for n, p in greedy.parameters.items())
+def test_both_drivers_take_one_settings_object_and_refuse_unknown_options():
+    import dataclasses
+
+    from gnorm_kernels.engine.settings import PruneSettings
+
+    assert inspect.signature(greedy_prune) == inspect.signature(static_prune)
+    model = tiny_random_model("bert")
+    calib = random_batches(model, num_batches=1)
+    with pytest.raises(TypeError, match=r"unknown pruning option\(s\) \['heads_per_stpe'\]"):
+        greedy_prune(model, calib[:1], heads_per_stpe=2)
+    with pytest.raises(TypeError, match="unknown pruning option"):
+        run_method("random", model, calib[:1], ratio=0.1, rato=0.2)
+    settings = PruneSettings(steps=1, progress=False, scorer="random", scorer_options={"seed": 0})
+    by_object = static_prune(model, calib[:1], settings=settings)
+    by_name = static_prune(model, calib[:1], **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    assert by_object.order == by_name.order and len(by_object.order) == 1
+    assert by_object.settings == by_name.settings
 
 
 def _record(per_step: list[int]) -> Trajectory:
-    from gnorm_kernels.trajectory import Step
+    from gnorm_kernels.engine.trajectory import Step
 
     heads = iter([(l, h) for l in range(2) for h in range(4)])
     steps = [Step(0, [], None, params=0, encoder_params=0, size_mb=0.0, seconds=0.0)]
@@ -310,8 +324,10 @@ def test_step_for_is_the_last_step_not_past_the_ratio():
 
 
 def test_the_record_imports_nothing_of_the_engine():
-    code = ("import sys, gnorm_kernels.trajectory; "
+    code = ("import sys, gnorm_kernels.engine.trajectory; "
             "print(sorted(m for m in sys.modules if m.startswith(('gnorm_kernels.', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['gnorm_kernels.durable', 'gnorm_kernels.trajectory']"  # durable: stdlib only
-    assert greedy_module.Trajectory is __import__("gnorm_kernels.trajectory", fromlist=["x"]).Trajectory
+    loaded = set(eval(out))  # durable: stdlib only; heads.layout and heads.units: names of units, torch only
+    assert loaded == {"gnorm_kernels._aliases", "gnorm_kernels._lazy", "gnorm_kernels.durable", "gnorm_kernels.engine",
+                      "gnorm_kernels.engine.trajectory", "gnorm_kernels.heads", "gnorm_kernels.heads.layout",
+                      "gnorm_kernels.heads.units"}, loaded

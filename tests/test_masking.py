@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.masking import mask_heads
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 
 

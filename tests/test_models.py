@@ -8,10 +8,12 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gnorm_kernels import models
-from gnorm_kernels.data import synthetic_tokenizer
+from gnorm_kernels.data.synthetic import synthetic_tokenizer
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
-from gnorm_kernels.models import TinyRecipe, TrainingStuck, load_model, tiny_cache_path
+from gnorm_kernels.models import loading as models
+from gnorm_kernels.models.loading import load_model
+from gnorm_kernels.models.tiny_bert import TinyRecipe, tiny_cache_path
+from gnorm_kernels.models.training import TrainingStuck
 
 
 def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -162,7 +164,7 @@ def test_failed_training_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 
 
 def test_cache_key_covers_every_setting(monkeypatch) -> None:
-    from gnorm_kernels import synthetic
+    from gnorm_kernels.data import synthetic
 
     base = TinyRecipe()
     base_key = base.key()
@@ -206,8 +208,9 @@ def test_local_folder_loads_like_a_hub_checkpoint(tmp_path) -> None:
 
 
 def test_pruned_folder_goes_through_load_pruned(tmp_path) -> None:
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.pruning import prune_heads, save_pruned
+    from gnorm_kernels.checkpoints.pruned import save_pruned
+    from gnorm_kernels.heads.families import head_layout
+    from gnorm_kernels.heads.pruning import prune_heads
     from gnorm_kernels.testing import tiny_random_model
 
     tokenizer = synthetic_tokenizer()
@@ -226,7 +229,7 @@ def test_folder_without_a_checkpoint_says_what_was_expected(tmp_path) -> None:
 
 
 def test_a_folder_without_its_tokenizer_is_refused(tmp_path) -> None:
-    from gnorm_kernels.synthetic import synthetic_tokenizer
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
     from gnorm_kernels.testing import tiny_random_model
 
     model = tiny_random_model("bert", vocab_size=len(synthetic_tokenizer()))
@@ -273,7 +276,7 @@ def test_local_looking_typos_fail_at_once_and_pickle_is_refused(tmp_path, model_
 
 
 def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
-    from gnorm_kernels import models
+    from gnorm_kernels.models import loading as models
 
     folder = tmp_path / "tiny-broken"
     folder.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gnorm_kernels.objectives import objective_value
+from gnorm_kernels.scoring.objectives import objective_value
 
 
 def _large_logits() -> torch.Tensor:

@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import load_pruned, prune_heads, save_pruned
+from gnorm_kernels.checkpoints.pruned import load_pruned, save_pruned
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads
 from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
 
 
@@ -141,7 +142,7 @@ def test_bad_head_maps_leave_the_model_unchanged(heads, error, match):
 
 
 def test_failure_part_way_restores_the_model(monkeypatch):
-    from gnorm_kernels import pruning
+    from gnorm_kernels.heads import pruning
 
     model = tiny_random_model("bert")
     inputs = _inputs(model)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gnorm_kernels.cli import main
-from gnorm_kernels.outputs import CLIError, OutputFolder
+from gnorm_kernels.cli.commands import main
+from gnorm_kernels.cli.outputs import CLIError, OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--quiet"]
@@ -28,8 +28,8 @@ SMALL = ["--task", "synthetic", "--calib-size", "32", "--eval-size", "64", "--qu
 # power cut in the middle of writing a file would.
 RUNNER = r"""
 import os, signal, sys, time, types
-import gnorm_kernels.greedy as greedy
-import gnorm_kernels.trajectory as trajectory
+import gnorm_kernels.engine.driver as greedy
+import gnorm_kernels.engine.trajectory as trajectory
 
 delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
 if delay:
@@ -54,7 +54,7 @@ if kill_at:
     trajectory.json = types.SimpleNamespace(dump=dump, dumps=real.dumps, loads=real.loads,
                                             JSONDecodeError=real.JSONDecodeError)
 
-from gnorm_kernels.cli import main
+from gnorm_kernels.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -199,7 +199,7 @@ def test_sigterm_and_sigint_clean_up(model_dir, tmp_path):
 
 def _simulate_a_kill(monkeypatch, steps: int) -> None:
     """The next `gnorm` run stops after `steps` steps and leaves everything as SIGKILL would."""
-    import gnorm_kernels.greedy as greedy
+    import gnorm_kernels.engine.driver as greedy
 
     real = greedy.run_method
 
@@ -212,7 +212,7 @@ def _simulate_a_kill(monkeypatch, steps: int) -> None:
 
 
 def test_resume_refuses_another_model_or_evaluation_set_and_keeps_the_progress(model_dir, tmp_path, capsys):
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.models.loading import load_model
 
     out = tmp_path / "run"
     argv = ["prune", "--model", model_dir, *SMALL, "--ratio", "0.5", "--out", str(out)]
@@ -243,7 +243,8 @@ def test_resume_refuses_another_model_or_evaluation_set_and_keeps_the_progress(m
 
 
 def test_the_api_resume_checks_weights_and_evaluation_data(tmp_path):
-    from gnorm_kernels.greedy import ResumeMismatch, greedy_prune
+    from gnorm_kernels.engine.driver import greedy_prune
+    from gnorm_kernels.engine.resume import ResumeMismatch
     from gnorm_kernels.testing import random_batches, tiny_random_model
 
     model = tiny_random_model("bert")
@@ -282,7 +283,7 @@ def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tmp_path):
 
 def test_a_folder_filled_by_something_else_keeps_the_outputs_where_the_message_says(model_dir, tmp_path,
                                                                                   monkeypatch, capsys):
-    import gnorm_kernels.greedy as greedy
+    import gnorm_kernels.engine.driver as greedy
 
     out = tmp_path / "run"
     real = greedy.run_method
@@ -343,7 +344,7 @@ def _log_disk_events(monkeypatch) -> list[tuple[str, str]]:
 def test_writes_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
     """Power loss: a trajectory and a committed run are flushed before the rename that publishes
     them, and the folder holding the new name is flushed after it."""
-    from gnorm_kernels.trajectory import Trajectory
+    from gnorm_kernels.engine.trajectory import Trajectory
 
     events = _log_disk_events(monkeypatch)
     target = (tmp_path / "t.json").resolve()
@@ -380,7 +381,7 @@ def _nan_model(vocab_size: int = 99):
 
 @pytest.mark.parametrize("method", ["greedy-gnorm", "static-gnorm", "entropy", "inverse-entropy", "taylor", "random"])
 def test_every_driver_names_the_step_where_a_model_gives_nan(method):
-    from gnorm_kernels.greedy import run_method
+    from gnorm_kernels.engine.driver import run_method
     from gnorm_kernels.testing import random_batches
 
     model = _nan_model()
@@ -396,7 +397,7 @@ def test_every_driver_names_the_step_where_a_model_gives_nan(method):
 
 
 def test_the_cli_reports_a_nan_model_in_words(tmp_path, capsys):
-    from gnorm_kernels.data import synthetic_tokenizer
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
 
     folder = tmp_path / "nan-model"
     tokenizer = synthetic_tokenizer()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnorm_kernels.report import (
+from gnorm_kernels.engine.trajectory import Step, Trajectory
+from gnorm_kernels.evidence.report import (
     ablation_table,
     comparison_table,
     markdown_table,
@@ -18,7 +19,6 @@ from gnorm_kernels.report import (
     write_ablation_csv,
     write_csv,
 )
-from gnorm_kernels.trajectory import Step, Trajectory
 
 
 def run(name: str, accuracies: list[float], order: list[tuple[int, int]] | None = None) -> Trajectory:
@@ -98,7 +98,7 @@ def test_comparison_table_names_fractional_budgets_exactly():
 
 
 def test_evidence_markdown_shows_intervals_calibration_spread_and_resolved_differences():
-    from gnorm_kernels.report import evidence_markdown
+    from gnorm_kernels.evidence.report import evidence_markdown
 
     def cells(value, lo, hi, calib=None):
         out = {"": value, "_lo": lo, "_hi": hi}

@@ -6,25 +6,17 @@ import math
 
 import pytest
 import torch
+from reference_gnorm import reference_gnorm_scores
 
 import gnorm_kernels.kernels as kernels
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import prune_heads
-from gnorm_kernels.scores import (
-    METHODS,
-    SCORERS,
-    NonFiniteGradientError,
-    attention_entropy,
-    get_method,
-    get_scorer,
-    gnorm_scores,
-    qkv_gradient_norms,
-    random_scores,
-    taylor_importance,
-)
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads
+from gnorm_kernels.scoring.baselines import attention_entropy, random_scores
+from gnorm_kernels.scoring.gnorm import gnorm_scores, qkv_gradient_norms
+from gnorm_kernels.scoring.objectives import NonFiniteGradientError
+from gnorm_kernels.scoring.registry import METHODS, SCORERS, get_method, get_scorer, taylor_importance
 from gnorm_kernels.testing import FAMILIES, random_batches, tiny_random_model
-from reference_gnorm import reference_gnorm_scores
 
 
 def _model(family: str = "bert", **kw):
@@ -170,16 +162,19 @@ def test_entropy_and_taylor_restore_modes_and_flags():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_scores_re_exports_the_engine_and_the_baselines():
-    import gnorm_kernels.baselines as baselines
-    import gnorm_kernels.gnorm as gnorm
-    import gnorm_kernels.scores as scores
+def test_the_scoring_face_exports_each_name_from_its_one_module():
+    import gnorm_kernels.scoring as scoring
+    import gnorm_kernels.scoring.baselines as baselines
+    import gnorm_kernels.scoring.gnorm as gnorm
+    import gnorm_kernels.scoring.objectives as objectives
 
-    for name in ("gnorm_scores", "qkv_gradient_norms", "NonFiniteGradientError", "scoring_mode", "Batch"):
-        assert getattr(scores, name) is getattr(gnorm, name)
+    for name in ("gnorm_scores", "qkv_gradient_norms"):
+        assert getattr(scoring, name) is getattr(gnorm, name)
+    for name in ("NonFiniteGradientError", "scoring_mode"):
+        assert getattr(scoring, name) is getattr(objectives, name)
     for name in ("attention_entropy", "taylor_importance", "random_scores"):
-        assert getattr(scores, name) is getattr(baselines, name)
-    assert gnorm.COMBINES == kernels.COMBINES == ("product", "sum", "max")
+        assert getattr(scoring, name) is getattr(baselines, name)
+    assert kernels.COMBINES == ("product", "sum", "max")
 
 
 def test_gnorm_reduces_through_the_kernels_module(monkeypatch):

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from gnorm_kernels.cli import main
-from gnorm_kernels.data import load_task
+from gnorm_kernels.data.loading import load_task
 from gnorm_kernels.evaluate import evaluate
-from gnorm_kernels.synthetic import synthetic_task
-from gnorm_kernels.text_tasks import TextTask, pack_windows, python_docs_task, read_documents
-from gnorm_kernels.trajectory import Trajectory
+from gnorm_kernels.data.synthetic import synthetic_task
+from gnorm_kernels.data.text import TextTask, pack_windows, python_docs_task, read_documents
+from gnorm_kernels.engine.trajectory import Trajectory
 
 
 @pytest.fixture(scope="module")
 def lm():
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.models.loading import load_model
 
     return load_model("tiny-lm", progress=False)
 
@@ -102,7 +102,7 @@ def test_per_window_nll_gives_the_perplexity(lm, reviews):
 
 @pytest.fixture(scope="module")
 def text_runs(lm, reviews):
-    from gnorm_kernels.greedy import run_method
+    from gnorm_kernels.engine.driver import run_method
 
     model, tokenizer = lm
     task = TextTask("reviews", {"train": [], "calibration": [], "test": []})
@@ -127,7 +127,7 @@ def test_trajectories_record_perplexity_and_its_windows(text_runs, tmp_path):
 
 
 def test_compare_bootstraps_perplexity_over_windows(text_runs):
-    from gnorm_kernels.evidence import Comparison, bootstrap_evidence
+    from gnorm_kernels.evidence.comparison import Comparison, bootstrap_evidence
 
     runs = {m: [t] for m, t in text_runs.items()}
     evidence = bootstrap_evidence(runs, metric="perplexity", budgets=[0.25], ranges=[], resamples=200)
@@ -143,8 +143,8 @@ def test_compare_bootstraps_perplexity_over_windows(text_runs):
 
 
 def test_plots_and_widgets_read_perplexity(text_runs):
-    from gnorm_kernels.viz import plot_accuracy_curves
-    from gnorm_kernels.widgets import PruningExplorer
+    from gnorm_kernels.evidence.viz import plot_accuracy_curves
+    from gnorm_kernels.evidence.widgets import PruningExplorer
 
     figure = plot_accuracy_curves(text_runs, metric="perplexity")
     assert figure.axes[0].get_yscale() == "log"

@@ -10,15 +10,13 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 
-from gnorm_kernels import tiny_lm
-from gnorm_kernels.arch import head_layout
-from gnorm_kernels.data import Example
+from gnorm_kernels.data.lm_tasks import VERDICTS, lm_batches, lm_text, lm_tokenizer, synthetic_lm_task
+from gnorm_kernels.data.tasks import Example
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
-from gnorm_kernels.models import TrainingStuck
-from gnorm_kernels.tiny_lm import (
-    VERDICTS, LMRecipe, ensure_tiny_lm, lm_batches, lm_text, lm_tokenizer, load_tiny_lm, synthetic_lm_task,
-    tiny_lm_cache_path, train_tiny_lm,
-)
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.models import tiny_lm
+from gnorm_kernels.models.tiny_lm import LMRecipe, ensure_tiny_lm, load_tiny_lm, tiny_lm_cache_path, train_tiny_lm
+from gnorm_kernels.models.training import TrainingStuck
 
 
 class LMSetup(NamedTuple):
@@ -95,8 +93,8 @@ def test_a_row_longer_than_max_length_is_an_error_not_a_cut_verdict() -> None:
 
 
 def test_the_task_is_the_synthetic_reviews_named_by_verdict() -> None:
-    from gnorm_kernels.synthetic import synthetic_task
-    from gnorm_kernels.tasks import Task
+    from gnorm_kernels.data.synthetic import synthetic_task
+    from gnorm_kernels.data.tasks import Task
 
     task = synthetic_lm_task(train_size=50, calibration_size=10, test_size=20)
     base = synthetic_task(train_size=50, calibration_size=10, test_size=20)

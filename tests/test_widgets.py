@@ -10,13 +10,13 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
+from gnorm_kernels.engine.driver import greedy_prune, static_prune
+from gnorm_kernels.engine.trajectory import Step, Trajectory
 from gnorm_kernels.evaluate import evaluate
-from gnorm_kernels.greedy import greedy_prune, static_prune
-from gnorm_kernels.masking import mask_heads
-from gnorm_kernels.pruning import prune_heads
+from gnorm_kernels.evidence.widgets import head_toggle_grid, pruning_explorer
+from gnorm_kernels.heads.masking import mask_heads
+from gnorm_kernels.heads.pruning import prune_heads
 from gnorm_kernels.testing import random_batches, tiny_random_model
-from gnorm_kernels.trajectory import Step, Trajectory
-from gnorm_kernels.widgets import head_toggle_grid, pruning_explorer
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,6 @@ The pieces, each usable alone:
   `plan`: how its grouped path batches heads of similar size.
 
 and the entry point `grain_prune(teacher, student, data, density=...)` in `prune`.
-
-`taylor_importance` is the old, deprecated name of `unit_taylor_importance` (it collided with the
-head-gate score `gnorm_kernels.taylor_importance`); it still works and warns.
 """
 
 from gnorm_kernels.grain.attention import UnevenSelfAttention
@@ -28,7 +25,6 @@ from gnorm_kernels.grain.importance import (
     ImportanceEMA,
     select_units,
     structure_regularize,
-    taylor_importance,  # deprecated alias, not in __all__
     unit_taylor_importance,
 )
 from gnorm_kernels.grain.plan import plan_groups

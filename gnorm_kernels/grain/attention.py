@@ -11,10 +11,10 @@ Linear(D, Σ v_h), and the returned context has Σ v_h columns in the same order
 * ``"loop"``: one small attention per head in a Python loop (matmul, softmax, matmul), as GRAIN's
   released code does. The reference that the tests and the benchmark compare against.
 
-``"auto"``, which timed several variants at the first call, is now a deprecated alias of
-``"grouped"``: on the CPU it measured within about 4% of "grouped" in every run
-(bench/RESULTS.md), and it made a saved model's arithmetic depend on a timing race. The single
-padded group per layer (``"padded"``) was slower than "grouped" in every measured case and is gone.
+Two earlier choices are gone: ``"auto"`` timed several variants at the first call (on the CPU
+within about 4% of "grouped" in every run, bench/RESULTS.md) and made a saved model's arithmetic
+depend on a timing race; one padded group per layer (``"padded"``) was slower than "grouped" in
+every measured case.
 
 A head with value units but no query units attends uniformly to the unmasked tokens, exactly
 as the masked model does (all its scores are zero). Scores use the original scaling
@@ -44,22 +44,15 @@ HEAD_TOOLS_REFUSAL = (
 )
 
 
-def check_impl(impl: str, *, stacklevel: int = 2) -> str:
-    """The implementation `impl` names: "grouped" or "loop"; "auto" is a deprecated alias of
-    "grouped" (warns). `stacklevel` points the warning at the caller's caller by default."""
-    if impl == "auto":
-        warnings.warn(
-            'impl="auto" is deprecated and now means "grouped", the default (the timing tuner is gone: '
-            'it chose between variants within about 4% of each other); pass impl="grouped" or "loop"',
-            DeprecationWarning,
-            stacklevel=stacklevel + 1,
-        )
-        return DEFAULT_IMPL
+def check_impl(impl: str) -> str:
+    """The implementation `impl` names, checked: "grouped" or "loop"."""
     if impl not in IMPLEMENTATIONS:
         removed = (
             ' ("padded" was removed: one padded group per layer was slower than "grouped" in every '
             "measured case)"
             if impl == "padded"
+            else ' ("auto" was removed: its timing tuner chose between variants within about 4% of each other)'
+            if impl == "auto"
             else ""
         )
         raise ValueError(f"impl must be one of {list(IMPLEMENTATIONS)}, got {impl!r}{removed}")
@@ -77,7 +70,7 @@ class UnevenSelfAttention(nn.Module):
     uses (an instance may set its own).
     """
 
-    # gnorm_kernels.arch.head_layout raises this for a model holding such a module
+    # gnorm_kernels.heads.families.head_layout raises this for a model holding such a module
     head_tools_refusal = HEAD_TOOLS_REFUSAL
     costs: CostModel = CPU_COSTS
 
@@ -111,7 +104,7 @@ class UnevenSelfAttention(nn.Module):
         self.heads = tuple(heads)
         self.scaling = float(scaling)
         self.dropout_p = float(dropout)
-        self._impl = check_impl(impl, stacklevel=2)
+        self._impl = check_impl(impl)
         kw = dict(bias=bias, device=device, dtype=dtype)
         with warnings.catch_warnings():  # a layer without heads has zero-width projections
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
@@ -129,7 +122,7 @@ class UnevenSelfAttention(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        self._impl = check_impl(value, stacklevel=2)
+        self._impl = check_impl(value)
 
     @property
     def num_heads(self) -> int:

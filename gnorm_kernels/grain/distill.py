@@ -26,7 +26,7 @@ __all__ = [
     "separated_backward",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def soft_cross_entropy(
@@ -128,7 +128,7 @@ class Distiller(nn.Module):
         return loss_ce, loss_hidden, s_out.logits
 
 
-def separated_backward(loss_ce: torch.Tensor, loss_hidden: torch.Tensor, read: Callable[[], T]) -> T:
+def separated_backward(loss_ce: torch.Tensor, loss_hidden: torch.Tensor, read: Callable[[], _T]) -> _T:
     """Backward L_CE, call `read()` (e.g. unit importance from the gradients), backward L_Hidden.
 
     Gradients must be zero on entry; on return they hold ∂(L_CE + L_Hidden)/∂w.

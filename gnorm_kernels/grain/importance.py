@@ -12,7 +12,6 @@ query dimension, so the score is the gradient of the loss with respect to the un
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -61,7 +60,7 @@ def _scatter_heads(block: UnitBlock, rows: torch.Tensor, num_heads: int, head_si
 def unit_taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
     """|Σ ∂L/∂w · w| per GRAIN unit from the gradients currently stored on the model's weights.
 
-    (Not `gnorm_kernels.scores.taylor_importance`, which scores whole heads through gates.)
+    (Not `gnorm_kernels.scoring.registry.taylor_importance`, which scores whole heads through gates.)
     """
     if reads not in READS:
         raise ValueError(f"reads must be one of {list(READS)}, got {reads!r}")
@@ -80,18 +79,6 @@ def unit_taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Un
         scores.value[block.index] = _scatter_heads(block, v, H, d)
         scores.ffn[block.index] = f.cpu()
     return scores.map(torch.abs)
-
-
-def taylor_importance(layout: UnitLayout, *, reads: str = "official") -> Units:
-    """Deprecated name of `unit_taylor_importance` (it collided with the head score
-    `gnorm_kernels.scores.taylor_importance`); warns, then computes the same."""
-    warnings.warn(
-        "gnorm_kernels.grain.taylor_importance is deprecated: call gnorm_kernels.grain.unit_taylor_importance "
-        "(gnorm_kernels.taylor_importance is the head-gate score, a different function)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return unit_taylor_importance(layout, reads=reads)
 
 
 class ImportanceEMA:

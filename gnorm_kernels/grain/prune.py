@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gnorm_kernels.arch import stack_module
+from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.grain.attention import DEFAULT_IMPL, check_impl
 from gnorm_kernels.grain.distill import Distiller, separated_backward
 from gnorm_kernels.grain.importance import (
@@ -31,11 +31,11 @@ from gnorm_kernels.grain.importance import (
 from gnorm_kernels.grain.schedule import DensitySchedule
 from gnorm_kernels.grain.shrink import GrainStructure, shrink_model
 from gnorm_kernels.grain.units import Units, mask_units, unit_layout
-from gnorm_kernels.training import lr_factor
+from gnorm_kernels.heads.families import stack_module
+from gnorm_kernels.schedules import lr_factor
 
 __all__ = ["grain_prune", "GrainReport", "check_pair"]
 
-Batch = Mapping[str, torch.Tensor]
 
 
 @dataclass

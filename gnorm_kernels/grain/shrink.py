@@ -22,10 +22,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from gnorm_kernels.checkpoint import load_weights, model_from_config, read_config, write_checkpoint
+from gnorm_kernels.checkpoints.formats import load_weights, model_from_config, read_config, register_format, write_checkpoint
 from gnorm_kernels.grain.attention import DEFAULT_IMPL, UnevenSelfAttention, check_impl
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
-from gnorm_kernels.surgery import owner_of, select_linear
+from gnorm_kernels.heads.surgery import owner_of, select_linear
 
 __all__ = [
     "LayerStructure",
@@ -343,3 +343,6 @@ def load_grain(
         model.config.pruned_heads = pruned
     load_weights(model, path, "its recorded GRAIN structure")
     return model.to(device).eval()
+
+
+register_format("grain", "grain_structure", load_grain)

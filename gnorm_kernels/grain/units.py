@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from gnorm_kernels.arch import AttentionBlock, HeadLayout, head_layout
+from gnorm_kernels.heads.families import head_layout
+from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
 
 __all__ = ["UnitBlock", "UnitLayout", "Units", "unit_layout", "mask_units"]
 
@@ -69,7 +70,7 @@ class UnitLayout:
 def unit_layout(model: nn.Module) -> UnitLayout:
     """Locate the query/value units and FFN neurons of a BERT-style encoder.
 
-    Every module comes from `gnorm_kernels.arch.head_layout` (the family registry). GRAIN needs,
+    Every module comes from `gnorm_kernels.heads.families.head_layout` (the family registry). GRAIN needs,
     in every layer, an attention block of its own (no sharing across depth, so not ALBERT), a
     feed-forward pair, and the attention output projection outside the module that splits the
     heads (the shrinker replaces that module; DistilBERT's holds its output projection).

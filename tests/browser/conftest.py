@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from lab_driver import CHROMIUM_FLAGS, LabServer
 
 ROOT = Path(__file__).resolve().parents[2]

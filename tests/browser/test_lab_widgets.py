@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
-
 from lab_driver import NotebookPage, copy_notebook
+from playwright.sync_api import expect
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # seconds for all cells of one notebook (03 runs a dozen pruning runs: minutes on 2 idle cores, far more on busy ones)
@@ -60,11 +59,11 @@ def grid_expectations(parameters: dict[str, Any]) -> dict[str, Any]:
     show with none, either, and both of them masked (mask_heads + evaluate, as the grid does)."""
     import torch
 
-    from gnorm_kernels.arch import head_layout
-    from gnorm_kernels.data import load_task
+    from gnorm_kernels.data.loading import load_task
     from gnorm_kernels.evaluate import evaluate
-    from gnorm_kernels.masking import mask_heads
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.heads.families import head_layout
+    from gnorm_kernels.heads.masking import mask_heads
+    from gnorm_kernels.models.loading import load_model
 
     # as notebook 01 builds them: eager attention, test batches of 50 grouped by length
     model, tokenizer = load_model(parameters["MODEL"], attn_implementation="eager", progress=False)
@@ -151,9 +150,9 @@ def greedy_trajectory(parameters: dict[str, Any]) -> Any:
     """The Greedy-Gnorm trajectory notebook 03 shows in its explorer, rebuilt from its parameters."""
     import torch
 
-    from gnorm_kernels.data import load_task
-    from gnorm_kernels.greedy import run_method
-    from gnorm_kernels.models import load_model
+    from gnorm_kernels.data.loading import load_task
+    from gnorm_kernels.engine.driver import run_method
+    from gnorm_kernels.models.loading import load_model
 
     # as notebook 03 builds it: calibration batches of BATCH_SIZE, test batches of 50 grouped by length,
     # the run as `evidence.compare` makes it for its "greedy-gnorm" (seed SEED)
@@ -168,9 +167,9 @@ def greedy_trajectory(parameters: dict[str, Any]) -> Any:
 
 def explorer_expectation(trajectory: Any, ratio: float) -> tuple[int, int, float]:
     """(heads pruned, heads at the start, accuracy) of the last step with at most round(ratio * heads) pruned."""
-    total = trajectory.num_heads_start
+    total = trajectory.units_at_start
     wanted = round(ratio * total)
-    counts = list(trajectory.heads_pruned)
+    counts = list(trajectory.units_pruned)
     step = max(i for i, count in enumerate(counts) if count <= wanted)
     metrics = trajectory.steps[step].metrics
     assert metrics is not None and "accuracy" in metrics, f"step {step} of the trajectory was not evaluated"
@@ -199,7 +198,7 @@ def drive_explorer(notebook: NotebookPage, trajectory: Any) -> None:
     widget = slider.locator(WIDGET_BOX)  # the explorer: controls, summary and picture
     readout = slider.locator(".widget-readout")
     handle = slider.locator(".noUi-handle")
-    total = trajectory.num_heads_start
+    total = trajectory.units_at_start
 
     def ratio_shown() -> float:
         return float(readout.inner_text().strip().rstrip("%")) / 100
@@ -215,7 +214,7 @@ def drive_explorer(notebook: NotebookPage, trajectory: Any) -> None:
     notebook.screenshot(f"explorer-0-at-{100 * start:.0f}pct", widget)
 
     # drag the handle to three quarters of the track
-    target, top = 0.75, trajectory.heads_pruned[-1] / total
+    target, top = 0.75, trajectory.units_pruned[-1] / total
     track, knob = slider.locator(".noUi-base").bounding_box(), handle.bounding_box()
     y = knob["y"] + knob["height"] / 2
     page.mouse.move(knob["x"] + knob["width"] / 2, y)

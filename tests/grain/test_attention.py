@@ -70,15 +70,10 @@ def test_default_is_grouped_and_every_variant_matches_the_loop(seq):
         del att.costs  # back to the class's measured cost model
         out, _ = att(x, mask)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    # "auto" is a deprecated alias of "grouped": the same arithmetic, bit for bit
-    with pytest.warns(DeprecationWarning, match='impl="auto" is deprecated'):
-        auto = attention([4, 4, 0, 6, 8], [6, 6, 3, 6, 8], impl="auto").eval()
-    assert auto.impl == "grouped"
-    with torch.no_grad():
-        assert torch.equal(auto(x, mask)[0], out)
-    with pytest.warns(DeprecationWarning):
-        auto.impl = "auto"
-    assert auto.impl == "grouped"
+    # "auto" (a timing tuner) and "padded" are gone: each is an error that says why
+    for gone in ("auto", "padded"):
+        with pytest.raises(ValueError, match=f'"{gone}" was removed'):
+            attention([4, 4, 0, 6, 8], [6, 6, 3, 6, 8], impl=gone)
 
 
 def test_uneven_attention_honours_padding():

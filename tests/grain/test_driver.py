@@ -95,7 +95,7 @@ def test_scaled_structure_keeps_the_shape_and_density():
 
 
 def test_cli_grain_prunes_reports_and_saves_a_reloadable_model(model_dir, tmp_path, capsys):
-    from gnorm_kernels.cli import main
+    from gnorm_kernels.cli.commands import main
 
     out = tmp_path / "run"
     args = ["grain", "--model", model_dir, "--density", "0.5", "--steps", "10", "--train-size", "160",
@@ -116,7 +116,7 @@ def test_cli_grain_prunes_reports_and_saves_a_reloadable_model(model_dir, tmp_pa
      (["--steps", "0"], "--steps must be >= 1")],
 )
 def test_cli_grain_rejects_bad_arguments_before_loading(extra, message, capsys):
-    from gnorm_kernels.cli import main
+    from gnorm_kernels.cli.commands import main
 
     with pytest.raises(SystemExit) as err:
         main(["grain", "--model", "/nonexistent/model", *extra, "--quiet"])

@@ -41,11 +41,7 @@ def test_unit_taylor_importance_is_the_gradient_of_the_unit_masks():
     torch.testing.assert_close(scores.ffn, gates.ffn.grad.abs(), atol=1e-5, rtol=1e-4)
     everything = unit_taylor_importance(layout, reads="all")
     assert not torch.allclose(everything.query, scores.query)
-    # the old name still works, and warns
-    with pytest.warns(DeprecationWarning, match="unit_taylor_importance"):
-        old = gnorm_kernels.grain.taylor_importance(layout, reads="official")
-    assert torch.equal(old.query, scores.query) and torch.equal(old.ffn, scores.ffn)
-    assert "taylor_importance" not in gnorm_kernels.grain.__all__  # no clash with the head score
+    assert not hasattr(gnorm_kernels.grain, "taylor_importance")  # no clash with the head score
 
 
 def test_ema_and_structure_regulariser():

@@ -20,7 +20,7 @@ from gnorm_kernels.grain import (
     unit_layout,
 )
 from gnorm_kernels.grain.plan import CPU_COSTS
-from gnorm_kernels.pruning import prune_heads
+from gnorm_kernels.heads.pruning import prune_heads
 from gnorm_kernels.testing import random_batches, tiny_random_model
 
 IMPLS = ("grouped", "loop")
@@ -52,14 +52,8 @@ def test_shrunk_model_matches_masked_model(family, attn, seq_len):
             torch.testing.assert_close(out.logits, masked.logits, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out.hidden_states[-1], masked.hidden_states[-1], atol=1e-5, rtol=1e-5)
         set_costs(shrunk, CPU_COSTS)
-        # the deprecated "auto" is "grouped", bit for bit
         set_attention_impl(shrunk, "grouped")
-        grouped = shrunk(**batch).logits
-        with pytest.warns(DeprecationWarning, match='impl="auto" is deprecated'):
-            set_attention_impl(shrunk, "auto")
-        assert {m.impl for m in shrunk.modules() if isinstance(m, UnevenSelfAttention)} == {"grouped"}
-        assert torch.equal(shrunk(**batch).logits, grouped)
-        torch.testing.assert_close(grouped, masked.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shrunk(**batch).logits, masked.logits, atol=1e-5, rtol=1e-5)
     # the removed weights are gone
     layer0 = shrunk.base_model.encoder.layer[0]
     assert layer0.attention.self.query.out_features == int(masks.query[0, masks.value[0].any(-1)].sum())
@@ -126,7 +120,7 @@ def test_unsupported_family_is_refused(family, reason):
 
 
 def test_units_come_from_the_family_registry():
-    from gnorm_kernels.arch import head_layout
+    from gnorm_kernels.heads.families import head_layout
 
     m = small_model("bert")
     layout, heads = unit_layout(m), head_layout(m)
@@ -160,9 +154,9 @@ def test_save_and_load_grain_round_trip(tmp_path, family):
 
 
 def test_grain_folders_load_through_load_pruned_and_load_model(tmp_path):
-    from gnorm_kernels.data import synthetic_tokenizer
-    from gnorm_kernels.models import load_model
-    from gnorm_kernels.pruning import load_pruned
+    from gnorm_kernels.checkpoints.pruned import load_pruned
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
+    from gnorm_kernels.models.loading import load_model
 
     tokenizer = synthetic_tokenizer()
     m = small_model("bert", vocab_size=len(tokenizer))
@@ -181,7 +175,7 @@ def test_grain_folders_load_through_load_pruned_and_load_model(tmp_path):
 
 
 def test_head_tools_refuse_a_shrunk_model_clearly():
-    from gnorm_kernels.arch import head_layout
+    from gnorm_kernels.heads.families import head_layout
 
     m = small_model("bert")
     shrunk = shrink_model(copy.deepcopy(m), hard_masks(unit_layout(m), seed=2))

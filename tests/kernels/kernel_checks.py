@@ -16,7 +16,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Inputs are rounded to their dtype before the float64 reference sees them, so what is left is

@@ -1,0 +1,38 @@
+"""Evidence: statistics, comparisons with intervals and their reports (figures and widgets live in
+`gnorm_kernels.evidence.viz` and `gnorm_kernels.evidence.widgets`, which need the plots/notebooks extras).
+
+Names resolve on first use (`gnorm_kernels._lazy`): importing one module never imports its siblings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gnorm_kernels._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from gnorm_kernels.evidence.calibration import calibration_draws
+    from gnorm_kernels.evidence.comparison import (
+        DEFAULT_BUDGETS,
+        DEFAULT_RANGES,
+        RESAMPLES,
+        Estimate,
+        Evidence,
+        bootstrap_evidence,
+        budget_key,
+        range_key,
+    )
+    from gnorm_kernels.evidence.report import (
+        TABLE_FRACTIONS,
+        ablation_table,
+        comparison_table,
+        evidence_markdown,
+        markdown_table,
+        masks_figure,
+        save_figure,
+        write_ablation_csv,
+        write_csv,
+    )
+    from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
+
+__getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

@@ -1,0 +1,231 @@
+"""Figures for pruning runs: accuracy curves, head-grid heatmaps, rank changes across greedy steps.
+
+Every function returns a matplotlib `Figure` (draw into an existing axis with ``ax=``), sized to
+read well at notebook width. Outside a notebook, with no display, the Agg backend is used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Literal, Mapping, Sequence
+
+from gnorm_kernels.extras import require
+
+matplotlib = require("matplotlib", "plots", "figures (gnorm_kernels.evidence.viz)")
+require("seaborn", "plots", "figures (gnorm_kernels.evidence.viz)")
+
+if not os.environ.get("MPLBACKEND") and not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
+
+__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs"]
+
+Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
+# {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.comparison.Evidence.bands
+Bands = Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _axis(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    return fig, ax
+
+
+def group_runs(runs: Runs) -> dict[str, list[Trajectory]]:
+    """{method: [trajectories]}: one trajectory, a list (grouped by `method`), or a mapping."""
+    if isinstance(runs, Trajectory):
+        return {runs.method: [runs]}
+    if isinstance(runs, Mapping):
+        return {str(k): [v] if isinstance(v, Trajectory) else list(v) for k, v in runs.items()}
+    groups: dict[str, list[Trajectory]] = {}
+    for t in runs:
+        if not isinstance(t, Trajectory):
+            raise TypeError(f"expected Trajectory objects, got {type(t).__name__}")
+        groups.setdefault(t.method, []).append(t)
+    return groups
+
+
+def _x_scale(t: Trajectory, x: str) -> float:
+    return 100.0 if x == "percent" else float(t.units_at_start)
+
+
+def plot_accuracy_curves(
+    runs: Runs,
+    *,
+    metric: str = "accuracy",
+    x: Literal["heads", "percent"] = "heads",
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    bands: Bands | None = None,
+    bands_label: str = "95% bootstrap interval",
+) -> Figure:
+    """`metric` against heads pruned, one line per method; a method with several runs (random
+    seeds) is drawn as the median with a band from the lowest to the highest run.
+
+    `bands` ({method: (fractions pruned, lower, upper)}, such as `Evidence.bands` of
+    `gnorm_kernels.evidence.comparison`) shades each named method's interval instead; the seed range of a
+    method with several runs is then drawn as thin dotted lines."""
+    if x not in ("heads", "percent"):
+        raise ValueError(f"x must be 'heads' or 'percent', got {x!r}")
+    groups = group_runs(runs)
+    if not groups:
+        raise ValueError("no trajectories to plot")
+    bands = dict(bands or {})
+    unknown = sorted(set(bands) - set(groups))
+    if unknown:
+        raise ValueError(f"bands given for {unknown}, which are not among the runs {sorted(groups)}")
+    fig, ax = _axis(ax, (8, 4.5))
+    colors = sns.color_palette("tab10", n_colors=max(len(groups), 3))
+    for color, (name, trajectories) in zip(colors, groups.items()):
+        if name in bands:
+            grid, low, high = (np.asarray(a, dtype=float) for a in bands[name])
+            scale = _x_scale(trajectories[0], x)
+            ax.fill_between(grid * scale, low, high, color=color, alpha=0.18, linewidth=0)
+        curves = []
+        for t in trajectories:
+            xs, ys = t.curve(metric)
+            curves.append((xs * _x_scale(t, x), ys))
+        curves = [c for c in curves if len(c[0])]
+        if not curves:
+            continue
+        if len(curves) == 1:
+            ax.plot(*curves[0], color=color, marker="." if len(curves[0][0]) <= 40 else None, label=name)
+            continue
+        grid = np.unique(np.concatenate([c[0] for c in curves]))
+        grid = grid[grid <= min(c[0][-1] for c in curves) + 1e-9]
+        stack = np.stack([np.interp(grid, *c) for c in curves])
+        ax.plot(grid, np.median(stack, axis=0), color=color, label=f"{name} (median of {len(curves)})")
+        if name in bands:
+            for edge in (stack.min(axis=0), stack.max(axis=0)):
+                ax.plot(grid, edge, color=color, linewidth=0.7, linestyle=":")
+        else:
+            ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("heads pruned" if x == "heads" else "heads pruned (%)")
+    ax.set_ylabel(f"{metric} (log scale; lower is better)" if metric == "perplexity" else metric)
+    if metric == "perplexity":  # grows by orders of magnitude as heads go
+        ax.set_yscale("log")
+    ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
+    ax.grid(True, alpha=0.3)
+    legend_title = None
+    if bands:
+        several = any(len(groups[name]) > 1 for name in bands)
+        legend_title = f"shaded: {bands_label}" + ("\ndotted: lowest and highest run" if several else "")
+    if len(groups) > 3:  # many curves: keep the legend off them
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False,
+                  title=legend_title, title_fontsize="small")
+    else:
+        ax.legend(loc="best", fontsize="small", title=legend_title, title_fontsize="small")
+    return fig
+
+
+def _as_array(grid: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(grid, torch.Tensor):
+        grid = grid.detach().cpu()
+        grid = grid.float() if grid.dtype != torch.bool else grid
+        grid = grid.numpy()
+    grid = np.asarray(grid)
+    if grid.ndim != 2:
+        raise ValueError(f"expected a [layers, heads] grid, got shape {list(grid.shape)}")
+    return grid
+
+
+def plot_head_grid(
+    grid: torch.Tensor | np.ndarray,
+    *,
+    kind: Literal["mask", "scores", "ablation"] = "scores",
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    annotate: bool | None = None,
+    log: bool | None = None,
+) -> Figure:
+    """A layers x heads heatmap: a kept mask, a score grid (pruned heads blank) or single-head
+    ablation drops (diverging around zero). `log` (default: automatic for positive scores that
+    span more than two decades) uses a logarithmic colour scale."""
+    if kind not in ("mask", "scores", "ablation"):
+        raise ValueError(f"kind must be 'mask', 'scores' or 'ablation', got {kind!r}")
+    values = _as_array(grid)
+    L, H = values.shape
+    fig, ax = _axis(ax, (min(3.0 + 0.6 * H, 10.0), min(1.4 + 0.45 * L, 8.0)))
+    annotate = (L * H <= 96) if annotate is None else annotate
+    common = dict(ax=ax, linewidths=0.5, linecolor="white", square=H <= 16 and L <= 16)
+    if kind == "mask":
+        kept = values.astype(bool)
+        sns.heatmap(kept.astype(float), cmap=ListedColormap(["#d9d9d9", "#2b8cbe"]), vmin=0, vmax=1, cbar=False,
+                    annot=np.where(kept, "", "x") if annotate else False, fmt="", **common)
+        default = f"kept heads: {int(kept.sum())} of {L * H}"
+    else:
+        data = values.astype(float)
+        finite = data[np.isfinite(data)]
+        norm = None
+        if kind == "ablation":
+            span = float(np.abs(finite).max()) if finite.size else 1.0
+            norm = TwoSlopeNorm(vcenter=0.0, vmin=-span or -1.0, vmax=span or 1.0)
+            cmap = "RdBu_r"
+        else:
+            cmap = "viridis"
+            positive = finite.size and (finite > 0).all()
+            wide = positive and finite.max() / finite.min() > 100
+            if log or (log is None and wide):
+                if not positive:
+                    raise ValueError("log=True needs positive scores")
+                norm = LogNorm(vmin=finite.min(), vmax=finite.max())
+        sns.heatmap(np.ma.masked_invalid(data), cmap=cmap, norm=norm, annot=annotate, fmt=".2g",
+                    annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy drop" if kind == "ablation" else "score"},
+                    **common)
+        ax.set_facecolor("#eeeeee")
+        default = "drop when one head alone is masked" if kind == "ablation" else "head scores"
+        if np.isnan(data).any():
+            default += " (blank: pruned)"
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(np.arange(H) + 0.5, [str(h) for h in range(H)], rotation=0)
+    ax.set_yticks(np.arange(L) + 0.5, [str(l) for l in range(L)], rotation=0)
+    ax.set_title(title or default)
+    return fig
+
+
+def plot_rank_changes(
+    trajectory: Trajectory, *, ax: plt.Axes | None = None, title: str | None = None, max_steps: int | None = None
+) -> Figure:
+    """How each head's rank moves across greedy steps: rows are heads in pruning order, columns
+    steps, colour the head's rank among those left (0 = next to go); blank once pruned."""
+    grids = [(s.step, s.scores) for s in trajectory.steps[1:] if s.scores is not None]
+    if max_steps is not None:
+        grids = grids[:max_steps]
+    if len(grids) < 2:
+        raise ValueError(
+            f"{trajectory.method!r} has {len(grids)} score grid(s); rank changes need a greedy trajectory "
+            "with at least two steps"
+        )
+    order = trajectory.order
+    rows = {head: i for i, head in enumerate(order)}
+    ranks = np.full((len(order), len(grids)), np.nan)
+    sign = 1.0 if trajectory.prune_first == "lowest" else -1.0
+    for c, (_, scores) in enumerate(grids):
+        values = scores.double() * sign
+        present = [(l, h) for l, h in order if math.isfinite(float(values[l, h]))]
+        ranked = sorted(present, key=lambda lh: (float(values[lh]), lh))
+        for r, head in enumerate(ranked):
+            ranks[rows[head], c] = r
+    fig, ax = _axis(ax, (min(3.0 + 0.25 * len(grids), 12.0), min(2.0 + 0.18 * len(order), 12.0)))
+    sns.heatmap(np.ma.masked_invalid(ranks), cmap="magma_r", ax=ax, cbar_kws={"label": "rank among heads left (0: next)"})
+    ax.set_facecolor("#eeeeee")
+    every = max(1, math.ceil(len(order) / 40))
+    ax.set_yticks(np.arange(0, len(order), every) + 0.5, [f"L{l}H{h}" for l, h in order[::every]], rotation=0, fontsize=7)
+    xevery = max(1, math.ceil(len(grids) / 30))
+    ax.set_xticks(np.arange(0, len(grids), xevery) + 0.5, [str(s) for s, _ in grids[::xevery]], rotation=0, fontsize=7)
+    ax.set_xlabel("greedy step")
+    ax.set_ylabel("head (layer, head), in pruning order")
+    ax.set_title(title or f"{trajectory.method}: ranks across greedy steps")
+    return fig
