@@ -116,7 +116,7 @@ def test_help_lists_every_command(capsys):
 
 
 def test_grain_is_a_subcommand_run_by_the_grain_package(monkeypatch):
-    from gnorm_kernels.grain import cli as grain_cli
+    from gnorm_kernels.cli import grain as grain_cli
 
     learning_rates = []
 

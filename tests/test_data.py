@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from gnorm_kernels.data import loading as data
+import gnorm_kernels.data as data
 from gnorm_kernels.data import synthetic
 from gnorm_kernels.data.loading import load_task, task_from_glue
 from gnorm_kernels.data.synthetic import synthetic_task, synthetic_tokenizer

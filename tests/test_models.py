@@ -10,7 +10,7 @@ import torch
 
 from gnorm_kernels.data.synthetic import synthetic_tokenizer
 from gnorm_kernels.evaluate import evaluate, single_head_ablation
-from gnorm_kernels.models import loading as models
+from gnorm_kernels.models import tiny_bert as models
 from gnorm_kernels.models.loading import load_model
 from gnorm_kernels.models.tiny_bert import TinyRecipe, tiny_cache_path
 from gnorm_kernels.models.training import TrainingStuck
@@ -276,12 +276,12 @@ def test_local_looking_typos_fail_at_once_and_pickle_is_refused(tmp_path, model_
 
 
 def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
-    from gnorm_kernels.models import loading as models
+    from gnorm_kernels.models import loading
 
     folder = tmp_path / "tiny-broken"
     folder.mkdir()
     (folder / "training.json").write_text("{}")
     (folder / "config.json").write_text("{}")
-    monkeypatch.setattr(models, "_ensure_tiny", lambda recipe, cache, progress: folder)
+    monkeypatch.setattr(loading, "ensure_tiny", lambda recipe, cache, progress: folder)
     with pytest.raises(RuntimeError, match="delete that folder"):
         load_model("tiny", progress=False)

@@ -120,5 +120,5 @@ def test_cli_grain_rejects_bad_arguments_before_loading(extra, message, capsys):
 
     with pytest.raises(SystemExit) as err:
         main(["grain", "--model", "/nonexistent/model", *extra, "--quiet"])
-    assert err.value.code == 1
+    assert err.value.code == 2  # a bad flag, as for every command
     assert message in capsys.readouterr().err

@@ -147,10 +147,8 @@ def test_save_and_load_grain_round_trip(tmp_path, family):
         with torch.no_grad():
             torch.testing.assert_close(loaded(**batch).logits, masked, atol=1e-5, rtol=1e-5)
     assert GrainStructure.from_dict(loaded.config.grain_structure) == GrainStructure.from_masks(masks)
-    with pytest.warns(DeprecationWarning, match='impl="auto" is deprecated'):
-        loaded = load_grain(tmp_path / "ckpt", impl="auto")
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).logits, masked, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='"auto" was removed'):
+        load_grain(tmp_path / "ckpt", impl="auto")
 
 
 def test_grain_folders_load_through_load_pruned_and_load_model(tmp_path):
