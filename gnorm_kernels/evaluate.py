@@ -182,7 +182,8 @@ def evaluate(
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
     if per_example:
-        result.update(_per_example(model, found) if n else _per_window(model, found))
+        # perplexity is bootstrapped from each row's NLL, even on a labelled LM task
+        result.update(_per_window(model, found) if metric == "perplexity" or not n else _per_example(model, found))
     return result
 
 

@@ -38,7 +38,7 @@ def _tokenizer_fields(writer) -> int:
 
 
 def write_gguf(path: Path, arch: str, seed: int = 0) -> Path:
-    """A tiny random model of `arch` ("llama", "qwen2", "mistral", "gpt2") as a float32 GGUF file."""
+    """A tiny random model of `arch` ("llama", "qwen2", "gpt2") as a float32 GGUF file."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -124,16 +124,18 @@ def test_a_gguf_file_loads_as_a_plain_model_with_its_own_tokenizer(tmp_path, mon
     torch.testing.assert_close(again.lm_head.weight, model.lm_head.weight)
 
 
-def test_another_architecture_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("arch", ["falcon", "mistral"])
+def test_another_architecture_is_refused_by_name(tmp_path, arch):
     path = tmp_path / "other.gguf"
-    writer = gguf.GGUFWriter(str(path), "falcon")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(1)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ValueError, match="GGUF architecture 'falcon' is not supported.*gpt2.*llama"):
+    with pytest.raises(ValueError, match=f"GGUF architecture '{arch}' is not supported.*gpt2.*llama") as info:
         load_model(path, cache=tmp_path / "cache", progress=False)
+    assert ("llama.cpp writes Mistral models as 'llama'" in str(info.value)) == (arch == "mistral")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing.gguf", progress=False)
 
@@ -177,9 +179,9 @@ def test_smollm2_loads_offline_and_knows_the_capital_of_france():
 @needs_smollm2
 @pytest.mark.parametrize("source", ["name", "gguf", "txt"])
 def test_gnorm_prune_on_smollm2_records_perplexity_and_reloads(tmp_path, source):
-    from gnorm_kernels.models.gguf import smollm2_path
     from gnorm_kernels.data.text import python_docs_task
     from gnorm_kernels.engine.trajectory import Trajectory
+    from gnorm_kernels.models.gguf import smollm2_path
 
     model = str(smollm2_path()) if source == "gguf" else "smollm2-135m"
     task = "python-docs"

@@ -24,7 +24,7 @@ LAYERS: dict[str, set[str]] = {
     "evaluate": {"heads", "data", "parallel", "modes"},
     "scoring": {"kernels", "heads", "data", "parallel", "modes", "extras"},
     "grain": {"heads", "data", "checkpoints", "evaluate", "modes", "schedules"},
-    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable"},
+    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "extras"},  # extras: GGUF
     "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable"},
     "evidence": {"heads", "data", "parallel", "evaluate", "scoring", "engine", "extras", "durable"},
     "testing": {"heads"},

@@ -15,10 +15,10 @@ import torch
 
 from gnorm_kernels.cli import main
 from gnorm_kernels.data.loading import load_task
-from gnorm_kernels.evaluate import evaluate
 from gnorm_kernels.data.synthetic import synthetic_task
 from gnorm_kernels.data.text import TextTask, pack_windows, python_docs_task, read_documents
 from gnorm_kernels.engine.trajectory import Trajectory
+from gnorm_kernels.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,8 @@ def test_tasks_that_do_not_fit_the_model_are_one_clear_line(tmp_path, reviews, m
     assert exit_info.value.code == 2
     assert "fits a causal LM" in capsys.readouterr().err
     labelled = tmp_path / "labelled.csv"
-    labelled.write_text("text,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(reviews)))
+    with labelled.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *((r, i % 2) for i, r in enumerate(reviews))])
     with pytest.raises(SystemExit):
         main(["prune", "--model", "tiny-lm", "--task", str(labelled), *SMALL, "--out", str(tmp_path / "y")])
     assert "a causal LM fits text-only tasks" in capsys.readouterr().err

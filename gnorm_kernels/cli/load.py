@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gnorm_kernels.cli.outputs import CLIError, OutputFolder
-from gnorm_kernels.parallel import distributed
 from gnorm_kernels.data.text import TextTask, is_text_file
+from gnorm_kernels.parallel import distributed
 
 __all__ = ["DEFAULT_MAX_LENGTH", "check_device", "check_task_fits", "fit_max_length", "load_model_and_task",
            "load_inputs", "checkpointed"]

@@ -211,7 +211,6 @@ def python_docs_task(*, seed: int = 0, min_words: int = MIN_DOCS_WORDS, test_fra
     (`pydoc_data.topics.topics`, standard library), whitespace collapsed, topics in sorted order,
     split by a seeded shuffle: disjoint, and the same on every machine with this Python."""
     import sys
-
     from pydoc_data.topics import topics
 
     paragraphs = []

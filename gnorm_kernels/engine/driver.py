@@ -101,7 +101,9 @@ def _evaluate(
             result = evaluate(model, batches, metric=metric, per_example=per_example)
     except FloatingPointError as err:
         raise FloatingPointError(f"{where}, evaluating: {err}") from err
-    outcomes = {k: result.pop(k) for k in ("predictions", "golds", "example_nll", "example_tokens") if k in result}
+    # text alone: each window's NLL sum and token count stand where classes would (Step.predictions, Step.golds)
+    renamed = {"predictions": "predictions", "golds": "golds", "example_nll": "predictions", "example_tokens": "golds"}
+    outcomes = {renamed[k]: result.pop(k) for k in list(renamed) if k in result}
     bad = {k: v for k, v in result.items() if not math.isfinite(v)}
     if bad:  # finite logits can still overflow the loss: never a NaN/inf in the record
         raise FloatingPointError(f"{where}, evaluating: the metrics {bad} are not finite (logits too large?)")

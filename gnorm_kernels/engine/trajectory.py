@@ -25,11 +25,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from gnorm_kernels.data.tasks import auc_values
 from gnorm_kernels.durable import sync_folder
 from gnorm_kernels.heads.layout import Head
 from gnorm_kernels.heads.units import unit_of
 
-__all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "LOG_METRICS", "auc_scale", "check_ratio"]
+__all__ = ["Step", "Trajectory", "TRAJECTORY_FORMAT", "TRAJECTORY_VERSION", "check_ratio"]
 
 TRAJECTORY_FORMAT = "gnorm-kernels/trajectory"
 TRAJECTORY_VERSION = 2  # 2: unit, num_kv_heads, initially_pruned_heads (absent in 1: a "head" run)
@@ -55,8 +56,8 @@ def _grid_from_json(data: list | None) -> torch.Tensor | None:
 
 
 def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
-    """Per-example classes compactly: a digit string when every class is 0-9, else a list."""
-    if labels is None or not all(0 <= v <= 9 for v in labels):
+    """Per-example classes compactly: a digit string when every class is 0-9, else a list (floats too)."""
+    if labels is None or not all(isinstance(v, int) and 0 <= v <= 9 for v in labels):
         return labels
     return "".join(map(str, labels))
 
@@ -64,22 +65,13 @@ def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
 def _labels_from_json(data: str | list | None) -> list[int] | None:
     if data is None:
         return None
-    return [int(c) for c in data]
+    return data if isinstance(data, list) else [int(c) for c in data]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-LOG_METRICS = ("perplexity",)  # lower is better, and spans orders of magnitude: areas on a log scale
-
-
-def auc_scale(metric: str):
-    """The transform a curve of `metric` is averaged on: the natural log for perplexity (so the
-    area is a mean log-perplexity), the identity otherwise."""
-    return np.log if metric in LOG_METRICS else (lambda ys: ys)
 
 
 @dataclass
@@ -95,14 +87,10 @@ class Step:
     seconds: float  # scoring + choosing + pruning
     eval_seconds: float = 0.0
     scores: torch.Tensor | None = None  # unit grid this step's choice was made on (NaN: pruned)
-    # per evaluation example, in evaluation order: the predicted and the true class (evaluated
-    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence.comparison resamples)
-    predictions: list[int] | None = None
+    # per evaluation example (evaluated steps of runs with per_example=True; what the bootstrap of evidence.comparison
+    # resamples): the predicted and true class, or for text alone each window's summed next-token NLL and token count
+    predictions: list[int] | list[float] | None = None
     golds: list[int] | None = None
-    # a causal LM on text alone: each evaluation window's summed next-token NLL and its token count
-    # (what the bootstrap resamples for perplexity)
-    example_nll: list[float] | None = None
-    example_tokens: list[int] | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -131,8 +119,6 @@ class Step:
         }
         if self.predictions is not None:
             data.update(predictions=_labels_to_json(self.predictions), golds=_labels_to_json(self.golds))
-        if self.example_nll is not None:
-            data.update(example_nll=list(self.example_nll), example_tokens=list(self.example_tokens))
         return data
 
     @classmethod
@@ -150,8 +136,6 @@ class Step:
             scores=_grid_from_json(data.get("scores")),
             predictions=_labels_from_json(data.get("predictions")),
             golds=_labels_from_json(data.get("golds")),
-            example_nll=None if data.get("example_nll") is None else [float(v) for v in data["example_nll"]],
-            example_tokens=None if data.get("example_tokens") is None else [int(v) for v in data["example_tokens"]],
         )
 
 
@@ -319,12 +303,11 @@ class Trajectory:
 
     def area_under_curve(self, metric: str = "accuracy") -> float:
         """Area under `metric` against the fraction of heads pruned, over the range the run covers,
-        divided by that range: the curve's mean value (1.0 would be a perfect score throughout).
-        Perplexity is averaged as log-perplexity (`auc_scale`): it grows by orders of magnitude."""
+        divided by that range: the curve's mean value (of log-perplexity: `data.tasks.auc_values`)."""
         xs, ys = self.curve(metric)
         if len(xs) < 2 or xs[-1] <= 0:
             return float("nan")
-        ys = auc_scale(metric)(ys)
+        ys = auc_values(metric, ys)
         return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
 
     # ---- JSON

@@ -34,7 +34,8 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
-from gnorm_kernels.engine.trajectory import LOG_METRICS, Trajectory, auc_scale, check_ratio
+from gnorm_kernels.data.tasks import LOG_METRICS, auc_values
+from gnorm_kernels.engine.trajectory import Trajectory, check_ratio
 from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
 
 __all__ = [
@@ -125,17 +126,15 @@ class _Run:
         for n, s in zip(t.units_pruned, t.steps):
             if s.metrics is None or s.metrics.get(metric) is None:
                 continue
-            # perplexity resamples evaluation windows: their NLL sums and token counts
-            step_preds, step_golds = (s.example_nll, s.example_tokens) if metric == "perplexity" else (s.predictions, s.golds)
-            if step_preds is None or step_golds is None:
-                raise ValueError(f"{t.method!r} step {s.step} has no per-example {'NLL' if metric == 'perplexity' else 'predictions'}: "
-                                 "run it with per_example=True (gnorm_kernels.evidence.comparison.compare does) to bootstrap it")
-            if golds is not None and step_golds != golds:
+            if s.predictions is None or s.golds is None:  # perplexity: each window's NLL sum and token count
+                raise ValueError(f"{t.method!r} step {s.step} has no per-example predictions: run it with "
+                                 "per_example=True (gnorm_kernels.evidence.comparison.compare does) to bootstrap it")
+            if golds is not None and s.golds != golds:
                 raise ValueError(f"{t.method!r} step {s.step} was evaluated on other examples than step 0")
-            golds = step_golds
+            golds = s.golds
             xs.append(n / t.units_at_start)
             ys.append(float(s.metrics[metric]))
-            preds.append(step_preds)
+            preds.append(s.predictions)
         if golds is None:
             raise ValueError(f"{t.method!r} has no step evaluated with {metric!r}")
         return cls(np.asarray(xs), np.asarray(ys), np.asarray(preds), np.asarray(golds),
@@ -193,7 +192,6 @@ def bootstrap_evidence(
     counts = resample_counts(len(golds), resamples, np.random.default_rng(seed))
 
     point, boot, per_draw, bands = {}, {}, {}, {}
-    scale = auc_scale(metric)  # areas of perplexity are of log-perplexity (Trajectory.area_under_curve)
     for m, rs in read.items():
         points, boots, curves = [], [], []
         for r in rs:
@@ -201,9 +199,9 @@ def bootstrap_evidence(
             over = np.stack([range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
             missing = np.where(np.isnan(np.concatenate([at, over], 1)).any(0), np.nan, 0.0)  # keys past the run's end
             curves.append(metric_on_resamples(counts, r.predictions, r.golds, metric))  # [B, S]
-            points.append(np.concatenate([r.ys @ np.nan_to_num(at), scale(r.ys) @ np.nan_to_num(over)]) + missing)
-            boots.append(np.concatenate([curves[-1] @ np.nan_to_num(at), scale(curves[-1]) @ np.nan_to_num(over)], -1)
-                         + missing)
+            points.append(np.concatenate([r.ys @ np.nan_to_num(at), auc_values(metric, r.ys) @ np.nan_to_num(over)]) + missing)
+            boots.append(np.concatenate([curves[-1] @ np.nan_to_num(at), auc_values(metric, curves[-1]) @ np.nan_to_num(over)],
+                                        -1) + missing)
         point[m], boot[m] = np.median(points, 0), np.median(boots, 0)
         draws = sorted({r.draw for r in rs})
         per_draw[m] = np.stack([np.median([p for p, r in zip(points, rs) if r.draw == d], 0) for d in draws])
@@ -274,12 +272,9 @@ class Comparison:
                    f"paired bootstrap over those {units.split()[1]} ({ev.resamples} resamples, the same for every method)")
         if ev.draws > 1:
             caption += f"; calib [low, high]: the spread over {ev.draws} disjoint calibration samples"
-        if ev.metric in LOG_METRICS:
-            caption += (f". Lower {ev.metric} is better. AUC: the mean of the natural log of {ev.metric} over the "
-                        "fractions pruned (the whole run, or the range named)."
-                        )
-        else:
-            caption += ". AUC: the curve's mean over the fractions pruned (the whole run, or the range named)."
+        of = f"the natural log of {ev.metric}" if ev.metric in LOG_METRICS else "the curve"
+        caption += (f". Lower {ev.metric} is better" if ev.metric in LOG_METRICS else "") + (
+            f". AUC: the mean of {of} over the fractions pruned (the whole run, or the range named).")
         return evidence_markdown(self.table(), metric=ev.metric, keys=ev.keys, reference=ev.reference, caption=caption)
 
     def save(self, folder: str | os.PathLike, *, title: str | None = None) -> Path:

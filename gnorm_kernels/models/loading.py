@@ -16,8 +16,8 @@ import torch
 import gnorm_kernels.checkpoints.pruned  # noqa: F401 (registers the pruned format's loader)
 import gnorm_kernels.grain.shrink  # noqa: F401 (registers the GRAIN format's loader)
 from gnorm_kernels.checkpoints.formats import checkpoint_format, load_checkpoint, progress_bars
-from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
 from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
+from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
 
 __all__ = ["load_model", "max_positions"]
 
