@@ -115,12 +115,14 @@ def text_runs(lm, reviews):
 
 def test_trajectories_record_perplexity_and_its_windows(text_runs, tmp_path):
     t = text_runs["greedy-gnorm"]
-    assert all(s.perplexity is not None and s.example_nll is not None for s in t.steps)
+    assert all(s.perplexity is not None and s.predictions is not None for s in t.steps)
+    # text alone: each window's NLL sum and token count, from which the step's perplexity follows
+    assert all(math.isclose(math.exp(sum(s.predictions) / sum(s.golds)), s.perplexity, rel_tol=1e-6) for s in t.steps)
     assert t.steps[-1].perplexity > t.steps[0].perplexity  # 3 of 8 KV groups gone: worse
     t.save(tmp_path / "t.json")
     again = Trajectory.load(tmp_path / "t.json")
-    assert again.steps[2].example_nll == t.steps[2].example_nll
-    assert again.steps[2].example_tokens == t.steps[2].example_tokens
+    assert again.steps[2].predictions == t.steps[2].predictions
+    assert again.steps[2].golds == t.steps[2].golds
     xs, ys = t.curve("perplexity")
     expected = np.sum((xs[1:] - xs[:-1]) * (np.log(ys[1:]) + np.log(ys[:-1])) / 2) / xs[-1]
     assert math.isclose(t.area_under_curve("perplexity"), expected)  # AUC of log-perplexity
@@ -137,7 +139,7 @@ def test_compare_bootstraps_perplexity_over_windows(text_runs):
     assert greedy["unpruned"].low < greedy["unpruned"].value < greedy["unpruned"].high
     assert math.isclose(greedy["auc"].value, t.area_under_curve("perplexity"))
     assert greedy["auc"].low <= greedy["auc"].value <= greedy["auc"].high
-    assert evidence.examples == len(t.steps[0].example_nll)
+    assert evidence.examples == len(t.steps[0].predictions)
     text = Comparison(runs, evidence).markdown()
     assert "AUC of log perplexity" in text and "evaluation windows" in text and "Lower perplexity is better" in text
 
