@@ -71,8 +71,9 @@ test-browser: setup $(CHROMIUM)
 $(CHROMIUM):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
+# GNORM_PROGRESS=off: executed notebooks store no progress bars (gnorm_kernels.progress)
 notebooks: setup
-	$(OFFLINE) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
+	$(OFFLINE) GNORM_PROGRESS=off $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

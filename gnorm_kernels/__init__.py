@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from gnorm_kernels.evaluate import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
     from gnorm_kernels.evidence.comparison import compare
     from gnorm_kernels.evidence.report import comparison_table
+    from gnorm_kernels.evidence.statistics import format_interval, holm_verdicts, wilson_interval
+    from gnorm_kernels.evidence.timing import compare_latency, compare_timings
     from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
     from gnorm_kernels.evidence.widgets import head_toggle_grid, pruning_explorer
     from gnorm_kernels.grain import grain_prune

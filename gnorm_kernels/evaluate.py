@@ -14,7 +14,6 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gnorm_kernels.data.batches import Batch, model_device, model_inputs
 from gnorm_kernels.data.tasks import METRICS
@@ -22,6 +21,7 @@ from gnorm_kernels.heads.families import head_layout, is_causal_lm, stack_module
 from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.modes import model_mode
 from gnorm_kernels.parallel import distributed
+from gnorm_kernels.progress import progress_bar
 
 __all__ = ["confusion_metrics", "evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation"]
 
@@ -86,7 +86,7 @@ def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -
     device = model_device(model)
     preds, golds, row_nll, row_tokens = [], [], [], []
     loss_sum, token_nll, tokens, seen = 0.0, 0.0, 0, 0
-    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+    for batch in progress_bar(batches, desc="evaluating", disable=not progress, leave=False):
         seen += 1
         logits, stats = _class_logits(model, batch, device)
         token_nll += stats.get("token_nll", 0.0)
@@ -282,7 +282,7 @@ def single_head_ablation(
     batches = list(batches)
     base = evaluate(model, batches, metric=metric)["score"]
     drops = torch.full(layout.shape, float("nan"))
-    bar = tqdm(total=int(present.sum()), desc="ablating heads", disable=not progress)
+    bar = progress_bar(total=int(present.sum()), desc="ablating heads", disable=not progress)
     for layer, head in present.nonzero().tolist():
         bar.update(1)
         mask = torch.ones(layout.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -504,3 +505,106 @@ def test_gnorm_evaluates_on_every_row_of_eval_data(model_dir, tmp_path, capsys) 
     with pytest.raises(SystemExit) as err:
         main(["prune", "--model", model_dir, "--calib-data", str(train), "--out", str(tmp_path / "x")])
     assert err.value.code == 2 and "go together" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one reader of labels for one file and for two
+
+# how class k of the task (0: negative, 1: positive) is written in the file
+LABEL_LAYOUTS = {
+    "ids as ints": lambda k: k,
+    "ids as strings": lambda k: str(k),
+    "ids as floats": lambda k: float(k),  # 1.0 in the .jsonl file
+    "ids as float strings": lambda k: f"{k}.0",  # how pandas writes an integer column with gaps
+    "ids past the model": lambda k: k + 1,
+    "names": lambda k: ("negative", "positive")[k],
+    "names in another case": lambda k: ("NEGATIVE", "Positive")[k],
+    "placeholders": lambda k: f"LABEL_{k}",
+}
+MODEL_CLASSES = {
+    "named": {"negative": 0, "positive": 1},
+    "named, other order": {"positive": 0, "negative": 1},
+    "placeholders": {"LABEL_0": 0, "LABEL_1": 1},
+}
+MISMATCH = r"has the classes 'LABEL_0', 'LABEL_1', but they do not match the model's classes"
+# (layout, model) -> the model's class name for the task's classes 0 and 1, or the error; unlisted: (names 0, 1)
+EXPECTED_FIT = {
+    ("ids past the model", "named"): r"class ids \[2\] outside the model's 2 classes",
+    ("ids past the model", "named, other order"): r"class ids \[2\] outside the model's 2 classes",
+    ("ids past the model", "placeholders"): r"class ids \[2\] outside the model's 2 classes",
+    ("placeholders", "named"): MISMATCH,
+    ("placeholders", "named, other order"): MISMATCH,
+}
+
+
+def _fit_outcome(load, label2id: dict) -> tuple[str, object]:
+    """("map", {text: model class name}) of a fitted task, or ("error", its message without the task's name)."""
+    from gnorm_kernels.data.labels import fit_labels
+
+    try:
+        task = load()
+        fitted = fit_labels(task, label2id)
+        direct = load(label2id=label2id)  # the loaders' own label2id gives the same task
+    except ValueError as err:
+        return "error", str(err).replace(f"task {task.name!r}", "task <name>")
+    assert direct.splits == fitted.splits and direct.label_names == fitted.label_names
+    return "map", {ex.text: fitted.label_names[ex.label] for split in fitted.splits.values() for ex in split}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".tsv"])
+@pytest.mark.parametrize("model", list(MODEL_CLASSES))
+@pytest.mark.parametrize("layout", list(LABEL_LAYOUTS))
+def test_one_file_and_two_files_read_labels_alike(tmp_path, layout: str, model: str, suffix: str) -> None:
+    """The same label column gives the same mapping to a model's classes, or the same error, whether
+    the rows come in one file (--task) or in two (--calib-data, --eval-data)."""
+    write = LABEL_LAYOUTS[layout]
+    rows = [{"text": f"review {i}", "label": write(i % 2)} for i in range(40)]
+    write_rows(tmp_path / f"all{suffix}", rows)
+    write_rows(tmp_path / f"calib{suffix}", rows[:24])
+    write_rows(tmp_path / f"eval{suffix}", rows[24:])
+    label2id = MODEL_CLASSES[model]
+    one = _fit_outcome(lambda **kw: data.task_from_file(tmp_path / f"all{suffix}", **kw), label2id)
+    two = _fit_outcome(lambda **kw: load_task(tmp_path / f"calib{suffix}", eval_file=tmp_path / f"eval{suffix}",
+                                              calibration_size=8, **kw), label2id)
+    assert one == two
+    expected = EXPECTED_FIT.get((layout, model))
+    if expected is not None:
+        assert one[0] == "error" and re.search(expected, one[1]), one
+        return
+    if layout.startswith("ids"):  # class ids are the model's ids
+        names = sorted(label2id, key=label2id.get)
+    elif model != "placeholders":  # names map by name, whatever their case
+        names = ("negative", "positive")
+    else:  # names against placeholder classes keep the task's sorted order
+        names = (write(0), write(1))
+    assert one == ("map", {r["text"]: names[int(r["text"].split()[1]) % 2] for r in rows})
+
+
+def test_the_two_file_task_records_what_its_label_column_holds(tmp_path) -> None:
+    write_rows(tmp_path / "a.tsv", [{"sentence": f"a {i}", "label": i % 2} for i in range(10)])
+    write_rows(tmp_path / "b.tsv", [{"sentence": f"b {i}", "label": i % 2} for i in range(6)])
+    assert load_task(tmp_path / "a.tsv", eval_file=tmp_path / "b.tsv").info["label_kind"] == "ids"
+    assert load_task(tmp_path / "a.tsv").info["label_kind"] == "ids"
+
+
+def test_gnorm_runs_on_class_id_files_with_a_model_of_named_classes(model_dir, tmp_path, capsys) -> None:
+    """GLUE's layout (sentence, label 0/1) against a model whose classes are named: --task and
+    --calib-data/--eval-data both read the column as class ids."""
+    import shutil
+
+    from gnorm_kernels.cli.commands import main
+
+    named = tmp_path / "named"
+    shutil.copytree(model_dir, named)
+    config = json.loads((named / "config.json").read_text())
+    config.update(id2label={"0": "negative", "1": "positive"}, label2id={"negative": 0, "positive": 1})
+    (named / "config.json").write_text(json.dumps(config))
+    task = synthetic_task(seed=5, train_size=1, calibration_size=60, test_size=80)
+    for split, file in (("calibration", "calib.tsv"), ("test", "eval.tsv")):
+        write_rows(tmp_path / file, [{"sentence": ex.text, "label": ex.label} for ex in task.splits[split]])
+    common = ["--model", str(named), "--calib-size", "16", "--quiet"]
+    assert main(["prune", *common, "--task", str(tmp_path / "eval.tsv"), "--steps", "1",
+                 "--out", str(tmp_path / "single")]) == 0
+    assert main(["prune", *common, "--calib-data", str(tmp_path / "calib.tsv"), "--eval-data",
+                 str(tmp_path / "eval.tsv"), "--steps", "2", "--out", str(tmp_path / "split")]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert (tmp_path / "single").is_dir() and (tmp_path / "split").is_dir()

@@ -182,7 +182,7 @@ def test_a_backend_that_cannot_run_on_the_device_is_refused(monkeypatch):
 
 
 def test_fsdp_needs_torch_distributed(tmp_path, capsys):
-    from gnorm_kernels.cli import main as cli
+    from gnorm_kernels.cli import commands as cli
     from gnorm_kernels.parallel import fsdp
     from gnorm_kernels.testing import tiny_random_model
 
@@ -207,7 +207,7 @@ def test_shards_are_round_robin_and_gathered_back_in_order():
 def test_two_process_gnorm_prune_writes_what_one_process_writes(launches, tmp_path):
     from safetensors.torch import load_file
 
-    from gnorm_kernels.cli import main as cli
+    from gnorm_kernels.cli import commands as cli
 
     assert cli.main([*CLI_ARGS, "--out", str(tmp_path / "cli1")]) == 0  # meanwhile the launches run
     root, started = launches

@@ -282,7 +282,7 @@ def test_gnorm_compare_reports_intervals_and_calibration_draws(tiny, tmp_path, c
     assert float(pairs[0]["auc"]) == pytest.approx(-float(pairs[1]["auc"]))
     printed = capsys.readouterr().out
     assert "paired bootstrap" in printed and "calib [" in printed and "Differences from greedy-gnorm" in printed
-    assert "| greedy-gnorm (median of 2) (reference) | +0.0000 [+0.000, +0.000]" in printed
+    assert "| greedy-gnorm (median of 2) (reference) | +0.000 [+0.000, +0.000]" in printed
 
 
 def test_accuracy_curves_shade_the_bootstrap_bands(tmp_path):

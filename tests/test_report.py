@@ -127,11 +127,11 @@ def test_evidence_markdown_shows_intervals_calibration_spread_and_resolved_diffe
     lines = text.splitlines()
     assert lines[0] == "what the brackets mean"
     assert lines[2] == "| method | accuracy unpruned | accuracy at 50% |"
-    assert lines[4] == "| a | 0.9000 [0.880, 0.920] | 0.8000 [0.780, 0.820] calib [0.790, 0.810] |"
+    assert lines[4] == "| a | 0.900 [0.880, 0.920] | 0.800 [0.780, 0.820] calib [0.790, 0.810] |"
     assert lines[5].startswith("| b (median of 3) |") and lines[6].endswith("| n/a |")
     diffs = lines[lines.index("| method | accuracy at 50% |"):]
-    assert diffs[2] == "| a (reference) | +0.0000 [+0.000, +0.000] calib [+0.000, +0.000] |"
-    assert diffs[3] == "| b (median of 3) | **-0.1000 [-0.120, -0.080] calib [-0.110, -0.090]** |"
+    assert diffs[2] == "| a (reference) | +0.000 [+0.000, +0.000] calib [+0.000, +0.000] |"
+    assert diffs[3] == "| b (median of 3) | **-0.100 [-0.120, -0.080] calib [-0.110, -0.090]** resolved |"
     assert diffs[4] == "| c | n/a |"
     with pytest.raises(ValueError, match="no rows"):
         evidence_markdown([], metric="accuracy", keys=[], reference="a")

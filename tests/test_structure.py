@@ -15,17 +15,17 @@ PACKAGE = Path(gk.__file__).parent
 # never names a part above it, not even through an import string.
 LEAF: set[str] = set()
 LAYERS: dict[str, set[str]] = {
-    "durable": LEAF, "extras": LEAF, "modes": LEAF, "schedules": LEAF, "_aliases": LEAF, "_lazy": LEAF,
+    "durable": LEAF, "extras": LEAF, "modes": LEAF, "schedules": LEAF, "progress": LEAF, "_aliases": LEAF, "_lazy": LEAF,
     "kernels": LEAF,  # may import its own submodules only
     "heads": {"kernels"},
     "data": {"extras"},
     "checkpoints": {"heads", "durable"},
     "parallel": {"kernels", "heads", "checkpoints"},
-    "evaluate": {"heads", "data", "parallel", "modes"},
-    "scoring": {"kernels", "heads", "data", "parallel", "modes", "extras"},
-    "grain": {"heads", "data", "checkpoints", "evaluate", "modes", "schedules"},
-    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "extras"},  # extras: GGUF
-    "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable"},
+    "evaluate": {"heads", "data", "parallel", "modes", "progress"},
+    "scoring": {"kernels", "heads", "data", "parallel", "modes", "extras", "progress"},
+    "grain": {"heads", "data", "checkpoints", "evaluate", "modes", "schedules", "progress"},
+    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "progress", "extras"},  # extras: GGUF
+    "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable", "progress"},
     "evidence": {"heads", "data", "parallel", "evaluate", "scoring", "engine", "extras", "durable"},
     "testing": {"heads"},
     "cli": {"*"},  # the top: may import anything

@@ -208,3 +208,35 @@ def test_explorer_on_real_runs_matches_the_pruned_model(model, batches):
     explorer.set_method("entropy")
     assert torch.equal(explorer.shown["mask"], static.mask_at(0.25))
     assert explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- still pictures without a kernel
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_displaying_a_widget_publishes_a_still_picture_and_text_beside_it(model, batches):
+    import base64
+
+    from IPython.core.formatters import DisplayFormatter
+
+    grid = head_toggle_grid(model, batches)
+    before = grid.still()
+    grid.toggle(1, 2)
+    after = grid.still()
+    assert _png_size(after)[0] > 50 and after != before  # the picture follows the state
+    data, _ = DisplayFormatter().format(grid)
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert base64.b64decode(data["image/png"]) == after
+    assert "masked: (1, 2)" in data["text/plain"] and "points against" in data["text/plain"]
+
+    explorer = pruning_explorer({"a": _handmade("a", ORDER), "b": _handmade("b", ORDER[::-1])}, draw=False)
+    explorer.set_ratio(0.5)
+    data, _ = DisplayFormatter().format(explorer)
+    assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/plain"} <= set(data)
+    assert data["text/plain"].startswith("a: heads pruned: 4 of 8 (50.0%), step 4")
+    explorer.set_method("b")
+    assert base64.b64decode(DisplayFormatter().format(explorer)[0]["image/png"]) != base64.b64decode(data["image/png"])

@@ -39,6 +39,7 @@ __all__ = [
     "write_manifest",
     "file_sha256",
     "check_manifest",
+    "check_weight_paths",
     "progress_bars",
 ]
 
@@ -81,17 +82,29 @@ def _config_json(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_format(path: str | os.PathLike) -> str:
-    """"grain", "pruned" or "plain": the format of a checkpoint folder, from its config.json."""
-    data = _config_json(Path(path))
-    for name, key in FORMATS.items():
-        if data.get(key):
-            return name
-    return "plain"
+    """"grain", "pruned" or "plain": the format of a checkpoint folder, from its config.json and,
+    when it has one, its manifest (``gnorm_checkpoint.json``). A config that lost its format's
+    entry (``pruned_heads: {}``) still goes to the loader the manifest names, which then compares
+    the two; a config of another format than the manifest's is an error."""
+    path = Path(path)
+    data = _config_json(path)
+    fmt = next((name for name, key in FORMATS.items() if data.get(key)), "plain")
+    saved = _manifest(path)
+    if saved is None:
+        return fmt
+    recorded = saved.get("format")
+    if recorded not in FORMATS:
+        raise ValueError(f"{path / MANIFEST} records an unknown format {recorded!r}; expected one of {sorted(FORMATS)}")
+    if fmt not in ("plain", recorded):
+        raise ValueError(f"{path / 'config.json'} describes a {fmt!r} checkpoint, but {path / MANIFEST} records "
+                         f"{recorded!r}; was config.json edited?")
+    return recorded
 
 
 def load_checkpoint(path: str | os.PathLike, **options: Any) -> nn.Module:
     """Load a pruned or GRAIN folder with the loader of its format (options go to that loader:
-    ``device``, ``attn_implementation``). A plain folder is an error: transformers loads those."""
+    ``device``, ``attn_implementation``, ``allow_unverified``). A plain folder is an error:
+    transformers loads those."""
     fmt = checkpoint_format(path)
     if fmt == "plain":
         raise ValueError(f"{path} is a plain checkpoint (no pruned heads, no GRAIN structure); load it with load_model")
@@ -131,18 +144,60 @@ def model_from_config(config, attn_implementation: str | None = None) -> nn.Modu
         return model_cls._from_config(config, **kwargs)
 
 
+def _inside(path: Path, file: Path) -> bool:
+    """Whether `file` (links followed) lies inside the folder `path`. A folder of the hub's cache
+    (``<repo>/snapshots/<revision>/``) links its files into ``<repo>/blobs/``, which counts as inside."""
+    folder, target = path.resolve(), file.resolve()
+    if target.is_relative_to(folder):
+        return True
+    return folder.parent.name == "snapshots" and target.is_relative_to(folder.parent.parent / "blobs")
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The file names a weight index (``*.index.json``) maps its tensors to, checked to be plain
+    names of files in the index's own folder: no folders, no '..', no absolute paths."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a valid weight index (expected a 'weight_map' of tensor -> file): {err}") from None
+    bad = [n for n in names if not isinstance(n, str) or not n or n in (".", "..") or Path(n).name != n
+           or "\\" in n or Path(n).is_absolute()]
+    if bad:
+        raise ValueError(f"{index} names weight files outside its folder {index.parent}: {bad[:5]}; expected plain "
+                         "file names such as 'model-00001-of-00002.safetensors'")
+    return names
+
+
+def check_weight_paths(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint folder whose weight files would be read from outside it: an index
+    (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) naming other folders, or
+    a weight file that is a link out of the folder."""
+    path = Path(path)
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file() or index.is_symlink():
+            if not _inside(path, index):
+                raise ValueError(f"{index} is a link to {index.resolve()}, outside the checkpoint folder {path}")
+            for name in _shard_names(index):
+                if (path / name).exists() and not _inside(path, path / name):
+                    raise ValueError(f"{path / name} (named by {index}) is a link to {(path / name).resolve()}, "
+                                     f"outside the checkpoint folder {path}")
+    for file in [*path.glob("*.safetensors"), *path.glob("*.bin")]:
+        if file.is_symlink() and not _inside(path, file):
+            raise ValueError(f"{file} is a link to {file.resolve()}, outside the checkpoint folder {path}")
+
+
 def weight_files(path: str | os.PathLike) -> list[Path]:
     """The safetensors files a checkpoint folder is made of: the shards its
     ``model.safetensors.index.json`` names, else ``model.safetensors``. Other ``*.safetensors``
-    files (a backup, a stray copy) are never read, so they cannot override weights."""
+    files (a backup, a stray copy) are never read, so they cannot override weights; nothing
+    outside the folder is read (`check_weight_paths`)."""
     path = Path(path)
+    check_weight_paths(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index} is not a valid safetensors index (expected a 'weight_map'): {err}") from None
-        files = [path / name for name in sorted(set(weight_map.values()))]
+        files = [path / name for name in _shard_names(index)]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shards that are missing from {path}: {missing}")
@@ -189,7 +244,7 @@ def load_weights(model: nn.Module, path: Path, what: str) -> None:
     tied = _tied_keys(model)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise RuntimeError(
+        raise ValueError(
             f"checkpoint {path} does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if hasattr(model, "tie_weights"):
@@ -231,17 +286,37 @@ def write_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) ->
     return target
 
 
-def check_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any]) -> None:
-    """Compare a folder with its manifest (if it has one): same format, same `record` as its
-    config says, same weight files. Raises ValueError saying what differs."""
-    path = Path(path)
+def _manifest(path: Path) -> dict[str, Any] | None:
+    """The folder's manifest, None when it has none; an unreadable one is an error naming it."""
     file = path / MANIFEST
-    if not file.is_file():
-        return  # written before manifests existed: nothing to compare
+    if not (file.exists() or file.is_symlink()):
+        return None
     try:
         manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not a readable JSON manifest: {err}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{file} is not a manifest: expected a JSON object, found {type(manifest).__name__}")
+    return manifest
+
+
+def check_manifest(path: str | os.PathLike, fmt: str, record: dict[str, Any], *, required: bool = False) -> None:
+    """Compare a folder with its manifest: same format, same `record` as its config says, same
+    weight files. Raises ValueError saying what differs. A folder without a manifest passes only
+    when `required` is False (nothing to compare), so a folder whose config describes pruned
+    or shrunk shapes cannot skip the check by losing its manifest."""
+    path = Path(path)
+    file = path / MANIFEST
+    manifest = _manifest(path)
+    if manifest is None:
+        if required:
+            raise ValueError(
+                f"{path} describes a {fmt} model in config.json but has no {MANIFEST}, the record of its head map and "
+                "weight hashes that save_pruned/save_grain write: without it an edited head map or swapped weights "
+                "would load into the wrong heads unnoticed. Refusing it; if the folder was saved before manifests "
+                "existed and you trust it, load it once with allow_unverified=True and save it again"
+            )
+        return
     if manifest.get("format") != fmt:
         raise ValueError(f"{file} records format {manifest.get('format')!r}, but config.json describes {fmt!r}")
     if manifest.get("record") != json.loads(json.dumps(record, sort_keys=True)):

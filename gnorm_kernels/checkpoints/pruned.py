@@ -56,9 +56,14 @@ def load_pruned(
     *,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    allow_unverified: bool = False,
 ) -> nn.Module:
     """Rebuild a model saved by `save_pruned`: the architecture from its config, pruned as
     recorded, then its weights loaded strictly. Returns the model in eval mode.
+
+    The folder's manifest (``gnorm_checkpoint.json``) must agree with the config's head map and
+    the weight files' hashes. A config that records pruned heads without a manifest is refused:
+    `allow_unverified=True` loads such a folder (saved before manifests existed) unchecked.
 
     `attn_implementation` ("eager", "sdpa") is a run-time choice that checkpoints do not record;
     None keeps the transformers default. A folder written by `gnorm_kernels.grain.save_grain`
@@ -68,14 +73,15 @@ def load_pruned(
     path = Path(path)
     config = read_config(path)
     if checkpoint_format(path) == "grain":
-        return load_checkpoint(path, device=device, attn_implementation=attn_implementation)
+        return load_checkpoint(path, device=device, attn_implementation=attn_implementation,
+                               allow_unverified=allow_unverified)
     pruned = getattr(config, "pruned_heads", None) or {}
     if not isinstance(pruned, Mapping):
         raise ValueError(
             f"{path / 'config.json'}: pruned_heads must be a mapping {{layer: [head, ...]}}, got {type(pruned).__name__}"
         )
-    check_manifest(path, "pruned", _shape_record(config))
     recorded_kv = getattr(config, "pruned_kv_heads", None)
+    check_manifest(path, "pruned", _shape_record(config), required=bool(pruned or recorded_kv) and not allow_unverified)
     config.pruned_heads = {}
     model = model_from_config(config, attn_implementation)
     try:

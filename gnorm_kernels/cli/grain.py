@@ -4,7 +4,8 @@
     gnorm grain --density 0.05 --out runs/grain5   # also save the shrunk model and report.json
 
 The teacher is the loaded model; the student starts as a copy of it. Prints accuracy, encoder
-parameters kept and CPU latency against the dense teacher. A saved model reloads with
+parameters kept and CPU latency against the dense teacher (timed round-robin; the ratio with its
+interval, "not resolved" when it holds 1). A saved model reloads with
 `gnorm_kernels.grain.load_grain`.
 
 Its flags and defaults are built here without importing torch or GRAIN (`gnorm --help` stays
@@ -30,6 +31,7 @@ GRAIN_LR = {"tiny": 1e-3}
 GRAIN_PAPER_LR = 3e-5
 # gnorm_kernels.grain.attention.IMPLEMENTATIONS, the default first (tests/test_cli.py holds them together)
 GRAIN_IMPLEMENTATIONS = ("grouped", "loop")
+LATENCY_ROUNDS = 9  # dense and GRAIN timed in turn, round-robin (gnorm_kernels.evidence.timing)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `gnorm grain` with the arguments its parser in `gnorm_kernels.cli.commands` produced (the
     learning rate already resolved); returns the exit status."""
     from gnorm_kernels.cli.load import check_device, fit_max_length, load_model_and_task
+    from gnorm_kernels.evidence.timing import compare_latency
     from gnorm_kernels.grain.prune import grain_prune
     from gnorm_kernels.grain.shrink import save_grain
 
@@ -81,11 +84,16 @@ def run(args: argparse.Namespace) -> int:
             structure_regularization=not args.no_structure_reg,
             impl=args.impl,
             metric=task.metric,
-            latency_batches=timing,
+            measure_speed=False,  # timed below, round-robin, with an interval on the ratio
             seed=args.seed,
             progress=progress,
         )
+        timings = compare_latency({"dense": teacher, "GRAIN": model}, timing, rounds=LATENCY_ROUNDS)
+        report.teacher_latency_s, report.latency_s = timings.median("dense"), timings.median("GRAIN")
+        ratio = timings.ratios["GRAIN"]
         result = report.to_dict()
+        result["latency_ratio"] = {"value": ratio.value, "low": ratio.low, "high": ratio.high, "level": ratio.level,
+                                   "resolved": ratio.resolved, "rounds": LATENCY_ROUNDS}
         result.update(model=str(args.model), task=task.name, batch_size=args.batch_size)
         if out is not None:
             save_grain(model, out.path("model"), tokenizer)
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report)
         print(report.structure.describe())
+        print(timings.markdown())
         if out is not None:
             print(f"saved to {Path(args.out) / 'model'} (reload with gnorm_kernels.load_model or gnorm_kernels.grain.load_grain)")
     return 0

@@ -110,19 +110,29 @@ def _labels_in_range(task: Any, classes: int) -> None:
         raise CLIError(f"task {task.name!r} has class ids {bad[:10]} outside the model's {classes} classes")
 
 
+def _load_model(args: argparse.Namespace, **options: Any) -> tuple[Any, Any]:
+    """`load_model` of --model, a failure while building or filling the model (a RuntimeError of
+    torch or transformers) turned into the one-line error that names the model."""
+    from gnorm_kernels.models.loading import load_model
+
+    try:
+        return load_model(args.model, **options)
+    except RuntimeError as err:
+        raise ValueError(f"could not load --model {args.model}: {err}") from err
+
+
 def load_model_and_task(args: argparse.Namespace, device: str, source: str | None = None,
                         **task_options: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, task) of a command's --model, --tokenizer, --task and --new-head,
     the task's labels numbered as the model's classes."""
     from gnorm_kernels.data.labels import fit_labels
-    from gnorm_kernels.models.loading import load_model
 
     task = _load_task(source or str(args.task), task_options)  # a bad file fails before a slow model load
     options = dict(device=device, progress=not args.quiet and distributed.is_main(),
                    tokenizer=getattr(args, "tokenizer", None))
     if getattr(args, "new_head", False):
         before = _checkpoint_classes(str(args.model))
-        model, tokenizer = load_model(args.model, num_labels=task.num_labels, new_head=True, **options)
+        model, tokenizer = _load_model(args, num_labels=task.num_labels, new_head=True, **options)
         names = ", ".join(task.label_names)
         if before == task.num_labels:
             note(f"--new-head: the model's classifier already has {before} classes, so it is kept as trained; "
@@ -135,7 +145,7 @@ def load_model_and_task(args: argparse.Namespace, device: str, source: str | Non
             model.config.label2id = {n: i for i, n in enumerate(task.label_names)}
         _labels_in_range(task, int(model.config.num_labels))
         return model, tokenizer, task
-    model, tokenizer = load_model(args.model, **options)
+    model, tokenizer = _load_model(args, **options)
     from gnorm_kernels.heads.families import is_causal_lm
 
     if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids

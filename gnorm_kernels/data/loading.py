@@ -162,14 +162,19 @@ def task_from_file(
         "calibration": order[n_test : n_test + n_cal],
         "train": order[n_test + n_cal :],
     }
-    task = Task(
-        name=path.stem,
-        label_names=names,
-        splits={s: [examples[i] for i in sorted(parts[s])] for s in SPLITS},
-        metric=metric,
-        info={"seed": seed, "path": str(path), "text_columns": list(cols), "label_kind": kind,
-              "skipped_rows": len(skipped), "conflicting_repeats": len(conflicts)},
+    return _file_task(
+        path.stem, names, kind, {s: [examples[i] for i in sorted(parts[s])] for s in SPLITS}, metric, label2id,
+        {"seed": seed, "path": str(path), "text_columns": list(cols),
+         "skipped_rows": len(skipped), "conflicting_repeats": len(conflicts)},
     )
+
+
+def _file_task(name: str, names: list[str], kind: str, splits: dict[str, list[Example]], metric: str,
+               label2id: Mapping[str, int] | None, info: dict[str, Any]) -> Task:
+    """The Task of labels read from files by `label_ids`, with what the label column held
+    (``info["label_kind"]``: "ids" or "names", which `fit_labels` reads), numbered as the
+    model's classes when `label2id` is given. The one- and two-file loaders both end here."""
+    task = Task(name=name, label_names=names, splits=splits, metric=metric, info=dict(info, label_kind=kind))
     return task if label2id is None else fit_labels(task, label2id)
 
 
@@ -182,6 +187,7 @@ def task_from_files(
     text_columns: Sequence[str] | None = None,
     calibration_size: int = 512,
     metric: str = "accuracy",
+    label2id: Mapping[str, int] | None = None,
 ) -> Task:
     """A Task from two local files: calibration examples drawn from the first, evaluation on the second.
 
@@ -189,7 +195,9 @@ def task_from_files(
     calibration split is a seeded sample of `calibration_size` rows of `calibration_file`
     (deduplicated, and with every text that also occurs in `eval_file` left out, so the two
     never overlap); the other rows are the train split. Text columns are found in each file as
-    `task_from_file` finds them; labels map to the same ids in both (strings in sorted order).
+    `task_from_file` finds them. The labels of both files are read together exactly as
+    `task_from_file` reads one file's: all class ids or all class names (the same ids in both),
+    recorded as ``info["label_kind"]``; `label2id` numbers them as a model's classes.
     """
     if calibration_size < 1:
         raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
@@ -203,20 +211,19 @@ def task_from_files(
     if not kept:
         raise ValueError(f"every row of {calibration_file} also occurs in {eval_file}: nothing left to calibrate on")
     rows = kept + held_out
-    ids, names, _ = label_ids([r[2] for r in rows], [r[3] for r in rows], f"{calibration_file} and {eval_file}")
+    ids, names, kind = label_ids([r[2] for r in rows], [r[3] for r in rows], f"{calibration_file} and {eval_file}")
     examples = [Example(t, p, y) for (t, p, _, _), y in zip(rows, ids)]
     pool, test = examples[: len(kept)], examples[len(kept):]
     order = list(range(len(pool)))
     random.Random(seed).shuffle(order)
     chosen = set(order[:calibration_size])
-    return Task(
-        name=f"{calibration_file.stem}+{eval_file.stem}",
-        label_names=names,
-        splits={"train": [pool[i] for i in range(len(pool)) if i not in chosen],
-                "calibration": [pool[i] for i in order[:calibration_size]], "test": test},
-        metric=metric,
-        info={"seed": seed, "calibration_path": str(calibration_file), "eval_path": str(eval_file),
-              "text_columns": list(cols), "overlap_left_out": len(source) - len(kept)},
+    return _file_task(
+        f"{calibration_file.stem}+{eval_file.stem}", names, kind,
+        {"train": [pool[i] for i in range(len(pool)) if i not in chosen],
+         "calibration": [pool[i] for i in order[:calibration_size]], "test": test},
+        metric, label2id,
+        {"seed": seed, "calibration_path": str(calibration_file), "eval_path": str(eval_file),
+         "text_columns": list(cols), "overlap_left_out": len(source) - len(kept)},
     )
 
 
@@ -241,7 +248,7 @@ def load_task(
     (label_column, text_columns, calibration_size, test_fraction, metric).
     With `eval_file`, `name` is the file calibration examples are drawn from and every row of
     `eval_file` is evaluated on (`task_from_files`: label_column, text_columns,
-    calibration_size, metric).
+    calibration_size, metric, label2id).
     """
     from gnorm_kernels.data import text as text_tasks
 

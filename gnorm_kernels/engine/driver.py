@@ -29,7 +29,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.engine.choice import budget as unit_budget
@@ -41,6 +40,7 @@ from gnorm_kernels.heads.families import head_layout, is_causal_lm
 from gnorm_kernels.heads.layout import Head
 from gnorm_kernels.heads.units import PruningUnit, unit_of
 from gnorm_kernels.parallel import distributed
+from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.scoring.objectives import NonFiniteGradientError, check_batches
 from gnorm_kernels.scoring.registry import Method, get_method, get_scorer
 
@@ -203,7 +203,7 @@ def _drive(
     done = len(trajectory.order)
     static_scores = None if greedy else trajectory.scores_at(len(trajectory.steps) - 1)
     new_steps = 0
-    bar = tqdm(total=budget, initial=done, desc=name, unit=unit.name.replace("kv_", ""),
+    bar = progress_bar(total=budget, initial=done, desc=name, unit=unit.name.replace("kv_", ""),
                disable=not progress or not distributed.is_main())
     try:
         while done < budget and (max_steps is None or new_steps < max_steps):

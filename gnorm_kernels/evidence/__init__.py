@@ -16,8 +16,6 @@ if TYPE_CHECKING:
         DEFAULT_BUDGETS,
         DEFAULT_RANGES,
         RESAMPLES,
-        Estimate,
-        Evidence,
         bootstrap_evidence,
         budget_key,
         range_key,
@@ -33,6 +31,22 @@ if TYPE_CHECKING:
         write_ablation_csv,
         write_csv,
     )
-    from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
+    from gnorm_kernels.evidence.statistics import (
+        Estimate,
+        Evidence,
+        Verdict,
+        bootstrap_p_value,
+        format_interval,
+        holm_verdicts,
+        metric_on_resamples,
+        percentile_interval,
+        point_weights,
+        range_weights,
+        resample_counts,
+        resample_runs,
+        wilson_interval,
+        with_wilson,
+    )
+    from gnorm_kernels.evidence.timing import Timings, compare_latency, compare_timings, forward_pass
 
 __getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

@@ -6,12 +6,23 @@ calibration sample, so each gets a 95% interval:
 
 * a paired bootstrap over the evaluation examples: every resample draws the same examples
   (with replacement) for every method and every step, so a method's curve, and the difference
-  between two methods' curves, are recomputed on the same resampled set. A difference whose
-  interval excludes 0 is *resolved*; one whose interval holds 0 is not. Seeded with ``seed``,
-  1000 resamples by default, computed as one matrix product per run (numpy);
+  between two methods' curves, are recomputed on the same resampled set. Seeded with ``seed``,
+  1000 resamples by default, computed as one matrix product per run (numpy). A method run with
+  several seeds (random) is a sample of its seed distribution, and the claim "beats random" is
+  about that distribution, not about the seeds drawn: each resample also redraws the method's
+  runs with replacement (within each calibration draw: a two-stage bootstrap, seeds then
+  examples), so its interval holds the seed-to-seed spread; the examples stay paired across
+  methods, the seeds are independent between them. With few seeds this still understates that
+  spread (2 seeds give 3 distinct medians): run more seeds for a tighter claim. Accuracy at a
+  point also gets at least its Wilson interval (`with_wilson`), which keeps a width at 100%;
 * with several disjoint calibration samples (``calib_draws``), the spread of each number over
   them (the central `level` of the per-draw values; with a few draws, about their min and max).
   A difference is then resolved only if this interval excludes 0 too.
+
+A table's differences (every method against the reference, every key) are one family of tests:
+`Evidence.verdicts` decides them with Holm's step-down correction at 1 - `level`, and shows each
+interval at the level its test used, so a difference is *resolved* exactly when the interval
+printed beside it excludes 0 (and the calibration spread does too).
 
 Points along a curve are read as `Trajectory.metric_at` reads them (linear between evaluated
 steps, NaN past the end of a run); the area over a sub-range is the integral of the same
@@ -28,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
@@ -36,10 +47,20 @@ import numpy as np
 
 from gnorm_kernels.data.tasks import LOG_METRICS, auc_values
 from gnorm_kernels.engine.trajectory import Trajectory, check_ratio
-from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
+from gnorm_kernels.evidence.statistics import (
+    Estimate,
+    Evidence,
+    Verdict,
+    metric_on_resamples,
+    point_weights,
+    range_weights,
+    resample_counts,
+    resample_runs,
+    with_wilson,
+)
 
 __all__ = [
-    "DEFAULT_BUDGETS", "DEFAULT_RANGES", "RESAMPLES", "Estimate", "Evidence",
+    "DEFAULT_BUDGETS", "DEFAULT_RANGES", "RESAMPLES",
     "bootstrap_evidence", "budget_key", "range_key",
 ]
 
@@ -57,57 +78,6 @@ def budget_key(fraction: float) -> str:
 def range_key(low: float | None, high: float | None) -> str:
     """The column of the area under the curve over [low, high] ("auc_0-50%"; None: the whole run, "auc")."""
     return "auc" if low is None else f"auc_{low * 100:g}-{high * 100:g}%"
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A number with its intervals: `low`..`high` from the bootstrap over evaluation examples,
-    `calib_low`..`calib_high` over calibration draws (None with one draw)."""
-
-    value: float
-    low: float
-    high: float
-    calib_low: float | None = None
-    calib_high: float | None = None
-
-    @property
-    def resolved(self) -> bool:
-        """Whether every interval excludes 0 (for a difference: its sign is settled)."""
-        def excludes(lo: float | None, hi: float | None) -> bool:
-            return lo is None or lo > 0 or hi < 0  # NaN bounds compare False: not resolved
-
-        return excludes(self.low, self.high) and excludes(self.calib_low, self.calib_high)
-
-
-@dataclass
-class Evidence:
-    """Estimates with intervals for each method, and for the difference of every pair.
-
-    `estimates[method][key]` and `differences[(method, other)][key]` (method minus other) are
-    `Estimate`s; keys are "unpruned", the budgets' "at_X%" and the ranges' "auc..." columns.
-    `bands[method]` is (fraction pruned, lower, upper): the pointwise bootstrap interval of the
-    method's curve, for plots."""
-
-    metric: str
-    methods: list[str]
-    reference: str
-    keys: list[str]
-    estimates: dict[str, dict[str, Estimate]]
-    differences: dict[tuple[str, str], dict[str, Estimate]]
-    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
-    resamples: int
-    level: float
-    examples: int
-    draws: int
-    budgets: list[float] = field(default_factory=list)
-
-    def difference(self, method: str, other: str | None = None) -> dict[str, Estimate]:
-        """`method` minus `other` (default: the reference) for every key."""
-        other = self.reference if other is None else other
-        for name in (method, other):
-            if name not in self.methods:
-                raise KeyError(f"unknown method {name!r}; this comparison has {self.methods}")
-        return self.differences[(method, other)]
 
 
 @dataclass
@@ -189,7 +159,8 @@ def bootstrap_evidence(
     for m, rs in read.items():
         if any(r.golds.shape != golds.shape or (r.golds != golds).any() for r in rs):
             raise ValueError(f"{m!r} was evaluated on other examples: a paired bootstrap needs one evaluation set")
-    counts = resample_counts(len(golds), resamples, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    counts = resample_counts(len(golds), resamples, rng)
 
     point, boot, per_draw, bands = {}, {}, {}, {}
     for m, rs in read.items():
@@ -202,11 +173,15 @@ def bootstrap_evidence(
             points.append(np.concatenate([r.ys @ np.nan_to_num(at), auc_values(metric, r.ys) @ np.nan_to_num(over)]) + missing)
             boots.append(np.concatenate([curves[-1] @ np.nan_to_num(at), auc_values(metric, curves[-1]) @ np.nan_to_num(over)],
                                         -1) + missing)
-        point[m], boot[m] = np.median(points, 0), np.median(boots, 0)
+        picks = resample_runs([r.draw for r in rs], resamples, rng)  # seeds resampled too (module docstring)
+        point[m], boot[m] = np.median(points, 0), np.median(np.stack(boots)[picks, np.arange(resamples)[:, None]], 1)
         draws = sorted({r.draw for r in rs})
         per_draw[m] = np.stack([np.median([p for p, r in zip(points, rs) if r.draw == d], 0) for d in draws])
-        bands[m] = _band(rs, curves, level)
+        bands[m] = _band(rs, curves, level, picks)
     estimates = {m: _estimates(point[m], boot[m], per_draw[m], keys, level) for m in methods}
+    if metric == "accuracy":  # a proportion at 0% or 100% keeps an interval as wide as n allows
+        estimates = {m: {k: with_wilson(e, len(golds), level) if i < len(budgets) else e
+                         for i, (k, e) in enumerate(est.items())} for m, est in estimates.items()}
     differences = {}
     for a in methods:
         for b in methods:
@@ -218,16 +193,17 @@ def bootstrap_evidence(
                                              keys, level)
     return Evidence(metric=metric, methods=methods, reference=reference, keys=keys, estimates=estimates,
                     differences=differences, bands=bands, resamples=resamples, level=level, examples=len(golds),
-                    draws=max(len(d) for d in per_draw.values()), budgets=budgets[1:])
+                    draws=max(len(d) for d in per_draw.values()), budgets=budgets[1:], resampled=boot)
 
 
-def _band(rs: list[_Run], curves: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _band(rs: list[_Run], curves: list[np.ndarray], level: float, picks: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pointwise interval of a method's (median) curve on the union of its evaluated positions,
-    from each run's resampled curves [B, S]."""
+    from each run's resampled curves [B, S] and the runs each resample draws (`picks` [B, runs])."""
     grid = np.unique(np.concatenate([r.xs for r in rs]))
     grid = grid[grid <= min(r.xs[-1] for r in rs) + _EPS]
     on_grid = [c @ np.stack([point_weights(r.xs, x) for x in grid], 1) for r, c in zip(rs, curves)]
-    low, high = _interval(np.median(on_grid, 0), level)
+    low, high = _interval(np.median(np.stack(on_grid)[picks, np.arange(len(picks))[:, None]], 1), level)
     return grid, low, high
 
 
@@ -245,20 +221,25 @@ class Comparison:
     def table(self) -> list[dict[str, Any]]:
         """One row per method: `comparison_table`'s columns (medians, seed ranges), each number's
         interval (`<key>_lo`, `<key>_hi`, and `<key>_calib_lo`/`_calib_hi` with calibration draws),
-        the areas over the sub-ranges, and the difference from the reference (`<key>_diff`,
-        its intervals, and `<key>_resolved`)."""
+        the areas over the sub-ranges, and the difference from the reference (`<key>_diff`, its
+        interval at the Holm-adjusted level `<key>_diff_level`, `<key>_p_holm` and `<key>_resolved`;
+        `comparisons`: how many differences the table's Holm family holds)."""
         from gnorm_kernels.evidence.report import comparison_table
 
         ev = self.evidence
+        verdicts = ev.verdicts()
         rows = comparison_table(self.runs, metric=ev.metric, fractions=ev.budgets)
         for row in rows:
             method = row["method"]
             for key in ev.keys:
                 row.update(_columns(key, ev.estimates[method][key]))
             for key in ev.keys[1:]:  # every method starts from the same model: no unpruned difference
-                diff = ev.difference(method)[key]
+                diff = verdicts.get((method, ev.reference), {}).get(key) or ev.difference(method)[key]
                 row.update(_columns(f"{key}_diff", diff))
                 row[f"{key}_resolved"] = diff.resolved
+                if isinstance(diff, Verdict):
+                    row.update({f"{key}_diff_level": diff.level, f"{key}_p_holm": diff.p_adjusted,
+                                "comparisons": diff.comparisons, "correction": diff.correction})
         return rows
 
     def markdown(self) -> str:
@@ -275,6 +256,9 @@ class Comparison:
         of = f"the natural log of {ev.metric}" if ev.metric in LOG_METRICS else "the curve"
         caption += (f". Lower {ev.metric} is better" if ev.metric in LOG_METRICS else "") + (
             f". AUC: the mean of {of} over the fractions pruned (the whole run, or the range named).")
+        family = sum(v == v for d in ev.verdicts().values() for v in (x.value for x in d.values()))
+        caption += (f" Differences: Holm's step-down correction over the table's {family} comparisons at family-wise "
+                    f"error {1 - ev.level:.2g}; each interval is shown at the level its test used.")
         return evidence_markdown(self.table(), metric=ev.metric, keys=ev.keys, reference=ev.reference, caption=caption)
 
     def save(self, folder: str | os.PathLike, *, title: str | None = None) -> Path:
@@ -299,12 +283,13 @@ class Comparison:
 
     def pairs(self) -> list[dict[str, Any]]:
         """One row per ordered pair of different methods: the difference (method minus versus)
-        of every key with its intervals and whether it is resolved."""
+        of every key with its interval and whether it is resolved, under Holm's correction over
+        every unordered pair and key (both orders of a pair share one test)."""
         ev = self.evidence
+        verdicts = ev.verdicts([(a, b) for i, a in enumerate(ev.methods) for b in ev.methods[i + 1:]])
+        verdicts.update({(b, a): {k: v.negated() for k, v in d.items()} for (a, b), d in list(verdicts.items())})
         rows = []
-        for (a, b), diffs in ev.differences.items():
-            if a == b:
-                continue
+        for (a, b), diffs in ((pair, verdicts[pair]) for pair in ev.differences if pair[0] != pair[1]):
             row: dict[str, Any] = {"method": a, "versus": b}
             for key in ev.keys[1:]:
                 row.update(_columns(key, diffs[key]))

@@ -97,15 +97,21 @@ def _header(key: str, metric: str) -> str:
 
 
 def _interval_cell(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
+    """"value [low, high]" at a precision that shows each bound's side of 0 (`format_interval`);
+    a resolved difference in bold with its correction and family size beside it."""
+    from gnorm_kernels.evidence.statistics import format_interval
+
     value = row.get(key, float("nan"))
     if value != value:
         return "n/a"
-    fmt = "+.4f" if signed else ".4f"
-    short = "+.3f" if signed else ".3f"
-    text = f"{value:{fmt}} [{row[f'{key}_lo']:{short}}, {row[f'{key}_hi']:{short}}]"
+    text = format_interval(value, row[f"{key}_lo"], row[f"{key}_hi"], digits=3, signed=signed)
     if f"{key}_calib_lo" in row:
-        text += f" calib [{row[f'{key}_calib_lo']:{short}}, {row[f'{key}_calib_hi']:{short}}]"
-    return f"**{text}**" if signed and row.get(key.replace("_diff", "_resolved")) else text
+        text += " calib " + format_interval(value, row[f"{key}_calib_lo"], row[f"{key}_calib_hi"], digits=3,
+                                            signed=signed).split(" ", 1)[1]
+    if not (signed and row.get(key.replace("_diff", "_resolved"))):
+        return text
+    family = f" ({row['correction']}, {row['comparisons']} comparisons)" if "comparisons" in row else ""
+    return f"**{text}** resolved{family}"
 
 
 def evidence_markdown(
@@ -124,7 +130,9 @@ def evidence_markdown(
               "|" + "|".join(["---"] + ["---:"] * len(keys)) + "|"]
     lines += ["| " + " | ".join([label(r), *[_interval_cell(r, k) for k in keys]]) + " |" for r in rows]
     diff_keys = [k for k in keys if k != "unpruned"]
-    lines += ["", f"Differences from {reference} (method minus {reference}; bold: resolved, every interval "
+    family = next((f", after {r['correction']}'s correction over {r['comparisons']} comparisons" for r in rows
+                   if "comparisons" in r), "")
+    lines += ["", f"Differences from {reference} (method minus {reference}; bold: resolved{family}, every interval "
               "excludes 0; plain: not resolved)", "",
               "| method | " + " | ".join(_header(k, metric) for k in diff_keys) + " |",
               "|" + "|".join(["---"] + ["---:"] * len(diff_keys)) + "|"]

@@ -12,11 +12,14 @@ picker), ``gnorm-summary`` (the summary text of either widget), ``gnorm-head`` a
   (`gnorm_kernels.heads.masking.mask_heads`) and re-evaluates the model.
 * `pruning_explorer(trajectories)`: a pruning-ratio slider and a method dropdown that read the
   kept-head grid, accuracy, parameter count and size straight from precomputed `Trajectory`s.
+
+Displayed (``display(explorer)`` or as a cell's last value), each publishes its widget with a
+still PNG of its current state and a text summary beside it (`gnorm_kernels.evidence.stills`),
+so a committed notebook shows them without a kernel; `still()` and `summary_text()` give both.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +27,7 @@ import torch
 
 from gnorm_kernels.engine.trajectory import Trajectory
 from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evidence.stills import explorer_figure, png_bytes, still_bundle, toggle_grid_figure
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.layout import Head
 from gnorm_kernels.heads.masking import mask_heads
@@ -36,13 +40,6 @@ def _widgets():
     from gnorm_kernels.extras import require
 
     return require("ipywidgets", "notebooks", "the notebook widgets")
-
-
-def _png(fig: Any) -> bytes:
-    """Render a matplotlib Figure to PNG bytes (no pyplot state, so nothing leaks into the notebook)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def _points(value: float) -> str:
@@ -125,6 +122,20 @@ class HeadToggleGrid:
         """Unmask every head."""
         return self.set_mask(torch.ones(self.layout.shape, dtype=torch.bool))
 
+    # ---- without a kernel
+    def still(self) -> bytes:
+        """A PNG of the grid as it stands: active heads blue, masked red, pruned grey."""
+        return png_bytes(toggle_grid_figure(self.shown, self.present, self.metric))
+
+    def summary_text(self) -> str:
+        """The status line as plain text."""
+        s = self.shown
+        return (f"{self.metric} {s['score']:.4f} ({100 * s['change']:+.1f} points against {s['baseline']:.4f} "
+                f"with every head); masked: {', '.join(f'({l}, {h})' for l, h in s['masked']) or 'none'}")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return still_bundle(self.widget, self.still(), self.summary_text())
+
     # ---- internals
     def _button(self, layer: int, head: int) -> Any:
         if (layer, head) not in self.buttons:
@@ -178,7 +189,8 @@ def head_toggle_grid(
     model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *, metric: str = "accuracy"
 ) -> HeadToggleGrid:
     """A grid of toggle buttons, one per head, that re-evaluates `model` on `batches` with the
-    pressed heads masked. Display `.widget`; read `.shown`."""
+    pressed heads masked. Display it (the widget, with a still picture and text beside it for
+    readers without a kernel) or `.widget` alone; read `.shown`."""
     return HeadToggleGrid(model, batches, metric=metric)
 
 
@@ -318,13 +330,10 @@ class PruningExplorer:
         self.shown = self.state(self.dropdown.value, self.slider.value)
         self.summary.value = self._summary_html(self.shown)
         if self.draw:
-            key = (self.shown["method"], self.shown["step"])
-            if key not in self._images:
-                self._images[key] = self._render(self.shown)
-            self.image.value = self._images[key]
+            self.image.value = self.still()
 
     @staticmethod
-    def _summary_html(s: Mapping[str, Any]) -> str:
+    def _summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         def fmt(value: float | None) -> str:
             return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -344,57 +353,37 @@ class PruningExplorer:
                                                         else f" ({s['score'] / s['base_score']:.2f}× unpruned)") + note)
         elif s["metric"] != "accuracy":
             rows.insert(2, (s["metric"], fmt(s["score"])))
-        body = "".join(f"<tr><td style='padding-right:1em'><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
+        return rows
+
+    @classmethod
+    def _summary_html(cls, s: Mapping[str, Any]) -> str:
+        body = "".join(f"<tr><td style='padding-right:1em'><b>{k}</b></td><td>{v}</td></tr>" for k, v in cls._summary_rows(s))
         return f"<table>{body}</table>"
 
     def _render(self, s: Mapping[str, Any]) -> bytes:
-        import numpy as np
+        return png_bytes(explorer_figure(self.trajectories, s))
 
-        from gnorm_kernels.extras import require
+    # ---- without a kernel
+    def still(self) -> bytes:
+        """A PNG of what the explorer shows now (the grid and the curves)."""
+        key = (self.shown["method"], self.shown["step"])
+        if key not in self._images:
+            self._images[key] = self._render(self.shown)
+        return self._images[key]
 
-        sns = require("seaborn", "plots", "the pruning explorer's picture")
-        from matplotlib.figure import Figure
+    def summary_text(self) -> str:
+        """The summary table as plain text, one "name: value" line per row."""
+        return "\n".join(f"{k}: {v}" for k, v in self._summary_rows(self.shown))
 
-        trajectory = self.trajectories[s["method"]]
-        num_layers, num_heads = trajectory.shape
-        # when was each head pruned: its step number, or 0 if kept at this point
-        when = np.zeros(trajectory.shape)
-        for index, record in enumerate(trajectory.steps[1 : s["step"] + 1], start=1):
-            for layer, head in record.pruned:
-                when[layer, head] = index
-        labels = np.where(when > 0, when.astype(int).astype(str), "")
-        fig = Figure(figsize=(10.5, 0.55 * num_layers + 1.6))
-        grid_ax, curve_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(num_heads, 4), 6]})
-        sns.heatmap(
-            s["mask"].numpy().astype(float), ax=grid_ax, cmap=sns.color_palette(["#d9d9d9", "#2a7ab9"], as_cmap=True),
-            vmin=0, vmax=1, cbar=False, linewidths=1, linecolor="white", annot=labels, fmt="",
-            annot_kws={"fontsize": 9, "color": "#444444"}, square=num_heads <= 16,
-        )
-        grid_ax.set_xlabel("head")
-        grid_ax.set_ylabel("layer")
-        grid_ax.set_title(f"{s['method']}: kept heads (blue); numbers = step pruned")
-        for name, other in self.trajectories.items():
-            xs, ys = other.curve("accuracy")
-            if name == s["method"]:
-                continue
-            curve_ax.plot(100 * xs, ys, color="#bbbbbb", linewidth=1)
-        xs, ys = trajectory.curve("accuracy")
-        curve_ax.plot(100 * xs, ys, color="#2a7ab9", linewidth=2, label=s["method"])
-        curve_ax.axvline(100 * s["ratio"], color="#d62728", linestyle="--", linewidth=1)
-        if s["accuracy"] is not None and not math.isnan(s["accuracy"]):
-            curve_ax.plot([100 * s["ratio"]], [s["accuracy"]], "o", color="#d62728")
-        curve_ax.set_xlabel("heads pruned (%)")
-        curve_ax.set_ylabel("accuracy")
-        curve_ax.set_title("accuracy (other methods in grey)")
-        curve_ax.set_xlim(0, 100)
-        fig.tight_layout()
-        return _png(fig)
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return still_bundle(self.widget, self.still(), f"{self.shown['method']}: " + self.summary_text())
 
 
 def pruning_explorer(
     trajectories: Mapping[str, Trajectory], *, method: str | None = None, ratio: float = 0.0, draw: bool = True
 ) -> PruningExplorer:
     """A ratio slider and a method dropdown that show, from precomputed trajectories, the kept-head
-    grid, accuracy, parameter count and size at that ratio. Display `.widget`; read `.shown`.
+    grid, accuracy, parameter count and size at that ratio. Display it (the widget, with a still
+    picture and text beside it for readers without a kernel) or `.widget` alone; read `.shown`.
     `draw=False` skips the figure (the summary and `shown` still update)."""
     return PruningExplorer(trajectories, method=method, ratio=ratio, draw=draw)

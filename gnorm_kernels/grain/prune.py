@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gnorm_kernels.data.batches import Batch
 from gnorm_kernels.grain.attention import DEFAULT_IMPL, check_impl
@@ -32,6 +31,7 @@ from gnorm_kernels.grain.schedule import DensitySchedule
 from gnorm_kernels.grain.shrink import GrainStructure, shrink_model
 from gnorm_kernels.grain.units import Units, mask_units, unit_layout
 from gnorm_kernels.heads.families import stack_module
+from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.schedules import lr_factor
 
 __all__ = ["grain_prune", "GrainReport", "check_pair"]
@@ -251,7 +251,7 @@ def grain_prune(
     student.train()
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"GRAIN to density {density:g}", disable=not progress, mininterval=1.0)
+    bar = progress_bar(range(steps), desc=f"GRAIN to density {density:g}", disable=not progress, mininterval=1.0)
     # dropout is seeded; the caller's random state is left as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -8,7 +8,8 @@ neurons. A head with no value dimensions is removed with its query dimensions; a
 heads, or no FFN neurons, is left adding only the bias of its output projection.
 
 `save_grain` writes an ordinary safetensors checkpoint whose config.json carries the structure
-under ``grain_structure``; `load_grain` rebuilds the model from its config, shrinks it as
+under ``grain_structure``, with a manifest (``gnorm_checkpoint.json``) of that structure and the
+weights' hashes; `load_grain` checks the two, rebuilds the model from its config, shrinks it as
 recorded and loads the weights strictly.
 """
 
@@ -22,7 +23,16 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from gnorm_kernels.checkpoints.formats import load_weights, model_from_config, read_config, register_format, write_checkpoint
+from gnorm_kernels.checkpoints.formats import (
+    MANIFEST,
+    check_manifest,
+    load_weights,
+    model_from_config,
+    read_config,
+    register_format,
+    write_checkpoint,
+    write_manifest,
+)
 from gnorm_kernels.grain.attention import DEFAULT_IMPL, UnevenSelfAttention, check_impl
 from gnorm_kernels.grain.units import UnitBlock, UnitLayout, Units, unit_layout
 from gnorm_kernels.heads.surgery import owner_of, select_linear
@@ -311,9 +321,20 @@ def grain_structure_of(model: nn.Module) -> GrainStructure:
 
 
 def save_grain(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Save a shrunk model as safetensors; the structure travels in config.json."""
+    """Save a shrunk model as safetensors; the structure travels in config.json, and a manifest
+    (``gnorm_checkpoint.json``: the structure and the weight files' hashes) lets `load_grain`
+    refuse an edited structure or swapped weights."""
     model.config.grain_structure = grain_structure_of(model).to_dict()  # checked and normalised
-    return write_checkpoint(model, path, tokenizer)
+    path = write_checkpoint(model, path, tokenizer)
+    write_manifest(path, "grain", _grain_record(model.config))
+    return path
+
+
+def _grain_record(config: Any) -> dict[str, Any]:
+    """What fixes a GRAIN checkpoint's shapes, as its config records it."""
+    pruned = getattr(config, "pruned_heads", None) or {}
+    return {CONFIG_KEY: getattr(config, CONFIG_KEY, None),
+            "pruned_heads": {str(k): list(v) for k, v in dict(pruned).items()} if isinstance(pruned, dict) else pruned}
 
 
 def load_grain(
@@ -322,14 +343,20 @@ def load_grain(
     impl: str = DEFAULT_IMPL,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    allow_unverified: bool = False,
 ) -> nn.Module:
     """Rebuild a model saved by `save_grain`: architecture from config, shrunk as recorded,
     weights loaded strictly. Returns it in eval mode. `load_pruned` and `load_model` route
-    GRAIN folders here too."""
+    GRAIN folders here too. The folder's manifest must agree with its structure and weight
+    files; `allow_unverified=True` loads a folder saved before manifests existed, unchecked."""
     impl = check_impl(impl)
     path = Path(path)
     config = read_config(path)
     data = getattr(config, CONFIG_KEY, None)
+    if not data and (path / MANIFEST).is_file():  # the config lost its structure: say what differs
+        check_manifest(path, "grain", _grain_record(config))
+    if data:
+        check_manifest(path, "grain", _grain_record(config), required=not allow_unverified)
     if not data:
         raise ValueError(
             f"{path} holds no GRAIN structure (no {CONFIG_KEY!r} in config.json); use load_pruned or load_model"

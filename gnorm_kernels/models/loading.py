@@ -7,15 +7,23 @@ local checkpoint folders (plain, pruned or GRAIN) and hub ids.
 
 from __future__ import annotations
 
+import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 import gnorm_kernels.checkpoints.pruned  # noqa: F401 (registers the pruned format's loader)
 import gnorm_kernels.grain.shrink  # noqa: F401 (registers the GRAIN format's loader)
-from gnorm_kernels.checkpoints.formats import checkpoint_format, load_checkpoint, progress_bars
+from gnorm_kernels.checkpoints.formats import (
+    check_weight_paths,
+    checkpoint_format,
+    load_checkpoint,
+    progress_bars,
+    weight_files,
+)
 from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
 from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
 
@@ -48,17 +56,15 @@ def _model_class(config: Any):
 def _tokenizer_for(folder: Path, tokenizer: Any, model: Any, hub: bool):
     """The tokenizer of a checkpoint: the one passed, or the folder's own (which must exist and fit
     the model's embeddings: a folder without tokenizer files would give an all-[UNK] tokenizer)."""
-    from transformers import AutoTokenizer
-
     if tokenizer is None:
         if not hub and not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"{folder} holds no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
                 "with the model (tokenizer.save_pretrained(folder)) or pass tokenizer= (a tokenizer or its folder)"
             )
-        tokenizer = AutoTokenizer.from_pretrained(folder if not hub else str(folder), trust_remote_code=False)
+        tokenizer = _read_tokenizer(str(folder) if hub else folder)
     elif isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
+        tokenizer = _read_tokenizer(tokenizer)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
         raise ValueError(
@@ -66,6 +72,35 @@ def _tokenizer_for(folder: Path, tokenizer: Any, model: Any, hub: bool):
             "they do not belong together (token ids past the table would crash or read garbage)"
         )
     return tokenizer
+
+
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json")
+
+
+def _read_tokenizer(source: str | os.PathLike):
+    """AutoTokenizer of a folder (or hub id), with a broken file named: its JSON files are checked
+    first (a corrupt tokenizer.json, or a link to a non-JSON file), and any other failure to read
+    the folder says which folder it was."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        for name in TOKENIZER_JSON_FILES:
+            file = folder / name
+            if not (file.exists() or file.is_symlink()):
+                continue
+            link = f" (a link to {file.resolve()})" if file.is_symlink() else ""
+            try:
+                json.loads(file.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{file}{link} is not a readable JSON tokenizer file: {err}") from None
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError) as err:
+        if not folder.is_dir():
+            raise
+        raise ValueError(f"the tokenizer files in {folder} cannot be read ({type(err).__name__}: {err})") from err
 
 
 def _check_labels(config: Any, num_labels: int | None, new_head: bool, name: str) -> dict[str, Any]:
@@ -110,6 +145,7 @@ def load_model(
     tokenizer: Any = None,
     new_head: bool = False,
     allow_pickle: bool = False,
+    allow_unverified: bool = False,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode.
 
@@ -130,6 +166,11 @@ def load_model(
     tokenizer (or pass `tokenizer=`), and the tokenizer must fit the embeddings; a `num_labels`
     other than the checkpoint's classifier is an error unless `new_head=True` (a new, untrained
     classifier). `progress=False` silences the training bar and transformers' loading bars.
+
+    Loading is strict: every tensor the model needs must be in the checkpoint, and nothing else
+    (with `new_head=True`, the classifier may be missing or of another size); weight files are
+    read only from inside the folder; a pruned or GRAIN folder must carry the manifest its saver
+    wrote (`allow_unverified=True` loads one saved before manifests existed: only for folders you trust).
     """
     name = os.fspath(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": False}
@@ -167,11 +208,19 @@ def load_model(
                     f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
                     f"found {sorted(p.name for p in folder.iterdir())}"
                 )
-            if checkpoint_format(folder) != "plain":
-                model = load_checkpoint(folder, attn_implementation=attn_implementation)  # pruned or GRAIN
-                _check_labels(model.config, num_labels, False, str(folder))
-            else:
-                model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            try:
+                if checkpoint_format(folder) != "plain":  # pruned or GRAIN: rebuilt, checked against its manifest
+                    model = load_checkpoint(folder, attn_implementation=attn_implementation,
+                                            allow_unverified=allow_unverified)
+                    _check_labels(model.config, num_labels, False, str(folder))
+                else:
+                    if allow_pickle:
+                        check_weight_paths(folder)
+                    else:
+                        weight_files(folder)  # safetensors only, all inside the folder
+                    model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            except RuntimeError as err:  # torch/transformers failures while building or filling the model
+                raise ValueError(f"could not load the checkpoint folder {folder}: {err}") from err
             tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
         else:
             model = _from_pretrained(name, num_labels, new_head, allow_pickle, kwargs)
@@ -206,11 +255,58 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
             f"\"tiny\", a hub id, or a folder with config.json, weights and tokenizer files: {err}"
         ) from err
     options = dict(kwargs, **_check_labels(config, num_labels, new_head, str(name)))
+    options["ignore_mismatched_sizes"] = True  # reported in the loading info, refused by _check_complete
     if not allow_pickle:
         options["use_safetensors"] = True
     try:
-        return _model_class(config).from_pretrained(name, **options)
+        with _quiet_load_report():
+            model, info = _model_class(config).from_pretrained(name, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError) as err:
-        hint = (" It has no safetensors weights: this package reads safetensors only (pickle can run code); "
-                "convert the weights, or pass allow_pickle=True for files you trust.") if not allow_pickle else ""
-        raise type(err)(f"could not load the weights of {str(name)!r} ({where}): {err}.{hint}") from err
+        hint = (" If it has no safetensors weights: this package reads safetensors only (pickle can run code); "
+                "convert the weights, or pass allow_pickle=True for files you trust.") \
+            if not allow_pickle and isinstance(err, OSError) and where == "a hub id" else ""
+        raise (OSError if isinstance(err, OSError) else ValueError)(
+            f"could not load the weights of {str(name)!r} ({where}): {err}.{hint}") from err
+    _check_complete(model, info, name, new_head)
+    return model
+
+
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:
+    """Refuse a model that transformers filled only in part: tensors missing from the checkpoint
+    would be random, and an unexpected tensor of a module the model has means the two do not
+    belong together (tensors of parts it lacks, such as another task's head or an unused pooler,
+    are left out harmlessly). With `new_head`, the classifier (anything outside the base model)
+    may be missing, unexpected or of another size: it is new on purpose."""
+    prefix = getattr(model, "base_model_prefix", "")
+    modules = {module_name for module_name, _ in model.named_modules()}
+
+    def expected_gap(key: str) -> bool:
+        return new_head and bool(prefix) and not key.startswith(f"{prefix}.")
+
+    missing = sorted(k for k in info.get("missing_keys", ()) if not expected_gap(k))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ())
+                        if k.rpartition(".")[0] in modules and not expected_gap(k))
+    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()) if not expected_gap(str(k[0])))
+    if missing or unexpected or mismatched:
+        parts = [f"{what} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+                 if keys]
+        head = "" if new_head else "; if only the classifier is missing, pass new_head=True (gnorm --new-head) to start one"
+        raise ValueError(
+            f"the weights of {str(name)!r} do not match its config ({model.config.architectures or type(model).__name__}): "
+            f"tensors {'; '.join(parts)}. Loading would fill the missing ones at random{head}"
+        )

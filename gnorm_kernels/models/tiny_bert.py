@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from gnorm_kernels.models.training import TrainingStuck, cache_dir, cached_model, torch_threads
+from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.schedules import lr_factor
 
 __all__ = ["TinyRecipe", "train_tiny", "tiny_cache_path", "ensure_tiny"]
@@ -76,7 +76,7 @@ def _train_loop(model, optimizer, schedule, batches, recipe: TinyRecipe, progres
     check_at = max(recipe.warmup_steps, int(0.4 * recipe.steps))
     window: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(batches, desc="training tiny", disable=not progress, mininterval=1.0)
+    bar = progress_bar(batches, desc="training tiny", disable=not progress, mininterval=1.0)
     for step, batch in enumerate(bar):
         out = model(**batch)
         optimizer.zero_grad(set_to_none=True)

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gnorm_kernels.checkpoints.formats import progress_bars
 from gnorm_kernels.data.lm_tasks import VERDICT_CUE, VERDICTS, lm_tokenizer, synthetic_lm_task
 from gnorm_kernels.data.synthetic import synthetic_fingerprint
 from gnorm_kernels.models.training import TrainingStuck, cache_dir, cached_model, torch_threads
+from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.schedules import lr_factor
 
 __all__ = [
@@ -125,7 +125,7 @@ def _train_loop(model, optimizer, schedule, batches, recipe: LMRecipe, progress:
     check_at = max(recipe.warmup_steps, int(0.4 * recipe.steps))
     window: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(batches, desc="training tiny-lm", disable=not progress, mininterval=1.0)
+    bar = progress_bar(batches, desc="training tiny-lm", disable=not progress, mininterval=1.0)
     for step, batch in enumerate(bar):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, choice = _lm_loss(logits, batch, recipe.verdict_weight)

@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gnorm_kernels.data.batches import Batch, model_inputs
 from gnorm_kernels.modes import model_mode
+from gnorm_kernels.progress import progress_bar
 
 __all__ = [
     "OBJECTIVES",
@@ -174,8 +174,8 @@ def model_logits(model: nn.Module, batch: Batch, device: torch.device) -> torch.
 
 
 def progress_over(items: Sequence, progress: bool, desc: str):
-    """`items`, behind a transient tqdm bar when `progress`."""
-    return tqdm(items, desc=desc, leave=False) if progress else items
+    """`items`, behind a transient progress bar when `progress` (`gnorm_kernels.progress`)."""
+    return progress_bar(items, desc=desc, leave=False) if progress else items
 
 
 @contextmanager

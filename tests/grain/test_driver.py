@@ -106,6 +106,9 @@ def test_cli_grain_prunes_reports_and_saves_a_reloadable_model(model_dir, tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert report["density"] == pytest.approx(0.5, abs=0.01)
     assert report["accuracy"] is not None and report["latency_s"] > 0
+    ratio = report["latency_ratio"]  # timed round-robin against the dense model, with an interval
+    assert ratio["low"] <= ratio["value"] <= ratio["high"] and ratio["rounds"] == 9
+    assert ratio["resolved"] == (ratio["low"] > 1 or ratio["high"] < 1) and "ratio to dense" in text
     model = load_grain(out / "model")
     assert GrainStructure.from_dict(model.config.grain_structure).density() == pytest.approx(report["density"])
 
