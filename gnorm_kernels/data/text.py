@@ -158,15 +158,16 @@ def _examples(texts: Sequence[str]) -> list[Example]:
     return [Example(t, None, 0) for t in texts]
 
 
-def _split(name: str, documents: list[str], seed: int, test_fraction: float, info: dict[str, Any]) -> TextTask:
+def _split(name: str, documents: list[str], seed: int, test_fraction: float, info: dict[str, Any],
+           where: str | None = None) -> TextTask:
     """A seeded shuffle of distinct documents into test (`test_fraction`), calibration (as many)
-    and train (the rest), each kept in the documents' order."""
+    and train (the rest), each kept in the documents' order; `where` names the source in errors."""
     if not 0 < test_fraction < 0.5:
         raise ValueError(f"test_fraction must be in (0, 0.5), got {test_fraction}")
     documents = list(dict.fromkeys(documents))  # a repeated document would sit in two splits
     if len(documents) < 2:
-        raise ValueError(f"{name}: expected at least 2 distinct documents (a .txt file's paragraphs are separated "
-                         f"by blank lines), found {len(documents)}")
+        raise ValueError(f"{where or name}: expected at least 2 distinct documents (a .txt file's paragraphs are "
+                         f"separated by blank lines), found {len(documents)}")
     order = list(range(len(documents)))
     random.Random(seed).shuffle(order)
     n_test = max(1, round(test_fraction * len(order)))
@@ -181,8 +182,10 @@ def text_task_from_file(
 ) -> TextTask:
     """A `TextTask` from one file of documents (see the module docstring), split by a seeded shuffle."""
     path = Path(path)
+    txt = path.suffix.lower() in DOCUMENT_EXTENSIONS
+    where = str(path) if txt else f"{path} (no label column, columns {read_table(path)[0]}: read as documents for a causal LM)"
     return _split(path.stem, read_documents(path, text_column=text_column), seed, test_fraction,
-                  {"path": str(path), "document": "paragraph" if path.suffix.lower() == ".txt" else "row"})
+                  {"path": str(path), "document": "paragraph" if txt else "row"}, where)
 
 
 def text_task_from_files(
