@@ -255,3 +255,23 @@ def test_bad_devices_and_labels_fail_before_any_work(model_dir, tmp_path, capsys
         main(["prune", "--model", model_dir, *SMALL, *extra, "--out", str(tmp_path / "x")])
     assert err.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not _leftovers(tmp_path)
+
+
+def test_a_classification_task_on_a_causal_lm_says_which_tasks_fit(tmp_path, capsys):
+    """A causal LM reads labels through verdict words: `--task synthetic` (class ids) is refused
+    before any work, naming the tasks that fit, instead of an internal key error at evaluation."""
+    from gnorm_kernels.cli.load import _check_fits_causal_lm
+    from gnorm_kernels.data.lm_tasks import lm_tokenizer, synthetic_lm_task
+    from gnorm_kernels.testing import tiny_random_model
+
+    tokenizer = lm_tokenizer()
+    model = tiny_random_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    with pytest.raises(SystemExit) as err:
+        main(["prune", "--model", str(tmp_path / "lm"), *SMALL, "--out", str(tmp_path / "run")])
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "--task synthetic is a classification task" in message, message
+    assert 'tasks that fit it: "synthetic-lm"' in message and "label_token_ids" not in message
+    assert not (tmp_path / "run").exists() and not _leftovers(tmp_path)
+    _check_fits_causal_lm(synthetic_lm_task(train_size=1, calibration_size=4, test_size=4), tokenizer, "lm")

@@ -142,3 +142,47 @@ def test_uneven_groups_decode_a_left_padded_batch_like_the_masked_model(attn):
     pruned = prune_heads(copy.deepcopy(model), heads)
     assert pruned.config._attn_implementation.startswith("gnorm_grouped")
     assert torch.equal(pruned.generate(ids, attention_mask=attention, max_new_tokens=6, do_sample=False), masked)
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layer", [0, 1], ids=["first-layer", "middle-layer"])
+@pytest.mark.parametrize("reload", [False, True], ids=["in-memory", "reloaded"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_an_emptied_layer_decodes_with_the_cache_like_without_it(family, attn, layer, reload, tmp_path):
+    """Every KV group (GPT-2: every head) of one layer removed: the layer caches zero heads,
+    which transformers' DynamicLayer took for an empty cache, so an emptied layer 0 reported
+    length 0 and cached generation from left-padded prompts went wrong. Single and batched prompts must match the
+    uncached run and the masked model, and the cache must report the real length."""
+    from transformers import DynamicCache
+
+    model = tiny_random_model(family, num_layers=3, num_heads=4, head_size=8, attn_implementation=attn)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 99, (3, 7), generator=gen)
+    attention = torch.ones_like(ids)
+    attention[1, :2] = 0
+    attention[2, :4] = 0  # left padding of different lengths
+    mask = torch.ones(3, 4)
+    mask[layer] = 0.0
+    if family == "llama":  # every key/value group of the layer
+        pruned = prune_kv_groups(copy.deepcopy(model), {layer: [0, 1]})
+    else:
+        pruned = prune_heads(copy.deepcopy(model), {layer: [0, 1, 2, 3]})
+    if reload:
+        save_pruned(pruned, tmp_path / "pruned")
+        pruned = load_pruned(tmp_path / "pruned", attn_implementation=attn)
+    assert head_layout(pruned).blocks[layer].kept_heads == ()
+    for prompt, att in ((ids[:1], attention[:1]), (ids, attention)):  # single, then batched left-padded
+        with mask_heads(model, mask):
+            masked = model.generate(prompt, attention_mask=att, max_new_tokens=6, do_sample=False)
+        cached = pruned.generate(prompt, attention_mask=att, max_new_tokens=6, do_sample=False)
+        uncached = pruned.generate(prompt, attention_mask=att, max_new_tokens=6, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached) and torch.equal(cached, masked)
+    cache = DynamicCache(config=pruned.config)
+    with torch.no_grad():
+        pruned(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True)
+    assert [cache.get_seq_length(i) for i in range(3)] == [7, 7, 7]
+    lazy = DynamicCache()  # layers made on first use
+    with torch.no_grad():
+        pruned(input_ids=ids, attention_mask=attention, cache=lazy, use_cache=True)
+    assert lazy.get_seq_length() == 7
+    assert cache.layers[layer].keys.shape[1] == 0  # the emptied layer holds no key/value heads

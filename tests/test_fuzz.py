@@ -61,7 +61,8 @@ def _hooks(model) -> int:
 # --------------------------------------------------------------------------- masks
 
 DTYPES = [torch.bool, torch.uint8, torch.int64, torch.float16, torch.float32, torch.float64, torch.complex64]
-GATES = st.one_of(st.floats(-100, 100), st.sampled_from([0.0, 1.0, math.nan, math.inf, -math.inf]))
+# 1e39 is finite in float64 but not in the model's float32
+GATES = st.one_of(st.floats(-100, 100), st.sampled_from([0.0, 1.0, math.nan, math.inf, -math.inf, 1e39]))
 
 
 @st.composite
@@ -84,7 +85,7 @@ def test_masks_either_gate_the_heads_or_are_refused(model, batches, mask):
     before, hooks = _state(model), _hooks(model)
     inputs = {k: v for k, v in batches[0].items() if k != "labels"}
     valid = isinstance(mask, torch.Tensor) and list(mask.shape) == [L, H] and not mask.is_complex() and (
-        not mask.is_floating_point() or bool(torch.isfinite(mask).all()))
+        not mask.is_floating_point() or bool(torch.isfinite(mask.to(torch.float32)).all()))
     try:
         with mask_heads(model, mask), torch.no_grad():
             logits = model(**inputs).logits
@@ -231,15 +232,12 @@ def test_calibration_sets_either_score_or_say_what_is_wrong(model, kinds, scorer
     before = _state(model)
     broken = as_dict and bool(kinds) or not kinds or any(k in ("no input_ids", "empty") for k in kinds) or (
         scorer == "taylor" and "no labels" in kinds) or (  # Taylor's objective is the task loss
-        scorer == "entropy" and set(kinds) == {"all padding"})  # no attention row to measure
+        "all padding" in kinds)  # no real token: zero scores for every head
     try:
         run = greedy_prune(model, calibration, scorer=scorer, steps=1, progress=False)
     except CLEAR as err:
-        if isinstance(err, FloatingPointError):  # a NaN objective is named by its step
-            assert "step 1" in str(err) and "all padding" in kinds, err
-        else:
-            assert broken, f"refused {kinds} for {scorer}: {err}"
-            assert any(w in str(err) for w in ("calibration", "batch", "labels", "input_ids")), err
+        assert broken, f"refused {kinds} for {scorer}: {err}"
+        assert any(w in str(err) for w in ("calibration", "batch", "labels", "input_ids")), err
     else:
         assert not broken, f"accepted {kinds} (as a dict: {as_dict}) for {scorer}"
         assert len(run.order) == 1

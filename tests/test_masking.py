@@ -98,3 +98,19 @@ def test_wrong_shape_and_type_errors():
         with mask_heads(model, [[1, 1, 1, 1], [1, 1, 1, 1]]):
             pass
     assert _hook_count(model) == 0
+
+
+def test_a_gate_that_overflows_the_models_dtype_is_refused():
+    """1e39 is finite in float64 but inf in float32: refused, not turned into an inf gate."""
+    model = tiny_random_model("bert")
+    mask = torch.ones(2, 4, dtype=torch.float64)
+    mask[1, 2] = 1e39
+    with pytest.raises(ValueError, match=r"\[\[1, 2\]\].*overflow the model's torch.float32"):
+        with mask_heads(model, mask):
+            pass
+    assert _hook_count(model) == 0
+    mask[1, 2] = 1e30  # large but finite in float32: a valid (if odd) gate
+    with mask_heads(model, mask) as gates:
+        assert gates[1, 2] == 1e30
+    with mask_heads(model.double(), torch.full((2, 4), 1e39, dtype=torch.float64)):
+        pass  # a float64 model holds it

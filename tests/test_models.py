@@ -275,6 +275,42 @@ def test_local_looking_typos_fail_at_once_and_pickle_is_refused(tmp_path, model_
         load_model(tmp_path / "pickle", progress=False)
 
 
+def test_path_like_names_are_no_such_folder_and_hub_ids_stay_hub_ids(tmp_path, monkeypatch) -> None:
+    """Names written like paths never reach the hub; "org/name" does, and when the hub cannot
+    provide it the error says there is no such folder here and states the rule."""
+    import socket
+
+    import transformers
+
+    from gnorm_kernels.models.loading import _looks_local
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local path went to the network")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for name in ("./x", "../x", "~/no-such-gnorm-model", "mymodels/bert/", "a/b/c", "my models/bert", "a\\b"):
+        with pytest.raises(FileNotFoundError, match="does not exist: no such folder .*otherwise \"name\" or \"org/name\""):
+            load_model(name, progress=False)
+    assert not _looks_local("org/name") and not _looks_local("bert-base-uncased")
+    (tmp_path / "mymodels").mkdir()
+    assert _looks_local("mymodels/bert")  # its parent folder is here: a path
+    with pytest.raises(FileNotFoundError, match="mymodels/bert does not exist: no such folder"):
+        load_model("mymodels/bert", progress=False)
+
+    tried = []
+
+    def offline_hub(name, **kwargs):
+        tried.append(name)
+        raise OSError(f"{name} is not a model on the hub (offline)")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline_hub)
+    with pytest.raises(OSError, match="'othermodels/bert' \\(no such folder here, so it was tried as a hub id"):
+        load_model("othermodels/bert", progress=False)
+    assert tried == ["othermodels/bert"]
+
+
 def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
     from gnorm_kernels.models import loading
 

@@ -1,6 +1,6 @@
 """Reliability of `gnorm` runs: killed runs resume to the uninterrupted result, one run per output
-folder, resumes check what they resume, NaN models are named by step, signals clean up, no pickle
-runs, read-only targets and local paths fail before any work."""
+folder, resumes check what they resume, NaN models are named by step, Ctrl-C and SIGTERM keep the
+progress for --resume, no pickle runs, read-only targets and local paths fail before any work."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ if kill_at:
     trajectory.json = types.SimpleNamespace(dump=dump, dumps=real.dumps, loads=real.loads,
                                             JSONDecodeError=real.JSONDecodeError)
 
+# Ctrl-C as in a terminal, even when the tests run in the background (where SIGINT is ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from gnorm_kernels.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -181,20 +184,45 @@ def test_a_compare_killed_while_writing_a_trajectory_resumes_to_the_same_result(
     assert _leftovers(tmp_path) == [] and _hidden_files(out) == [], f"seed {seed}"
 
 
-def test_sigterm_and_sigint_clean_up(model_dir, tmp_path):
+def test_ctrl_c_and_sigterm_keep_the_finished_steps_for_resume(model_dir, tmp_path, capsys):
+    """SIGINT (Ctrl-C) or SIGTERM after 2 finished steps of a fresh `gnorm prune`: the partial
+    folder stays (the lock goes), one line says where and how to continue, the exit status is
+    128 + the signal, and --resume reaches the trajectory of an uninterrupted run."""
+    argv = ["prune", "--model", model_dir, *SMALL, "--ratio", "1.0"]
     runs = {}
-    for sig, code in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)):  # side by side
-        parent = tmp_path / sig.name
-        parent.mkdir()
-        argv = ["prune", "--model", model_dir, *SMALL, "--ratio", "1.0", "--out", str(parent / "run")]
-        runs[sig] = (parent, code, _start(argv, TEST_STEP_DELAY="1.0"))  # 8 steps of at least 1 s
-    for sig, (parent, code, process) in runs.items():
-        _wait_for_steps(process, parent / ".run.partial" / "trajectory.json", 1)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # side by side
+        out = tmp_path / sig.name / "run"
+        runs[sig] = (out, _start([*argv, "--out", str(out)], TEST_STEP_DELAY="1.0"))  # 8 steps of at least 1 s
+    reference = tmp_path / "reference"
+    assert main([*argv, "--out", str(reference)]) == 0  # meanwhile, the same run uninterrupted
+    capsys.readouterr()
+    for sig, (out, process) in runs.items():
+        _wait_for_steps(process, out.parent / ".run.partial" / "trajectory.json", 2)
         process.send_signal(sig)
-    for sig, (parent, code, process) in runs.items():
+    for sig, (out, process) in runs.items():
         _, err = process.communicate(timeout=120)
-        assert process.returncode == code, err
-        assert list(parent.iterdir()) == [], sig.name
+        partial = out.parent / ".run.partial"
+        assert process.returncode == 128 + sig, err
+        again = shlex.join(["gnorm", *argv, "--out", str(out), "--resume"])
+        assert err.strip().splitlines()[-1] == (
+            f"gnorm prune: interrupted by {sig.name}; progress kept in {partial}; continue with: {again}"), err
+        assert "Traceback" not in err, err
+        assert _leftovers(out.parent) == [".run.partial"] and not out.exists(), sig.name  # no lock left
+        saved = json.loads((partial / "trajectory.json").read_text())
+        assert len(saved["steps"]) >= 3 and not saved["complete"]
+        assert main([*argv, "--out", str(out), "--resume"]) == 0
+        assert f"from step {len(saved['steps']) - 1}" in capsys.readouterr().err
+        _assert_same_run(out / "trajectory.json", reference / "trajectory.json")
+        assert _leftovers(out.parent) == [] and _hidden_files(out) == [], sig.name
+
+
+def test_a_stop_before_any_progress_leaves_nothing(tmp_path, capsys):
+    """Ctrl-C before a run wrote anything: nothing to resume, so nothing is left."""
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as stop:
+        with OutputFolder(out, resume=False, command="prune"):
+            raise KeyboardInterrupt
+    assert getattr(stop.value, "kept", None) is None and list(tmp_path.iterdir()) == []
 
 
 def _simulate_a_kill(monkeypatch, steps: int) -> None:
@@ -365,6 +393,28 @@ def test_writes_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monk
     assert "weights.bin" in flushed and "model" in flushed
     assert ("fsync", str(tmp_path.resolve())) in events[published + 1:]
     assert (out / "model" / "weights.bin").read_bytes() == b"w" * 100
+
+
+# --------------------------------------------------------------------------- calibration data
+
+
+@pytest.mark.parametrize("method", ["greedy-gnorm", "entropy", "random"])
+def test_an_all_padding_calibration_batch_is_an_error(method):
+    """A batch whose attention_mask is 0 everywhere gives zero gradients: all-zero scores, then
+    a prune in index order. It is refused, naming the batch, before any work."""
+    from gnorm_kernels.engine.driver import run_method
+    from gnorm_kernels.heads.families import head_layout
+    from gnorm_kernels.scoring.gnorm import gnorm_scores
+    from gnorm_kernels.testing import random_batches, tiny_random_model
+
+    model = tiny_random_model("bert")
+    calib = random_batches(model, num_batches=2, seed=1)
+    calib[1] = {**calib[1], "attention_mask": torch.zeros_like(calib[1]["attention_mask"])}
+    with pytest.raises(ValueError, match="calibration batch 1 has no real tokens: its attention_mask is 0 everywhere"):
+        run_method(method, model, calib, None, progress=False)
+    with pytest.raises(ValueError, match="calibration batch 1 has no real tokens"):
+        gnorm_scores(model, calib)
+    assert head_layout(model).pruned_heads() == {}
 
 
 # --------------------------------------------------------------------------- non-finite models

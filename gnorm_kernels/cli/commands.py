@@ -10,11 +10,13 @@ Building the parser imports neither torch nor the rest of the package, so `gnorm
 runner is `gnorm_kernels.cli.grain.run`).
 
 Output folders are written into `.NAME.partial` beside `--out` and moved into place only when
-the run has finished (`gnorm_kernels.cli.outputs.OutputFolder`), so a failed or interrupted run leaves
-nothing half-written and never touches an earlier run's files. An existing non-empty `--out` is
+the run has finished (`gnorm_kernels.cli.outputs.OutputFolder`), so a failed run leaves nothing
+half-written and never touches an earlier run's files. An existing non-empty `--out` is
 refused unless `--force` is given, in which case it is replaced once the new run is complete.
 One run writes a folder at a time (a lock beside it); `prune` and `compare --resume` carry on a run
-killed outright (SIGKILL, power loss) to the end an uninterrupted run reaches.
+stopped by Ctrl-C or SIGTERM (its partial folder is kept and the command to continue printed;
+exit status 130 or 143) or killed outright (SIGKILL, power loss) to the end an uninterrupted run
+reaches.
 
 Under ``torchrun --nproc-per-node N -m gnorm_kernels.cli.commands ...`` prune, compare and ablate split their batches
 across the processes and rank 0 writes the folder (`gnorm_kernels.parallel.distributed`); `--fsdp` shards the model.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from gnorm_kernels.cli.grain import add_grain_command
-from gnorm_kernels.cli.outputs import CLIError, OutputFolder
+from gnorm_kernels.cli.outputs import CLIError, Interrupted, OutputFolder
 from gnorm_kernels.extras import MissingExtra, require_extra
 
 __all__ = ["main", "build_parser", "METHOD_NAMES"]
@@ -88,7 +90,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run that was killed while writing --out, from its last finished step")
+                   help="continue the run that was stopped (Ctrl-C, SIGTERM) or killed while writing --out, "
+                        "from its last finished step")
     p.set_defaults(default_ratio=default_ratio)
 
 
@@ -351,14 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _exit_cleanly_on_sigterm() -> Iterator[None]:
-    """Inside the block SIGTERM raises SystemExit, so a killed run still removes its temporary
-    output folder; the previous handler is restored on exit."""
+def _stop_like_ctrl_c_on_sigterm() -> Iterator[None]:
+    """Inside the block SIGTERM raises `Interrupted` (a KeyboardInterrupt), so it stops a run as
+    Ctrl-C does: its progress is kept for --resume; the previous handler is restored on exit."""
     import signal
     import threading
 
     def handler(signum, frame):
-        raise SystemExit(128 + signum)
+        raise Interrupted(signum)
 
     install = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, handler) if install else None
@@ -367,6 +370,20 @@ def _exit_cleanly_on_sigterm() -> Iterator[None]:
     finally:
         if install:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(stop: KeyboardInterrupt, command: str, argv: Sequence[str]) -> tuple[int, str]:
+    """The exit status (128 + the signal) and the one line that says what a stopped run left."""
+    import shlex
+    import signal
+
+    signum = getattr(stop, "signum", signal.SIGINT)
+    kept = getattr(stop, "kept", None)
+    name = signal.Signals(signum).name
+    if kept is None:
+        return 128 + signum, f"gnorm {command}: interrupted by {name}; earlier outputs untouched\n"
+    again = shlex.join(["gnorm", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return 128 + signum, f"gnorm {command}: interrupted by {name}; progress kept in {kept}; continue with: {again}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,15 +395,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     owned = False  # a process group this call set up (under torchrun), destroyed at the end
     try:
-        with _exit_cleanly_on_sigterm():
+        with _stop_like_ctrl_c_on_sigterm():
             owned = not distributed.is_initialised() and distributed.init_from_env(getattr(args, "device", "cpu"))
             return int(args.handler(args) or 0)
     except (CLIError, MissingExtra) as err:
         parser.exit(2, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
     except (ValueError, OSError, FloatingPointError, distributed.DistributedError) as err:  # NaN/inf: named by step
         parser.exit(1, f"gnorm {args.command}: error{distributed.where()}: {err}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"gnorm {args.command}: interrupted; earlier outputs untouched\n")
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `Interrupted`
+        parser.exit(*_interrupted(stop, args.command, argv))
     finally:
         if owned:
             distributed.shutdown()

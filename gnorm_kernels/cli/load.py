@@ -110,6 +110,25 @@ def _labels_in_range(task: Any, classes: int) -> None:
         raise CLIError(f"task {task.name!r} has class ids {bad[:10]} outside the model's {classes} classes")
 
 
+# the tasks whose batches a causal LM can be scored and evaluated on (labels as one-token verdict words)
+CAUSAL_LM_TASKS = '"synthetic-lm" (the film reviews as text, each ending in a verdict word)'
+
+
+def _check_fits_causal_lm(task: Any, tokenizer: Any, model: str) -> None:
+    """A causal LM reads a labelled task through each class's verdict word: a classification task
+    (labels as class ids only) is refused before any work, with the tasks that fit."""
+    for split in ("calibration", "test"):
+        if task.splits.get(split):
+            batch = task.batches(split, tokenizer, batch_size=1, limit=1)[0]
+            if "labels" in batch and "label_token_ids" not in batch:
+                raise CLIError(
+                    f"--task {task.name} is a classification task (labels as class ids), but --model {model} is a "
+                    f"causal language model, which is scored and evaluated on text with a verdict word per class; "
+                    f"tasks that fit it: {CAUSAL_LM_TASKS}"
+                )
+            return
+
+
 def _load_model(args: argparse.Namespace, **options: Any) -> tuple[Any, Any]:
     """`load_model` of --model, a failure while building or filling the model (a RuntimeError of
     torch or transformers) turned into the one-line error that names the model."""
@@ -149,6 +168,7 @@ def load_model_and_task(args: argparse.Namespace, device: str, source: str | Non
     from gnorm_kernels.heads.families import is_causal_lm
 
     if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids
+        _check_fits_causal_lm(task, tokenizer, str(args.model))
         return model, tokenizer, task
     if isinstance(task, TextTask):
         raise CLIError(f"task {task.name!r} holds text without labels, which fits a causal LM (perplexity); "

@@ -14,13 +14,15 @@ The guarantees, in the order they are checked (before any work):
   kernel drops the lock when its process dies, so a killed run's lock is taken over;
 * the run's files are written into ``.NAME.partial`` beside `out`: a stable name, so that after
   a SIGKILL or a power loss ``resume=True`` finds it and carries on. Without `resume` such a
-  folder is refused (``force`` discards it); an error, Ctrl-C or SIGTERM removes it (a resumed
-  run's progress, made by an earlier run, is kept for the next ``--resume``);
+  folder is refused (``force`` discards it). Ctrl-C or SIGTERM (`Interrupted`) in a command that
+  can resume keeps it when it holds progress, as a kill does, and releases the lock; an error
+  removes it (a resumed run's progress, made by an earlier run, is kept for the next ``--resume``);
 * committing renames it into place; a commit that was itself killed half way is repaired at
   the next start (the earlier run is put back until a new one is complete).
 
-No temporary file, lock or partial folder is left behind by a run that finishes or is
-stopped; only a killed run leaves its partial folder and lock file, for ``--resume``.
+No temporary file, lock or partial folder is left behind by a run that finishes or fails; a
+run stopped by Ctrl-C or SIGTERM leaves its partial folder, and a killed one its partial folder
+and lock file, for ``--resume``.
 Standard library only (with `durable`), so the command line can import it before it knows what it
 will run.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -41,13 +44,23 @@ try:
 except ImportError:  # Windows: runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CLIError", "OutputFolder", "RunLock"]
+__all__ = ["CLIError", "Interrupted", "OutputFolder", "RunLock"]
 
 MARKER = ".gnorm-partial.json"  # inside a partial folder: which command it belongs to
 
 
 class CLIError(Exception):
     """Bad input on the command line: reported as ``gnorm <command>: error: ...`` with exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM (`signum`; `gnorm` turns SIGTERM into this). `kept` is
+    the partial folder an `OutputFolder` left for ``--resume`` (None when nothing was kept)."""
+
+    def __init__(self, signum: int = signal.SIGINT, kept: Path | None = None):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.kept = kept
 
 
 class RunLock:
@@ -116,9 +129,11 @@ class OutputFolder:
     `command` names the command, so that one command never resumes another's files.
     ``writer=False`` (the other ranks of a torchrun) makes the same checks of `out` and nothing
     else: no lock, no partial folder, `path` creates nothing, commit and discard do nothing.
-    As a context manager it commits when the block finishes and discards the partial folder
-    when the block raises (SIGTERM raises SystemExit in `gnorm`), except a resumed one, whose
-    progress predates this run and stays for the next ``--resume``; the lock is released either way.
+    As a context manager it commits when the block finishes. When the block is stopped by Ctrl-C
+    or SIGTERM (a `KeyboardInterrupt`) and the command can resume, a partial folder holding
+    progress stays for ``--resume`` and `Interrupted` (with `kept`) is raised instead. Otherwise a
+    raising block discards the partial folder, except a resumed one, whose progress predates this
+    run and stays for the next ``--resume``; the lock is released either way.
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class OutputFolder:
         self.command = command
         self.writer = writer
         self.resumed = False
+        self.resumable = resume is not None
         where = Path(os.path.abspath(self.out))
         if not where.name:
             raise CLIError(f"--out {self.out} is the root folder; expected a folder for the run's outputs")
@@ -195,6 +211,11 @@ class OutputFolder:
         self.tmp.mkdir()
         (self.tmp / MARKER).write_text(json.dumps({"command": self.command, "pid": os.getpid()}))
 
+    def _has_progress(self) -> bool:
+        """Whether the partial folder holds a file of this run (not only its marker or a torn write)."""
+        return any(p.is_file() and p.name != MARKER and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                   for p in self.tmp.rglob("*"))
+
     def _owner(self) -> str | None:
         try:
             return str(json.loads((self.tmp / MARKER).read_text())["command"])
@@ -247,7 +268,10 @@ class OutputFolder:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is not None:  # failed, interrupted or stopped (SIGTERM raises SystemExit in `gnorm`)
+        if exc_type is not None:  # failed, or stopped by Ctrl-C / SIGTERM (both a KeyboardInterrupt in `gnorm`)
+            if issubclass(exc_type, KeyboardInterrupt) and self.writer and self.resumable and self._has_progress():
+                self._lock.release()  # the progress stays for --resume, as after a kill
+                raise Interrupted(getattr(exc, "signum", signal.SIGINT), kept=self.tmp) from None
             if self.resumed and self.writer:  # the progress was there before this run: a command removes only what it made
                 self._lock.release()
                 print(f"note: the progress in {self.tmp} is kept; --resume continues it, --force starts over",

@@ -13,6 +13,7 @@ Mistral (decoders).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -191,15 +192,43 @@ def _empty_distilbert_forward(self, hidden_states, *args, **kwargs):
     return self.out_lin(_zero_context(hidden_states)), None
 
 
+@functools.cache
+def _zero_width_cache_layer() -> type:
+    """The KV-cache layer class of an attention with no heads. Its cached keys are zero heads
+    wide, which transformers' `DynamicLayer` reads as an empty cache (it tests `numel()`), so a
+    cache whose layer 0 was emptied reported length 0 and generation put new tokens at the wrong
+    positions; this subclass reads the length from the position axis instead."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ZeroWidthLayer(DynamicLayer):
+        def get_seq_length(self) -> int:
+            return int(self.keys.shape[-2]) if self.is_initialized and self.keys.dim() == 4 else 0
+
+    return ZeroWidthLayer
+
+
+def _record_positions(cache, layer_idx: int, hidden_states: torch.Tensor, head_dim: int) -> None:
+    """Tell the KV cache about new positions of a layer with no heads (zero heads wide)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        replicate = getattr(cache, "layer_class_to_replicate", None)
+        while replicate is not None and len(layers) <= layer_idx:  # a lazily filled DynamicCache
+            layers.append(replicate())
+        if layer_idx < len(layers) and type(layers[layer_idx]) is DynamicLayer and not layers[layer_idx].is_initialized:
+            layers[layer_idx] = _zero_width_cache_layer()()
+    b, s = hidden_states.shape[:2]
+    empty = hidden_states.new_zeros(b, 0, s, head_dim)
+    cache.update(empty, empty, layer_idx)
+
+
 def _empty_decoder_forward(self, hidden_states, *args, **kwargs):
     # A decoder attention with no heads adds only its output bias. It still tells the KV cache
-    # about the new positions (zero heads wide), so the cache's sequence length stays right
-    # when this is the first layer.
+    # about the new positions, so the cache's sequence length (read from layer 0) stays right.
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None and getattr(self, "layer_idx", None) is not None:
-        b, s = hidden_states.shape[:2]
-        empty = hidden_states.new_zeros(b, 0, s, int(self.head_dim))
-        cache.update(empty, empty, self.layer_idx)
+        _record_positions(cache, self.layer_idx, hidden_states, int(self.head_dim))
     if hasattr(self, "o_proj"):  # nn.Linear [D, 0]: its output is its bias (or zeros)
         return self.o_proj(_zero_context(hidden_states)), None
     # GPT-2's c_proj is an input-major Conv1D [0, D], whose forward cannot reshape zero width

@@ -21,8 +21,11 @@ from gnorm_kernels.heads.layout import AttentionBlock, HeadLayout
 __all__ = ["mask_heads", "check_mask"]
 
 
-def check_mask(mask: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """Validate a head mask against a layout; returns it as a floating tensor (graph kept)."""
+def check_mask(mask: torch.Tensor, layout: HeadLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Validate a head mask against a layout; returns it as a floating tensor (graph kept).
+
+    `dtype`, the model's, is what the gates become inside the forward: a gate finite in the
+    mask's own dtype but not in that one (1e39 in float64, for a float32 model) is refused too."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor of shape {layout.shape}, got {type(mask).__name__}")
     if tuple(mask.shape) != layout.shape:
@@ -37,6 +40,14 @@ def check_mask(mask: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
     if not torch.isfinite(mask.detach()).all():
         bad = (~torch.isfinite(mask.detach())).nonzero().tolist()[:5]
         raise ValueError(f"mask must hold finite gates (1 keep, 0 drop); it has NaN or inf at (layer, head) {bad}")
+    if dtype is not None and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(mask.dtype).max:
+        overflow = ~torch.isfinite(mask.detach().to(dtype))
+        if overflow.any():
+            where = overflow.nonzero().tolist()[:5]
+            raise ValueError(
+                f"mask gates at (layer, head) {where} ({mask.detach()[overflow][:5].tolist()}) overflow the model's "
+                f"{dtype} (largest {torch.finfo(dtype).max:.4g}): gates must be finite in the model's dtype (1 keep, 0 drop)"
+            )
     return mask
 
 
@@ -63,7 +74,8 @@ def mask_heads(model: nn.Module, mask: torch.Tensor) -> Iterator[torch.Tensor]:
     ignored. Yields the (floating) mask in use; every hook is removed on exit, even on error.
     """
     layout = head_layout(model)
-    gates = check_mask(mask, layout)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    gates = check_mask(mask, layout, dtype)
     handles = []
     try:
         for block in layout.blocks:

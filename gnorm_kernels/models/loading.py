@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,14 +34,22 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
                    "sentencepiece.bpe.model")
 
 
+# what a hub id can be: "name" or "org/name", each part letters, digits, '-', '_' or '.'
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+PATH_RULE = ("a name is a local path when it exists, starts with / ./ ../ or ~, ends with /, has more than one "
+             "slash or a character a hub id cannot hold, or its parent folder exists; otherwise \"name\" or "
+             "\"org/name\" is a hub id")
+
+
 def _looks_local(name: str) -> bool:
-    """A name meant as a local path: it exists, or is written like a path (absolute, ./, ../, ~,
-    a trailing slash, several slashes) or its parent folder exists here. Such names are never
-    sent to the hub, so a typo fails at once instead of after minutes of retries."""
+    """A name meant as a local path (`PATH_RULE`). Such names are never sent to the hub, so a
+    typo fails at once with "no such folder" instead of after minutes of retries."""
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
         return True
-    return "/" in name and path.parent.is_dir() and str(path.parent) not in ("", ".")
+    if not _HUB_ID.fullmatch(name):  # a space, a backslash, "a//b": no hub id looks like that
+        return True
+    return "/" in name and path.parent.is_dir()
 
 
 def _model_class(config: Any):
@@ -201,8 +210,10 @@ def load_model(
         elif _looks_local(name):
             folder = Path(name).expanduser()
             if not folder.is_dir():
-                what = "is a file, not a checkpoint folder" if folder.exists() else "does not exist"
-                raise FileNotFoundError(f"{folder} {what}; expected \"tiny\", a hub id, or a checkpoint folder")
+                if folder.exists():
+                    raise FileNotFoundError(f"{folder} is a file, not a checkpoint folder; expected \"tiny\", "
+                                            "a hub id, or a checkpoint folder")
+                raise FileNotFoundError(f"{folder} does not exist: no such folder ({PATH_RULE})")
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(
                     f"{folder} is not a checkpoint folder: expected config.json, weights and tokenizer files in it, "
@@ -246,7 +257,7 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
                      kwargs: dict[str, Any]):
     from transformers import AutoConfig
 
-    where = "a local folder" if isinstance(name, Path) else "a hub id"
+    where = "a local folder" if isinstance(name, Path) else f"no such folder here, so it was tried as a hub id; {PATH_RULE}"
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except OSError as err:

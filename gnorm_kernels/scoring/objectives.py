@@ -159,6 +159,14 @@ def check_batches(batches: Sequence[Batch]) -> list[Batch]:
             raise ValueError(f"calibration batch {i} must be a dict with at least 'input_ids', got {type(batch).__name__}")
         if batch["input_ids"].numel() == 0:
             raise ValueError(f"calibration batch {i} is empty")
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.numel() and not mask.bool().any():
+            # an error, not a warning: such a batch gives zero gradients, so scores from it rank
+            # nothing (all of them zero: greedy would prune in index order); it is a data bug
+            raise ValueError(
+                f"calibration batch {i} has no real tokens: its attention_mask is 0 everywhere (all padding), "
+                "which gives zero scores for every head; drop the batch or fix its attention_mask (1 = token, 0 = padding)"
+            )
     return batches
 
 
