@@ -111,7 +111,8 @@ def _labels_in_range(task: Any, classes: int) -> None:
 
 
 # the tasks whose batches a causal LM can be scored and evaluated on (labels as one-token verdict words)
-CAUSAL_LM_TASKS = '"synthetic-lm" (the film reviews as text, each ending in a verdict word)'
+CAUSAL_LM_TASKS = ('"synthetic-lm" (the film reviews as text, each ending in a verdict word), or text alone, scored by '
+                   'perplexity: "python-docs", a .txt file, or a csv/tsv/jsonl file with a text column and no label column')
 
 
 def _check_fits_causal_lm(task: Any, tokenizer: Any, model: str) -> None:
@@ -226,16 +227,11 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
 
 
 def check_task_fits(args: argparse.Namespace, model: Any, task: Any) -> None:
-    """A causal LM reads text-only tasks (perplexity) or verdict-word tasks (synthetic-lm); a
-    classifier reads labelled tasks. Sets an unset --metric to the task's kind (perplexity for text)."""
-    from gnorm_kernels.data.lm_tasks import LMTask
+    """Sets an unset --metric to the task's kind (perplexity for text alone) and refuses a metric
+    the task or model cannot give (a labelled task on a causal LM: `_check_fits_causal_lm`)."""
     from gnorm_kernels.heads.families import is_causal_lm
 
     text_only = isinstance(task, TextTask)
-    if is_causal_lm(model) and not text_only and not isinstance(task, LMTask):
-        raise CLIError(f"task {task.name!r} is labelled classification, which {args.model} (a causal LM, "
-                       f"{type(model).__name__}) does not read: a causal LM fits text-only tasks (a .txt file, a "
-                       "csv/tsv/jsonl file with a text column and no label column, python-docs) or synthetic-lm")
     if not hasattr(args, "metric"):
         return
     if args.metric is None:
