@@ -68,7 +68,9 @@ def _class_logits(model: torch.nn.Module, batch: Batch, device: torch.device) ->
     mask = batch.get("attention_mask", torch.ones_like(ids)).to(logits.device).bool()
     keep = mask[:, 1:] & mask[:, :-1]
     nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-    stats = {"token_nll": float(nll[keep.flatten()].sum()), "tokens": int(keep.sum())}
+    row_nll = (nll.view_as(keep) * keep).sum(1, dtype=torch.float64)  # each row's summed NLL, for the bootstrap
+    stats = {"token_nll": float(row_nll.sum()), "tokens": int(keep.sum()),
+             "row_nll": row_nll.tolist(), "row_tokens": keep.sum(1).tolist()}
     if "labels" not in batch:
         return None, stats
     for key in ("label_token_ids", "verdict_index"):
@@ -82,13 +84,16 @@ def _class_logits(model: torch.nn.Module, batch: Batch, device: torch.device) ->
 @torch.no_grad()
 def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -> dict[str, Any]:
     device = model_device(model)
-    preds, golds = [], []
+    preds, golds, row_nll, row_tokens = [], [], [], []
     loss_sum, token_nll, tokens, seen = 0.0, 0.0, 0, 0
     for batch in progress_bar(batches, desc="evaluating", disable=not progress, leave=False):
         seen += 1
         logits, stats = _class_logits(model, batch, device)
         token_nll += stats.get("token_nll", 0.0)
         tokens += stats.get("tokens", 0)
+        if "row_nll" in stats:
+            row_nll.append(stats["row_nll"])
+            row_tokens.append(stats["row_tokens"])
         if logits is None:
             continue
         if not torch.isfinite(logits).all():
@@ -101,7 +106,8 @@ def _predict(model: torch.nn.Module, batches: Iterable[Batch], progress: bool) -
         golds.append(labels.cpu())
     if not seen and not distributed.data_parallel(model):  # a rank's shard may be empty
         raise ValueError("no batches to evaluate")
-    return {"preds": preds, "golds": golds, "loss_sum": loss_sum, "token_nll": token_nll, "tokens": tokens, "seen": seen}
+    return {"preds": preds, "golds": golds, "loss_sum": loss_sum, "token_nll": token_nll, "tokens": tokens, "seen": seen,
+            "row_nll": row_nll, "row_tokens": row_tokens}
 
 
 def _totals(model: torch.nn.Module, found: dict[str, Any]) -> tuple[torch.Tensor, list[float]]:
@@ -145,7 +151,9 @@ def evaluate(
     With `per_example` (labelled batches) the result also holds ``predictions`` and ``golds``:
     the predicted and the true class of every example, as lists of ints in batch order, so the
     metric can be recomputed on resampled examples (the bootstrap of `gnorm_kernels.evidence.comparison`);
-    under data parallelism every rank gets all of them.
+    a causal LM on text alone gives ``example_nll`` and ``example_tokens`` instead (each row's
+    summed next-token NLL and its token count: perplexity is exp(sum NLL / sum tokens)). Under data
+    parallelism every rank gets all of them.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
@@ -166,16 +174,26 @@ def evaluate(
             n=float(n),
         )
         result.update({k: float(v) for k, v in confusion_metrics(confusion.numpy()).items()})
-    if per_example and not n:
-        raise ValueError("per_example=True needs labelled batches: there is no class prediction to report")
+    if per_example and not n and not tokens:
+        raise ValueError("per_example=True needs labelled batches or a causal LM: there is nothing per example to report")
     if metric not in result:
         if metric == "perplexity" or not n:
             raise ValueError(f"metric {metric!r} needs {'a causal LM' if metric == 'perplexity' else 'labelled batches'}")
         raise ValueError(f"metric {metric!r} needs a binary task; this model has {num_classes} labels")
     result["score"] = result[metric]
     if per_example:
-        result.update(_per_example(model, found))
+        # perplexity is bootstrapped from each row's NLL, even on a labelled LM task
+        result.update(_per_window(model, found) if metric == "perplexity" or not n else _per_example(model, found))
     return result
+
+
+def _per_window(model: torch.nn.Module, found: dict[str, Any]) -> dict[str, list]:
+    """Every text row's summed NLL and token count in batch order (gathered from every rank)."""
+    per_batch = list(zip(found["row_nll"], found["row_tokens"]))
+    if distributed.data_parallel(model):
+        per_batch = distributed.gather_shards([([], []), *per_batch], "evaluation batches")
+    return {"example_nll": [v for nll, _ in per_batch for v in nll],
+            "example_tokens": [int(v) for _, t in per_batch for v in t]}
 
 
 def _per_example(model: torch.nn.Module, found: dict[str, Any]) -> dict[str, list[int]]:
@@ -255,7 +273,8 @@ def single_head_ablation(
     """Drop in `metric` when each head alone is masked out: an [L, H] grid.
 
     Drops are in the metric's own units (accuracy 0.05 = 5 points); positive
-    means the model got worse without that head. Heads already pruned are NaN.
+    means the model got worse without that head (for perplexity, where lower is better, the
+    drop is the rise: masked minus unmasked). Heads already pruned are NaN.
     """
 
     layout = head_layout(model)
@@ -269,6 +288,7 @@ def single_head_ablation(
         mask = torch.ones(layout.shape)
         mask[layer, head] = 0.0
         with mask_heads(model, mask):
-            drops[layer, head] = base - evaluate(model, batches, metric=metric)["score"]
+            score = evaluate(model, batches, metric=metric)["score"]
+            drops[layer, head] = score - base if metric == "perplexity" else base - score
     bar.close()
     return drops

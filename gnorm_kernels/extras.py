@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "notebooks": ("ipywidgets", "matplotlib", "seaborn"),
     "glue": ("datasets",),
     "triton": ("triton",),
+    "real": ("gguf", "accelerate"),
 }
 
 

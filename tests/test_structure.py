@@ -24,7 +24,7 @@ LAYERS: dict[str, set[str]] = {
     "evaluate": {"heads", "data", "parallel", "modes", "progress"},
     "scoring": {"kernels", "heads", "data", "parallel", "modes", "extras", "progress"},
     "grain": {"heads", "data", "checkpoints", "evaluate", "modes", "schedules", "progress"},
-    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "progress"},
+    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "progress", "extras"},  # extras: GGUF
     "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable", "progress"},
     "evidence": {"heads", "data", "parallel", "evaluate", "scoring", "engine", "extras", "durable"},
     "healing": {"data", "grain", "engine"},  # distils a pruned model with GRAIN's losses; resumes as the engine does

@@ -49,9 +49,9 @@ PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRES
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
-    p.add_argument("--model", default="tiny", help='"tiny" (shipped with the package), a hub id, or a local folder')
-    p.add_argument("--task", default="synthetic", help='"synthetic" (offline default), glue/<task>, or a csv/tsv/jsonl file')
-    p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl file to calibrate on ...")
+    p.add_argument("--model", default="tiny", help='"tiny" (shipped with the package), smollm2-135m, a .gguf file, a hub id, or a local folder')
+    p.add_argument("--task", default="synthetic", help='"synthetic", glue/<task>, python-docs, a csv/tsv/jsonl or a .txt file')
+    p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl/txt file to calibrate on ...")
     p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
     p.add_argument("--calib-size", type=int, help="calibration examples used for scoring (default 256; authors: 1000)")
     p.add_argument("--eval-size", type=int, help=f"test examples used for evaluation (default: "
@@ -84,8 +84,8 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
                    help="what Gnorm differentiates (default logits_norm: no labels needed)")
     p.add_argument("--aggregation", default="per_batch", choices=("per_batch", "per_example", "accumulated"),
                    help="how Gnorm averages gradient norms over the calibration set (default per_batch)")
-    p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"),
-                   help="metric of the curve and the table (default accuracy)")
+    p.add_argument("--metric", default=None, choices=("accuracy", "f1", "matthews", "perplexity"),
+                   help="metric of the curve and the table (default accuracy; perplexity for a text-only task)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model with FSDP2 (every process sees every batch)")
@@ -308,7 +308,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
                     "as a layers x heads table (in points); --out also writes ablation.csv and ablation.png.",
     )
     _add_data_args(p)
-    p.add_argument("--metric", default="accuracy", choices=("accuracy", "f1", "matthews"))
+    p.add_argument("--metric", default=None, choices=("accuracy", "f1", "matthews", "perplexity"))
     p.add_argument("--out", type=Path, default=None, help="also write ablation.csv and ablation.png here")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out once this run has finished")
     p.set_defaults(handler=_run_ablate)

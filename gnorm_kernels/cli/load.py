@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gnorm_kernels.cli.outputs import CLIError, OutputFolder
+from gnorm_kernels.data.text import TextTask, is_text_file
 from gnorm_kernels.parallel import distributed
 
-__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "fit_max_length", "load_model_and_task", "load_inputs",
-           "checkpointed"]
+__all__ = ["DEFAULT_MAX_LENGTH", "check_device", "check_task_fits", "fit_max_length", "load_model_and_task",
+           "load_inputs", "checkpointed"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -110,7 +111,8 @@ def _labels_in_range(task: Any, classes: int) -> None:
 
 
 # the tasks whose batches a causal LM can be scored and evaluated on (labels as one-token verdict words)
-CAUSAL_LM_TASKS = '"synthetic-lm" (the film reviews as text, each ending in a verdict word)'
+CAUSAL_LM_TASKS = ('"synthetic-lm" (the film reviews as text, each ending in a verdict word), or text alone, scored by '
+                   'perplexity: "python-docs", a .txt file, or a csv/tsv/jsonl file with a text column and no label column')
 
 
 def _check_fits_causal_lm(task: Any, tokenizer: Any, model: str) -> None:
@@ -169,6 +171,10 @@ def load_model_and_task(args: argparse.Namespace, device: str, source: str | Non
     if is_causal_lm(model):  # a language model's classes are verdict words, not a classifier's ids
         _check_fits_causal_lm(task, tokenizer, str(args.model))
         return model, tokenizer, task
+    if isinstance(task, TextTask):
+        raise CLIError(f"task {task.name!r} holds text without labels, which fits a causal LM (perplexity); "
+                       f"{args.model} is a classifier ({type(model).__name__}): give it a labelled task "
+                       "(a csv/tsv/jsonl file with a label column, glue/<task>, synthetic)")
     try:
         task = fit_labels(task, model.config.label2id)
     except ValueError as err:
@@ -188,19 +194,28 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     source = str(args.task)
     if getattr(args, "calib_data", None) is not None:  # two files: calibrate on one, evaluate on every row of the other
         options, source = {"eval_file": args.eval_data, "calibration_size": needed}, str(args.calib_data)
+        if is_text_file(args.calib_data):  # documents: --calib-size counts windows, cut from all of them
+            del options["calibration_size"]
         args.task = f"{args.calib_data} + {args.eval_data}"
     with distributed.main_first():  # rank 0 fills the caches (the tiny model, downloads) alone
         model, tokenizer, task = load_model_and_task(args, device, source=source, **options)
+    check_task_fits(args, model, task)
     max_length = fit_max_length(args.max_length, model)
     args.effective_max_length = max_length
     calibration = task.batches("calibration", tokenizer, batch_size=args.batch_size,
                                limit=args.calib_size, max_length=max_length)
-    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast
-    evaluation = task.batches("test", tokenizer, batch_size=256, limit=args.eval_size, max_length=max_length,
+    # evaluation order does not matter: batches of similar lengths pad less and run about twice as fast;
+    # windows of text: about 2,048 tokens a batch, so a large vocabulary's logits stay a few hundred MB
+    eval_batch = max(1, 2048 // max_length) if isinstance(task, TextTask) else 256
+    evaluation = task.batches("test", tokenizer, batch_size=eval_batch, limit=args.eval_size, max_length=max_length,
                               group_by_length=True)
-    available = len(task.splits["calibration"])
+    if not calibration or not evaluation:
+        empty = "calibration" if not calibration else "test"
+        raise CLIError(f"task {task.name!r} gives no {empty} examples at --max-length {max_length}")
+    text_only = isinstance(task, TextTask)  # --calib-size counts windows of --max-length tokens there
+    available = sum(len(b["input_ids"]) for b in calibration) if text_only else len(task.splits["calibration"])
     if available < args.calib_size:
-        note(f"the calibration split has {available} examples; using all of them")
+        note(f"the calibration split has {available} {'windows' if text_only else 'examples'}; using all of them")
     if getattr(args, "fsdp", False):  # gradients are averaged over ranks: each must see every batch
         from gnorm_kernels.parallel.fsdp import shard_model
 
@@ -209,6 +224,22 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
         calibration = distributed.shard(calibration)
         evaluation = distributed.shard(evaluation, "evaluation batches", allow_empty=True)
     return model, tokenizer, task, calibration, evaluation
+
+
+def check_task_fits(args: argparse.Namespace, model: Any, task: Any) -> None:
+    """Sets an unset --metric to the task's kind (perplexity for text alone) and refuses a metric
+    the task or model cannot give (a labelled task on a causal LM: `_check_fits_causal_lm`)."""
+    from gnorm_kernels.heads.families import is_causal_lm
+
+    text_only = isinstance(task, TextTask)
+    if not hasattr(args, "metric"):
+        return
+    if args.metric is None:
+        args.metric = "perplexity" if text_only else "accuracy"
+    elif text_only and args.metric != "perplexity":
+        raise CLIError(f"--metric {args.metric} needs labels; task {task.name!r} holds text only: use --metric perplexity")
+    elif args.metric == "perplexity" and not is_causal_lm(model):
+        raise CLIError(f"--metric perplexity needs a causal LM; {args.model} is a classifier ({type(model).__name__})")
 
 
 @contextmanager

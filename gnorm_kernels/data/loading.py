@@ -231,13 +231,17 @@ def task_from_files(
 # The one entry point
 # ---------------------------------------------------------------------------
 
-ACCEPTED_FORMS = '"synthetic", "synthetic-lm", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, .tsv or .jsonl file'
+ACCEPTED_FORMS = ('"synthetic", "synthetic-lm", "python-docs", "glue/<task>" (e.g. "glue/sst2"), or a path to a .csv, '
+                  '.tsv or .jsonl file (with a label column: a classification task; without: documents for a causal LM) '
+                  'or a .txt file (documents: paragraphs separated by blank lines)')
 
 
 def load_task(
     name: str | os.PathLike, *, seed: int = 0, eval_file: str | os.PathLike | None = None, **options: Any
 ) -> Task:
-    """Load a task by name: "synthetic", "glue/<task>", or a local .csv/.tsv/.jsonl file.
+    """Load a task by name: "synthetic", "synthetic-lm", "python-docs", "glue/<task>", or a local
+    .csv/.tsv/.jsonl file; a .txt file, or a table without a label column, is a text-only task
+    for causal LMs (`gnorm_kernels.data.text`: documents packed into windows, perplexity).
 
     `options` go to the loader: `synthetic_task` (train_size, calibration_size,
     test_size), `task_from_glue` (calibration_size) or `task_from_file`
@@ -246,9 +250,24 @@ def load_task(
     `eval_file` is evaluated on (`task_from_files`: label_column, text_columns,
     calibration_size, metric, label2id).
     """
+    from gnorm_kernels.data import text as text_tasks
+
+    label_column = options.get("label_column", "label")
+    text_options = {k: v for k, v in options.items() if k != "label_column"}  # it only tells the two kinds apart
     if eval_file is not None:
+        texts = [text_tasks.is_text_file(f, label_column) for f in (name, eval_file)]
+        if all(texts):
+            return text_tasks.text_task_from_files(name, eval_file, seed=seed, **text_options)
+        if any(texts):
+            plain, labelled = (name, eval_file) if texts[0] else (eval_file, name)
+            raise ValueError(f"{plain} holds documents without labels but {labelled} is labelled "
+                             f"(a {label_column!r} column): give two text files or two labelled files")
         return task_from_files(name, eval_file, seed=seed, **options)
     text = os.fspath(name)
+    if text == "python-docs":
+        return text_tasks.python_docs_task(seed=seed, **options)
+    if text_tasks.is_text_file(text, label_column):
+        return text_tasks.text_task_from_file(text, seed=seed, **text_options)
     if text == "synthetic-lm":
         from gnorm_kernels.data.lm_tasks import synthetic_lm_task
 

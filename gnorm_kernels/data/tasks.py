@@ -14,10 +14,19 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["Example", "Task", "SPLITS", "METRICS"]
+__all__ = ["Example", "Task", "SPLITS", "METRICS", "LOG_METRICS", "auc_values"]
 
 SPLITS = ("train", "calibration", "test")
 METRICS = ("accuracy", "f1", "matthews", "perplexity")  # what a task is scored by; evaluate reports these
+LOG_METRICS = ("perplexity",)  # lower is better and spans orders of magnitude: curves averaged on a log scale
+
+
+def auc_values(metric: str, values: Any) -> Any:
+    """A curve's `values` (an array) on the scale its area is taken on: the natural log for
+    perplexity (so the area under the curve is a mean log-perplexity), as they are otherwise."""
+    import numpy as np
+
+    return np.log(values) if metric in LOG_METRICS else values
 
 
 @dataclass(frozen=True)

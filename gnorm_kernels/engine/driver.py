@@ -101,7 +101,9 @@ def _evaluate(
             result = evaluate(model, batches, metric=metric, per_example=per_example)
     except FloatingPointError as err:
         raise FloatingPointError(f"{where}, evaluating: {err}") from err
-    outcomes = {k: result.pop(k) for k in ("predictions", "golds") if k in result}
+    # text alone: each window's NLL sum and token count stand where classes would (Step.predictions, Step.golds)
+    renamed = {"predictions": "predictions", "golds": "golds", "example_nll": "predictions", "example_tokens": "golds"}
+    outcomes = {renamed[k]: result.pop(k) for k in list(renamed) if k in result}
     bad = {k: v for k, v in result.items() if not math.isfinite(v)}
     if bad:  # finite logits can still overflow the loss: never a NaN/inf in the record
         raise FloatingPointError(f"{where}, evaluating: the metrics {bad} are not finite (logits too large?)")
@@ -300,7 +302,8 @@ def greedy_prune(
     text alone with ``metric="perplexity"``) are scored after step 0, every `eval_every` steps and
     after the last; a causal LM's steps record its perplexity beside the task metric. The model
     passed in is not changed unless `inplace`. With `checkpoint` the run resumes from that file
-    when it exists; `per_example` keeps what `gnorm_kernels.evidence.comparison` bootstraps.
+    when it exists; `per_example` keeps what `gnorm_kernels.evidence.comparison` bootstraps
+    (classes per example; text alone: each window's NLL sum and token count).
 
     `uniform=True` prunes every layer alike, so the result has one head count per layer (for
     Llama, Qwen2, Mistral: a standard config, see `save_pruned`). A step is then a round: one unit

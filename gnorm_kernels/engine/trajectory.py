@@ -55,8 +55,8 @@ def _grid_from_json(data: list | None) -> torch.Tensor | None:
 
 
 def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
-    """Per-example classes compactly: a digit string when every class is 0-9, else a list."""
-    if labels is None or not all(0 <= v <= 9 for v in labels):
+    """Per-example classes compactly: a digit string when every class is 0-9, else a list (floats too)."""
+    if labels is None or not all(isinstance(v, int) and 0 <= v <= 9 for v in labels):
         return labels
     return "".join(map(str, labels))
 
@@ -64,7 +64,7 @@ def _labels_to_json(labels: list[int] | None) -> str | list[int] | None:
 def _labels_from_json(data: str | list | None) -> list[int] | None:
     if data is None:
         return None
-    return [int(c) for c in data]
+    return data if isinstance(data, list) else [int(c) for c in data]
 
 
 def _umask() -> int:
@@ -86,9 +86,9 @@ class Step:
     seconds: float  # scoring + choosing + pruning
     eval_seconds: float = 0.0
     scores: torch.Tensor | None = None  # unit grid this step's choice was made on (NaN: pruned)
-    # per evaluation example, in evaluation order: the predicted and the true class (evaluated
-    # steps of runs with per_example=True; what the bootstrap of gnorm_kernels.evidence.comparison resamples)
-    predictions: list[int] | None = None
+    # per evaluation example (evaluated steps of runs with per_example=True; what the bootstrap of evidence.comparison
+    # resamples): the predicted and true class, or for text alone each window's summed next-token NLL and token count
+    predictions: list[int] | list[float] | None = None
     golds: list[int] | None = None
 
     @property
@@ -302,10 +302,11 @@ class Trajectory:
 
     def area_under_curve(self, metric: str = "accuracy") -> float:
         """Area under `metric` against the fraction of heads pruned, over the range the run covers,
-        divided by that range: the curve's mean value (1.0 would be a perfect score throughout)."""
+        divided by that range: the curve's mean value (of log-perplexity: `data.tasks.auc_values`)."""
         xs, ys = self.curve(metric)
         if len(xs) < 2 or xs[-1] <= 0:
             return float("nan")
+        ys = np.log(ys) if metric == "perplexity" else ys  # the rule of data.tasks.auc_values (no data import here)
         return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
 
     # ---- JSON

@@ -45,6 +45,7 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
+from gnorm_kernels.data.tasks import LOG_METRICS, auc_values
 from gnorm_kernels.engine.trajectory import Trajectory, check_ratio
 from gnorm_kernels.evidence.statistics import (
     Estimate,
@@ -95,7 +96,7 @@ class _Run:
         for n, s in zip(t.units_pruned, t.steps):
             if s.metrics is None or s.metrics.get(metric) is None:
                 continue
-            if s.predictions is None or s.golds is None:
+            if s.predictions is None or s.golds is None:  # perplexity: each window's NLL sum and token count
                 raise ValueError(f"{t.method!r} step {s.step} has no per-example predictions: run it with "
                                  "per_example=True (gnorm_kernels.evidence.comparison.compare does) to bootstrap it")
             if golds is not None and s.golds != golds:
@@ -165,12 +166,13 @@ def bootstrap_evidence(
     for m, rs in read.items():
         points, boots, curves = [], [], []
         for r in rs:
-            w = np.stack([point_weights(r.xs, f) for f in budgets]
-                         + [range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
-            missing = np.where(np.isnan(w).any(0), np.nan, 0.0)  # keys past the end of this run
+            at = np.stack([point_weights(r.xs, f) for f in budgets], 1)
+            over = np.stack([range_weights(r.xs, None, None)] + [range_weights(r.xs, lo, hi) for lo, hi in ranges], 1)
+            missing = np.where(np.isnan(np.concatenate([at, over], 1)).any(0), np.nan, 0.0)  # keys past the run's end
             curves.append(metric_on_resamples(counts, r.predictions, r.golds, metric))  # [B, S]
-            points.append(r.ys @ np.nan_to_num(w) + missing)
-            boots.append(curves[-1] @ np.nan_to_num(w) + missing)
+            points.append(np.concatenate([r.ys @ np.nan_to_num(at), auc_values(metric, r.ys) @ np.nan_to_num(over)]) + missing)
+            boots.append(np.concatenate([curves[-1] @ np.nan_to_num(at), auc_values(metric, curves[-1]) @ np.nan_to_num(over)],
+                                        -1) + missing)
         picks = resample_runs([r.draw for r in rs], resamples, rng)  # seeds resampled too (module docstring)
         point[m], boot[m] = np.median(points, 0), np.median(np.stack(boots)[picks, np.arange(resamples)[:, None]], 1)
         draws = sorted({r.draw for r in rs})
@@ -246,11 +248,14 @@ class Comparison:
         from gnorm_kernels.evidence.report import evidence_markdown
 
         ev = self.evidence
-        caption = (f"{ev.metric} on {ev.examples} evaluation examples. [low, high]: {ev.level:.0%} interval of a "
-                   f"paired bootstrap over those examples ({ev.resamples} resamples, the same for every method)")
+        units = "evaluation windows" if ev.metric == "perplexity" else "evaluation examples"
+        caption = (f"{ev.metric} on {ev.examples} {units}. [low, high]: {ev.level:.0%} interval of a "
+                   f"paired bootstrap over those {units.split()[1]} ({ev.resamples} resamples, the same for every method)")
         if ev.draws > 1:
             caption += f"; calib [low, high]: the spread over {ev.draws} disjoint calibration samples"
-        caption += ". AUC: the curve's mean over the fractions pruned (the whole run, or the range named)."
+        of = f"the natural log of {ev.metric}" if ev.metric in LOG_METRICS else "the curve"
+        caption += (f". Lower {ev.metric} is better" if ev.metric in LOG_METRICS else "") + (
+            f". AUC: the mean of {of} over the fractions pruned (the whole run, or the range named).")
         family = sum(v == v for d in ev.verdicts().values() for v in (x.value for x in d.values()))
         caption += (f" Differences: Holm's step-down correction over the table's {family} comparisons at family-wise "
                     f"error {1 - ev.level:.2g}; each interval is shown at the level its test used.")

@@ -75,7 +75,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") 
     if not rows:
         raise ValueError("no rows to render: expected at least one method's row from comparison_table")
     keys = [k for k in rows[0] if k not in ("method", "runs") and not k.endswith(("_min", "_max"))]
-    header = ["method", *[f"{metric} {k.replace('_', ' ')}" if k != "auc" else "AUC" for k in keys]]
+    header = ["method", *[f"{metric} {k.replace('_', ' ')}" if k != "auc" else _header(k, metric) for k in keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(keys)) + "|"]
     for row in rows:
         cells = [row["method"] + (f" (median of {row['runs']})" if row["runs"] > 1 else "")]
@@ -91,7 +91,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") 
 
 def _header(key: str, metric: str) -> str:
     if key.startswith("auc"):
-        return "AUC" + (f" {key[4:].replace('-', '–')}" if key != "auc" else "")
+        name = "AUC of log perplexity" if metric == "perplexity" else "AUC"
+        return name + (f" {key[4:].replace('-', '–')}" if key != "auc" else "")
     return f"{metric} {key.replace('_', ' ')}"
 
 
@@ -184,11 +185,13 @@ def masks_figure(runs: Mapping[str, Sequence[Trajectory]], ratio: float = 0.5) -
 def ablation_table(drops: torch.Tensor | np.ndarray, base: float, metric: str = "accuracy") -> str:
     """Single-head ablation drops (fractions, [L, H], NaN for missing heads) as text, in points."""
     L, H = drops.shape
-    lines = [f"{metric} {base:.4f} with every head; drop in points when one head is masked "
-             "(positive: worse without it)",
+    rise = metric == "perplexity"  # lower is better: the drop is a rise, in the metric's own units
+    change = "rise in perplexity" if rise else "drop in points"
+    lines = [f"{metric} {base:.4f} with every head; {change} when one head is masked (positive: worse without it)",
              "layer " + "".join(f"{f'h{h}':>8}" for h in range(H))]
+    scale = 1 if rise else 100
     for l in range(L):
-        lines.append(f"{l:>5} " + "".join("     n/a" if v != v else f"{100 * v:8.2f}" for v in drops[l].tolist()))
+        lines.append(f"{l:>5} " + "".join("     n/a" if v != v else f"{scale * v:8.2f}" for v in drops[l].tolist()))
     return "\n".join(lines) + "\n"
 
 

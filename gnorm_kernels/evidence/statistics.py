@@ -39,12 +39,17 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
 def metric_on_resamples(counts: np.ndarray, predictions: np.ndarray, golds: np.ndarray, metric: str) -> np.ndarray:
     """[resamples, steps] `metric` of each step's predictions ([steps, n]) against `golds` [n] on
     each resample (`counts` [resamples, n]); counts of all ones give the metric on the data,
-    as `gnorm_kernels.evaluate.evaluate` computes it."""
+    as `gnorm_kernels.evaluate.evaluate` computes it. For "perplexity" `predictions` are each
+    step's summed NLL per evaluation window and `golds` the windows' token counts: a resample's
+    perplexity is exp(its NLL sum / its token sum), token-weighted like the metric itself."""
     n = golds.shape[0]
     if metric == "accuracy":
         return counts @ (predictions == golds).T.astype(np.float64) / n
+    if metric == "perplexity":
+        tokens = counts @ golds.astype(np.float64)
+        return np.exp(counts @ predictions.T.astype(np.float64) / np.maximum(tokens, 1)[:, None])
     if metric not in ("f1", "matthews"):
-        raise ValueError(f"the bootstrap handles accuracy, f1 and matthews, got {metric!r}")
+        raise ValueError(f"the bootstrap handles accuracy, f1, matthews and perplexity, got {metric!r}")
     k = int(max(predictions.max(), golds.max())) + 1
     confusion = np.stack([np.stack([counts @ ((golds == g)[None, :] & (predictions == p)).T.astype(np.float64)
                                     for p in range(k)], -1) for g in range(k)], -2)  # [B, S, gold, pred]

@@ -112,7 +112,9 @@ def plot_accuracy_curves(
         else:
             ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("heads pruned" if x == "heads" else "heads pruned (%)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (log scale; lower is better)" if metric == "perplexity" else metric)
+    if metric == "perplexity":  # grows by orders of magnitude as heads go
+        ax.set_yscale("log")
     ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
     ax.grid(True, alpha=0.3)
     legend_title = None

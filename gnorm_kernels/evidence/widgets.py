@@ -173,17 +173,16 @@ class HeadToggleGrid:
             "mask": mask,
             "masked": list(masked),
             "score": result["score"],
-            "accuracy": result["accuracy"],
-            "loss": result["loss"],
+            "accuracy": result.get("accuracy"),  # None for a causal LM on text alone
+            "loss": result.get("loss", result.get("token_loss")),
             "baseline": baseline,
             "change": result["score"] - baseline,
         }
         n_active = int(mask.sum())
-        self.status.value = (
-            f"<b>{self.metric} {result['score']:.4f}</b> ({_points(result['score'] - baseline)} points "
-            f"against {baseline:.4f} with every head); {len(masked)} masked, {n_active} of "
-            f"{self.layout.num_heads_total} heads active"
-        )
+        against = (f"{result['score'] / baseline:.2f}× the {baseline:.2f} with every head; lower is better"
+                   if self.metric == "perplexity" else f"{_points(result['score'] - baseline)} points against {baseline:.4f} with every head")
+        self.status.value = (f"<b>{self.metric} {result['score']:.4f}</b> ({against}); {len(masked)} masked, {n_active} of "
+                             f"{self.layout.num_heads_total} heads active")
 
 
 def head_toggle_grid(
@@ -312,6 +311,7 @@ class PruningExplorer:
             "encoder_params": record.encoder_params,
             "size_mb": record.size_mb,
             "base_accuracy": first.accuracy,
+            "base_score": None if first.metrics is None else first.metrics.get(metric),
             "base_params": first.params,
             "base_size_mb": first.size_mb,
         }
@@ -348,7 +348,10 @@ class PruningExplorer:
                            f"encoder {s['encoder_params']:,}"),
             ("size", f"{s['size_mb']:.3f} MB ({s['size_mb'] / s['base_size_mb']:.1%} of {s['base_size_mb']:.3f} MB)"),
         ]
-        if s["metric"] != "accuracy":
+        if s["metric"] == "perplexity":  # a causal LM on text: no accuracy, lower perplexity is better
+            rows[1] = ("perplexity", fmt(s["score"]) + ("" if not s["base_score"] or math.isnan(s["score"])
+                                                        else f" ({s['score'] / s['base_score']:.2f}× unpruned)") + note)
+        elif s["metric"] != "accuracy":
             rows.insert(2, (s["metric"], fmt(s["score"])))
         return rows
 

