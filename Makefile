@@ -19,7 +19,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 BROWSER_OUT ?= runs/browser
 
-.PHONY: setup lock freeze demo models test test-fast test-browser notebooks lab bench clean
+.PHONY: setup lock freeze demo models test test-fast test-retrain test-browser notebooks lab bench clean
 
 setup: $(STAMP)
 
@@ -63,7 +63,11 @@ models: setup
 	$(OFFLINE) $(BIN)/python -m gnorm_kernels.models.make_models
 
 test: setup
-	$(OFFLINE) $(BIN)/python -m pytest tests --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
+	$(OFFLINE) $(BIN)/python -m pytest tests -m "not retrain" --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
+
+# Retrain every shipped model from its recipe and check it behaves like the shipped one (minutes each).
+test-retrain: setup
+	$(OFFLINE) $(BIN)/python -m pytest tests -m retrain -v
 
 test-fast: setup
 	$(OFFLINE) $(BIN)/python -m pytest tests -m "not slow"

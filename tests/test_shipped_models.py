@@ -136,6 +136,7 @@ def test_the_package_data_globs_take_every_shipped_file() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.retrain
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_the_recipe_still_makes_a_model_that_behaves_like_the_shipped_one(name, tmp_path) -> None:
     """Retrains from the recipe (a minute or two) and compares behaviour, never bytes: another
