@@ -34,7 +34,7 @@ from decoder_speed import cache_bytes, decode_step_seconds, filled_cache, plain_
 
 from gnorm_kernels.data.loading import load_task  # noqa: E402
 from gnorm_kernels.engine.driver import greedy_prune, static_prune  # noqa: E402
-from gnorm_kernels.evaluate import model_size_mb  # noqa: E402
+from gnorm_kernels.evaluation import model_size_mb  # noqa: E402
 from gnorm_kernels.models.loading import load_model  # noqa: E402
 
 

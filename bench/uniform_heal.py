@@ -33,7 +33,7 @@ import torch
 from gnorm_kernels.checkpoints.pruned import save_pruned
 from gnorm_kernels.data.lm_tasks import synthetic_lm_task
 from gnorm_kernels.engine.driver import greedy_prune
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.heads.pruning import prune_kv_groups
 from gnorm_kernels.healing import heal
 from gnorm_kernels.models.loading import load_model

@@ -30,7 +30,7 @@ MOVED: dict[str, str] = {
     "resume": "engine.resume", "bootstrap": "evidence.statistics", "report": "evidence.report",
     "viz": "evidence.viz", "widgets": "evidence.widgets",
     "distributed": "parallel.distributed", "fsdp": "parallel.fsdp",
-    "cli_load": "cli.load", "outputs": "cli.outputs",
+    "cli_load": "cli.load", "outputs": "cli.outputs", "evaluate": "evaluation",
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gnorm_kernels.evaluate import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
+from gnorm_kernels.evaluation import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
 
 
 class EchoClassifier(nn.Module):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gnorm_kernels.engine.trajectory import Step, Trajectory
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.evidence.comparison import bootstrap_evidence
 from gnorm_kernels.evidence.statistics import metric_on_resamples, point_weights, range_weights, resample_counts
 

@@ -13,7 +13,7 @@ from reference_gnorm import reference_gnorm_scores, reference_greedy_order
 
 from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
 from gnorm_kernels.engine.trajectory import Trajectory
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.pruning import prune_heads
 from gnorm_kernels.scoring.baselines import attention_entropy

@@ -11,7 +11,7 @@ import torch
 from gnorm_kernels.checkpoints.pruned import save_pruned
 from gnorm_kernels.engine.driver import greedy_prune
 from gnorm_kernels.engine.resume import ResumeMismatch
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.pruning import prune_heads, prune_kv_groups
 from gnorm_kernels.healing import heal

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gnorm_kernels.data.synthetic import synthetic_tokenizer
-from gnorm_kernels.evaluate import evaluate, single_head_ablation
+from gnorm_kernels.evaluation import evaluate, single_head_ablation
 from gnorm_kernels.models import tiny_bert as models
 from gnorm_kernels.models.loading import load_model
 from gnorm_kernels.models.shipped_models import shipped_record

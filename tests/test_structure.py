@@ -21,12 +21,12 @@ LAYERS: dict[str, set[str]] = {
     "data": {"extras"},
     "checkpoints": {"heads", "durable"},
     "parallel": {"kernels", "heads", "checkpoints"},
-    "evaluate": {"heads", "data", "parallel", "modes", "progress"},
+    "evaluation": {"heads", "data", "parallel", "modes", "progress"},
     "scoring": {"kernels", "heads", "data", "parallel", "modes", "extras", "progress"},
-    "grain": {"heads", "data", "checkpoints", "evaluate", "modes", "schedules", "progress"},
-    "models": {"heads", "data", "checkpoints", "evaluate", "grain", "schedules", "durable", "progress", "extras"},  # extras: GGUF
-    "engine": {"heads", "data", "checkpoints", "parallel", "evaluate", "scoring", "durable", "progress"},
-    "evidence": {"heads", "data", "parallel", "evaluate", "scoring", "engine", "extras", "durable"},
+    "grain": {"heads", "data", "checkpoints", "evaluation", "modes", "schedules", "progress"},
+    "models": {"heads", "data", "checkpoints", "evaluation", "grain", "schedules", "durable", "progress", "extras"},  # extras: GGUF
+    "engine": {"heads", "data", "checkpoints", "parallel", "evaluation", "scoring", "durable", "progress"},
+    "evidence": {"heads", "data", "parallel", "evaluation", "scoring", "engine", "extras", "durable"},
     "healing": {"data", "grain", "engine"},  # distils a pruned model with GRAIN's losses; resumes as the engine does
     "testing": {"heads"},
     "cli": {"*"},  # the top: may import anything
@@ -240,3 +240,20 @@ def test_the_code_is_lint_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "gnorm_kernels", "tests", "bench"],
                             cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_face_exports_a_name_its_own_submodule_has():
+    """`gk.evaluate` must stay the function: once a submodule of the same name is imported, the
+    import system would set the package attribute to the module and shadow the export."""
+    import importlib
+    import pkgutil
+
+    packages = ["gnorm_kernels"] + [f"gnorm_kernels.{m.name}" for m in pkgutil.iter_modules(gk.__path__) if m.ispkg]
+    for name in packages:
+        package = importlib.import_module(name)
+        submodules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        clash = set(getattr(package, "__all__", ())) & submodules
+        assert not clash, f"{name} exports {sorted(clash)}, which are also its submodules"
+    import gnorm_kernels.evaluation  # noqa: F401  (a submodule import must not shadow the export)
+
+    assert callable(gk.evaluate) and gk.evaluate.__module__ == "gnorm_kernels.evaluation"

@@ -18,7 +18,7 @@ from gnorm_kernels.data.loading import load_task
 from gnorm_kernels.data.synthetic import synthetic_task
 from gnorm_kernels.data.text import TextTask, pack_windows, python_docs_task, read_documents
 from gnorm_kernels.engine.trajectory import Trajectory
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from gnorm_kernels.data.lm_tasks import VERDICTS, lm_batches, lm_text, lm_tokenizer, synthetic_lm_task
 from gnorm_kernels.data.tasks import Example
-from gnorm_kernels.evaluate import evaluate, single_head_ablation
+from gnorm_kernels.evaluation import evaluate, single_head_ablation
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.models import tiny_lm
 from gnorm_kernels.models.shipped_models import shipped_folder, shipped_record

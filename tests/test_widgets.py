@@ -12,7 +12,7 @@ pytest.importorskip("ipywidgets")
 
 from gnorm_kernels.engine.driver import greedy_prune, static_prune
 from gnorm_kernels.engine.trajectory import Step, Trajectory
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.evidence.widgets import head_toggle_grid, pruning_explorer
 from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.heads.pruning import prune_heads

@@ -315,7 +315,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from gnorm_kernels.evaluate import evaluate, single_head_ablation
+    from gnorm_kernels.evaluation import evaluate, single_head_ablation
     from gnorm_kernels.evidence.report import ablation_table, save_figure, write_ablation_csv
     from gnorm_kernels.evidence.viz import plot_head_grid
     from gnorm_kernels.parallel.distributed import is_main

@@ -65,7 +65,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _metrics(model: Any, batches: list) -> dict[str, float]:
-    from gnorm_kernels.evaluate import evaluate
+    from gnorm_kernels.evaluation import evaluate
     from gnorm_kernels.heads.families import is_causal_lm
 
     labelled = all("labels" in b for b in batches)

@@ -78,7 +78,7 @@ class _Copy:
 
 
 def _measure(model: nn.Module) -> dict[str, Any]:
-    from gnorm_kernels.evaluate import model_size_mb, parameter_count
+    from gnorm_kernels.evaluation import model_size_mb, parameter_count
 
     return {
         "params": parameter_count(model),
@@ -93,7 +93,7 @@ def _evaluate(
     """(metrics, seconds, per-example predictions and golds: empty unless `per_example`)."""
     if batches is None:
         return None, 0.0, {}
-    from gnorm_kernels.evaluate import evaluate
+    from gnorm_kernels.evaluation import evaluate
 
     start = time.perf_counter()
     try:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gnorm_kernels.evaluate import confusion_metrics
+from gnorm_kernels.evaluation import confusion_metrics
 
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
@@ -39,7 +39,7 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
 def metric_on_resamples(counts: np.ndarray, predictions: np.ndarray, golds: np.ndarray, metric: str) -> np.ndarray:
     """[resamples, steps] `metric` of each step's predictions ([steps, n]) against `golds` [n] on
     each resample (`counts` [resamples, n]); counts of all ones give the metric on the data,
-    as `gnorm_kernels.evaluate.evaluate` computes it. For "perplexity" `predictions` are each
+    as `gnorm_kernels.evaluation.evaluate` computes it. For "perplexity" `predictions` are each
     step's summed NLL per evaluation window and `golds` the windows' token counts: a resample's
     perplexity is exp(its NLL sum / its token sum), token-weighted like the metric itself."""
     n = golds.shape[0]

@@ -139,7 +139,7 @@ def _ratios(seconds: np.ndarray, names: Sequence[str], reference: str, level: fl
 
 def forward_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Callable[[], None]:
     """A callable that runs `model` forward over `batches` in eval mode without gradients, the
-    inputs moved to the model's device once: what `gnorm_kernels.evaluate.measure_latency` times."""
+    inputs moved to the model's device once: what `gnorm_kernels.evaluation.measure_latency` times."""
     import torch
 
     from gnorm_kernels.data.batches import model_device, model_inputs

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from gnorm_kernels.engine.trajectory import Trajectory
-from gnorm_kernels.evaluate import evaluate
+from gnorm_kernels.evaluation import evaluate
 from gnorm_kernels.evidence.stills import explorer_figure, png_bytes, still_bundle, toggle_grid_figure
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.layout import Head

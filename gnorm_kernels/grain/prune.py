@@ -319,12 +319,12 @@ def grain_prune(
         settings=settings,
     )
     if eval_data is not None:
-        from gnorm_kernels.evaluate import evaluate
+        from gnorm_kernels.evaluation import evaluate
 
         report.accuracy = evaluate(student, eval_data, metric=metric)["accuracy"]
         report.teacher_accuracy = evaluate(teacher, eval_data, metric=metric)["accuracy"]
     if measure_speed:
-        from gnorm_kernels.evaluate import measure_latency
+        from gnorm_kernels.evaluation import measure_latency
 
         timing = list(latency_batches) if latency_batches is not None else list((eval_data or data)[:4])
         report.teacher_latency_s = measure_latency(teacher, timing, repeats=3)["median_s"]

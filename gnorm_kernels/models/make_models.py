@@ -58,7 +58,7 @@ def behaviour(name: str, model: Any, tokenizer: Any, *, progress: bool = False) 
     """The figures the tests and tutorial rely on, on the 2,000 test reviews: test accuracy (and
     perplexity for the LM), the largest single-head drop and its head, the share of heads whose
     removal costs under 0.5 points."""
-    from gnorm_kernels.evaluate import evaluate, single_head_ablation
+    from gnorm_kernels.evaluation import evaluate, single_head_ablation
 
     batches = _test_batches(name, tokenizer)
     result = evaluate(model, batches)

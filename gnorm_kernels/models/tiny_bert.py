@@ -111,7 +111,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     from transformers import BertConfig, BertForSequenceClassification
 
     from gnorm_kernels.data.synthetic import synthetic_fingerprint, synthetic_task, synthetic_tokenizer
-    from gnorm_kernels.evaluate import evaluate
+    from gnorm_kernels.evaluation import evaluate
 
     recipe = recipe or TinyRecipe()
     task = synthetic_task(seed=recipe.data_seed, train_size=recipe.train_size)

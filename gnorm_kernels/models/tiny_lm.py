@@ -163,7 +163,7 @@ def train_tiny_lm(recipe: LMRecipe | None = None, *, progress: bool = True) -> t
     """
     from transformers import LlamaForCausalLM
 
-    from gnorm_kernels.evaluate import evaluate
+    from gnorm_kernels.evaluation import evaluate
 
     recipe = recipe or LMRecipe()
     task = synthetic_lm_task(seed=recipe.data_seed, train_size=recipe.train_size)

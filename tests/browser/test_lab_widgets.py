@@ -60,7 +60,7 @@ def grid_expectations(parameters: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from gnorm_kernels.data.loading import load_task
-    from gnorm_kernels.evaluate import evaluate
+    from gnorm_kernels.evaluation import evaluate
     from gnorm_kernels.heads.families import head_layout
     from gnorm_kernels.heads.masking import mask_heads
     from gnorm_kernels.models.loading import load_model
