@@ -149,7 +149,7 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float = 1800.0)
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (filling caches: the tiny model trained on first use, hub
+    """Rank 0 runs the block first (filling caches: a converted GGUF model, a model of a non-default recipe, hub
     downloads), the other ranks when it has finished; the identity in one process."""
     waits = is_distributed() and not is_main()
     if waits:
