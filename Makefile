@@ -60,7 +60,7 @@ demo: setup
 # Retrain every shipped offline model (tiny, tiny-lm) from its recipe into gnorm_kernels/models/shipped/
 # and print the hashes to pin in gnorm_kernels/models/shipped_models.py and the behavioural figures.
 models: setup
-	$(OFFLINE) $(BIN)/python -m gnorm_kernels.models.make_models
+	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m gnorm_kernels.models.make_models
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest tests -m "not retrain" --nbmake --nbmake-timeout=1500 --durations=15 $(NOTEBOOKS)
