@@ -17,7 +17,7 @@ implementations: "grouped" (the default: one fused Q/K/V projection, heads batch
 cost-model groups), "loop" (one attention per head in Python with matmul + softmax, as GRAIN's
 released code does: the reference) and "loop-sdpa" (the same loop calling PyTorch's fused
 attention per head: it separates what batching buys from what the fused kernel buys). Beside each,
-its "uniform" twin (`uniform_twin`: the same layers with every kept head of a layer one size, about
+its "uniform" twin (`GrainStructure.uniform_twin`: the same layers with every kept head of a layer one size, about
 the same parameter count, timed with "grouped") shows what the unevenness itself costs: GRAIN's
 paper finds its loop slower than uniform models of the same size.
 
@@ -100,26 +100,6 @@ def random_structure(num_layers, num_heads, head_size, ffn_size, density, *, att
             value[h] = tuple(sorted(rng.sample(range(head_size), nv)))
         layers.append(LayerStructure(tuple(query), tuple(value), tuple(sorted(rng.sample(range(ffn_size), n_ffn)))))
     return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
-
-
-def uniform_twin(structure):
-    """The same layers with every kept head of a layer made one size: the layer's query and value
-    dimensions shared evenly over the same number of heads (rounded), FFN unchanged. What a model
-    of (almost) the same size costs when its heads are not uneven: the paper's comparison."""
-    from gnorm_kernels.grain.shrink import GrainStructure, LayerStructure
-
-    layers = []
-    for layer in structure.layers:
-        heads = layer.heads()
-        if not heads:
-            layers.append(layer)
-            continue
-        q = round(sum(len(layer.query[h]) for h in heads) / len(heads))
-        v = max(1, round(sum(len(layer.value[h]) for h in heads) / len(heads)))
-        query = tuple(tuple(range(q)) if h in heads else () for h in range(structure.num_heads))
-        value = tuple(tuple(range(v)) if h in heads else () for h in range(structure.num_heads))
-        layers.append(LayerStructure(query, value, layer.ffn))
-    return GrainStructure(structure.num_heads, structure.head_size, structure.ffn_size, tuple(layers))
 
 
 STRUCTURES = Path(__file__).with_name("grain_structures_tiny.json")
@@ -248,7 +228,7 @@ def main(argv=None) -> None:
                     attention_share=args.attention_share, style=style, seed=args.seed,
                 )
             model = shrink_model(copy.deepcopy(dense), structure)
-            twin = shrink_model(copy.deepcopy(dense), uniform_twin(structure))
+            twin = shrink_model(copy.deepcopy(dense), structure.uniform_twin())
             enc, enc_twin = encoder_params(model), encoder_params(twin)
             rows.append((density, style, structure, enc, enc_twin))
             for impl in args.impls:

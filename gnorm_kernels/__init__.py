@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from gnorm_kernels.data.tasks import Example, Task
     from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
     from gnorm_kernels.engine.trajectory import Trajectory
-    from gnorm_kernels.evaluation import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
+    from gnorm_kernels.evaluation import (
+        correct_per_example,
+        evaluate,
+        kv_cache_bytes_per_token,
+        measure_latency,
+        model_size_mb,
+        parameter_count,
+        single_head_ablation,
+    )
     from gnorm_kernels.evidence.comparison import compare
     from gnorm_kernels.evidence.report import comparison_table
     from gnorm_kernels.evidence.statistics import format_interval, holm_verdicts, wilson_interval

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
         budget_key,
         range_key,
     )
+    from gnorm_kernels.evidence.findings import (
+        comparison_findings,
+        difference_sentence,
+        key_label,
+        proportion_text,
+        ratio_sentence,
+    )
     from gnorm_kernels.evidence.report import (
         TABLE_FRACTIONS,
         ablation_table,
@@ -39,14 +46,16 @@ if TYPE_CHECKING:
         format_interval,
         holm_verdicts,
         metric_on_resamples,
+        paired_verdicts,
         percentile_interval,
         point_weights,
         range_weights,
         resample_counts,
         resample_runs,
+        seed_difference,
         wilson_interval,
         with_wilson,
     )
-    from gnorm_kernels.evidence.timing import Timings, compare_latency, compare_timings, forward_pass
+    from gnorm_kernels.evidence.timing import Timings, compare_latency, compare_timings, forward_pass, generation_pass
 
 __getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from gnorm_kernels.evaluation import confusion_metrics
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
     "percentile_interval", "bootstrap_p_value", "Estimate", "with_wilson", "Verdict", "format_interval",
-    "holm_verdicts", "Evidence",
+    "holm_verdicts", "Evidence", "paired_verdicts", "seed_difference",
 ]
 
 _EPS = 1e-9
@@ -312,3 +312,44 @@ def holm_verdicts(values: Sequence[float], samples: Sequence[np.ndarray], *, alp
     nan = float("nan")
     return [out.get(i) or Verdict(float(values[i]), nan, nan, nan, nan, nan, m, alpha, reference, *calib[i])
             for i in range(len(values))]
+
+
+def paired_verdicts(scores: Mapping[str, Any], pairs: Sequence[tuple[str, str]], *, resamples: int = 1000,
+                    level: float = 0.95, seed: int = 0) -> dict[tuple[str, str], Verdict]:
+    """Mean of `scores[a]` minus mean of `scores[b]` for each pair (a, b), decided as one family
+    under Holm's correction at 1 - `level`. `scores` ({name: [n]}) are per-example values on the
+    same n examples: 1/0 for right/wrong, or a weighted mix of two steps' values to read a curve
+    between them. A paired bootstrap over the examples: every name sees the same resamples, so
+    two models scored on one test set are compared example by example."""
+    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+    sizes = {name: a.shape for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1 or any(len(shape) != 1 for shape in sizes.values()):
+        raise ValueError(f"expected one [n] array per name, all on the same n examples; got shapes {sizes}")
+    unknown = sorted({x for pair in pairs for x in pair} - set(arrays))
+    if unknown:
+        raise KeyError(f"pairs name {unknown}, which are not among the scores {sorted(arrays)}")
+    names = list(arrays)
+    stack = np.stack([arrays[n] for n in names])  # [names, n]
+    n = stack.shape[1]
+    means = resample_counts(n, resamples, np.random.default_rng(seed)) @ stack.T / n  # [resamples, names]
+    point = stack.mean(1)
+    index = {name: i for i, name in enumerate(names)}
+    found = holm_verdicts([point[index[a]] - point[index[b]] for a, b in pairs],
+                          [means[:, index[a]] - means[:, index[b]] for a, b in pairs], alpha=1 - level)
+    return dict(zip(pairs, found))
+
+
+def seed_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> Verdict:
+    """Mean of `a` minus mean of `b`, each a value per independent run (a seed), with a bootstrap
+    that redraws each arm's runs with replacement. With fewer than two runs in either arm the
+    runs say nothing about run-to-run spread: the interval is NaN and the verdict not resolved."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    value = float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
+    if min(len(a), len(b)) < 2:
+        return holm_verdicts([value], [np.full(resamples, np.nan)], alpha=1 - level)[0]
+    runs = np.concatenate([a, b])
+    picks = resample_runs([0] * len(a) + [1] * len(b), resamples, np.random.default_rng(seed))
+    drawn = runs[picks]  # [resamples, runs]
+    samples = drawn[:, : len(a)].mean(1) - drawn[:, len(a):].mean(1)
+    return holm_verdicts([value], [samples], alpha=1 - level)[0]

@@ -86,9 +86,10 @@ def explorer_figure(trajectories: Mapping[str, Trajectory], s: Mapping[str, Any]
         vmin=0, vmax=1, cbar=False, linewidths=1, linecolor="white", annot=labels, fmt="",
         annot_kws={"fontsize": 9, "color": "#444444"}, square=num_heads <= 16,
     )
-    grid_ax.set_xlabel("head")
+    groups = trajectory.unit == "kv_group"
+    grid_ax.set_xlabel("KV group" if groups else "head")
     grid_ax.set_ylabel("layer")
-    grid_ax.set_title(f"{s['method']}: kept heads (blue); numbers = step pruned")
+    grid_ax.set_title(f"{s['method']}: kept {'KV groups' if groups else 'heads'} (blue); numbers = step pruned")
     for name, other in trajectories.items():
         if name != s["method"]:
             xs, ys = other.curve("accuracy")
@@ -98,7 +99,7 @@ def explorer_figure(trajectories: Mapping[str, Trajectory], s: Mapping[str, Any]
     curve_ax.axvline(100 * s["ratio"], color=_MASKED, linestyle="--", linewidth=1)
     if s["accuracy"] is not None and not math.isnan(s["accuracy"]):
         curve_ax.plot([100 * s["ratio"]], [s["accuracy"]], "o", color=_MASKED)
-    curve_ax.set_xlabel("heads pruned (%)")
+    curve_ax.set_xlabel(f"{'KV groups' if groups else 'heads'} pruned (%)")
     curve_ax.set_ylabel("accuracy")
     curve_ax.set_title("accuracy (other methods in grey)")
     curve_ax.set_xlim(0, 100)

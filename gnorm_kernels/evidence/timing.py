@@ -21,7 +21,7 @@ import numpy as np
 
 from gnorm_kernels.evidence.statistics import Verdict, format_interval, holm_verdicts
 
-__all__ = ["Timings", "compare_timings", "compare_latency", "forward_pass"]
+__all__ = ["Timings", "compare_timings", "compare_latency", "forward_pass", "generation_pass"]
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Timings:
     ratios: dict[str, Verdict]
     calls: int
     order: list[list[str]]
+    level: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
 
     def median(self, name: str) -> float:
         """Median seconds per call of `name` over the rounds."""
@@ -45,6 +48,15 @@ class Timings:
         """The 25th and 75th percentiles of `name`'s seconds per call over the rounds."""
         low, high = np.percentile(self.seconds[:, self.names.index(name)], [25, 75])
         return float(low), float(high)
+
+    def ratio_verdicts(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
+        """For each pair (a, b): a's median time over b's, with the same bootstrap over whole rounds
+        as `ratios`, the pairs decided as one family under Holm's correction (a ratio whose
+        interval holds 1 is not resolved)."""
+        unknown = sorted({x for pair in pairs for x in pair} - set(self.names))
+        if unknown:
+            raise KeyError(f"pairs name {unknown}, which are not among the timed candidates {self.names}")
+        return dict(zip(pairs, _ratio_verdicts(self.seconds, self.names, pairs, self.level, self.resamples, self.seed)))
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per candidate: median and quartiles (ms per call), the ratio to the reference
@@ -121,20 +133,20 @@ def compare_timings(
                 fns[name]()
             wait()
             seconds[r, names.index(name)] = (clock() - start) / calls
-    return Timings(names, reference, seconds, _ratios(seconds, names, reference, level, resamples, seed), calls, order)
+    pairs = [(n, reference) for n in names if n != reference]
+    ratios = {a: v for (a, _), v in zip(pairs, _ratio_verdicts(seconds, names, pairs, level, resamples, seed))}
+    return Timings(names, reference, seconds, ratios, calls, order, level, resamples, seed)
 
 
-def _ratios(seconds: np.ndarray, names: Sequence[str], reference: str, level: float, resamples: int, seed: int
-            ) -> dict[str, Verdict]:
-    """Each candidate's median over the reference's, with a bootstrap over whole rounds."""
+def _ratio_verdicts(seconds: np.ndarray, names: Sequence[str], pairs: Sequence[tuple[str, str]], level: float,
+                    resamples: int, seed: int) -> list[Verdict]:
+    """Each pair's median over median, with a bootstrap over whole rounds, Holm over the pairs."""
     rows = np.random.default_rng(seed).integers(0, len(seconds), size=(resamples, len(seconds)))  # whole rounds
     medians = np.median(seconds[rows], axis=1)  # [B, candidates]
-    j = names.index(reference)
-    others = [i for i, n in enumerate(names) if n != reference]
     point = np.median(seconds, 0)
-    verdicts = holm_verdicts([point[i] / point[j] for i in others], [medians[:, i] / medians[:, j] for i in others],
-                             alpha=1 - level, reference=1.0)
-    return {names[i]: v for i, v in zip(others, verdicts)}
+    index = [(names.index(a), names.index(b)) for a, b in pairs]
+    return holm_verdicts([point[i] / point[j] for i, j in index], [medians[:, i] / medians[:, j] for i, j in index],
+                         alpha=1 - level, reference=1.0)
 
 
 def forward_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Callable[[], None]:
@@ -168,3 +180,21 @@ def compare_latency(models: Mapping[str, Any], batches: Sequence[Mapping[str, An
     `options` go to `compare_timings` (rounds, calls, reference, ...). On a GPU, pass
     ``sync=torch.cuda.synchronize``."""
     return compare_timings({name: forward_pass(m, batches) for name, m in models.items()}, **options)
+
+
+def generation_pass(model: Any, input_ids: Any, new_tokens: int) -> Callable[[], None]:
+    """A callable that generates exactly `new_tokens` tokens greedily after `input_ids` ([batch,
+    prompt]) with the KV cache on: one decode of a causal LM, for `compare_timings`."""
+    import torch
+
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    prompt = torch.as_tensor(input_ids)
+    mask = torch.ones_like(prompt)
+
+    def run() -> None:
+        with torch.no_grad():
+            model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False)
+
+    return run

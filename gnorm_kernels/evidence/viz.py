@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence
 
 from gnorm_kernels.extras import require
 
@@ -28,7 +28,10 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
 
-__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs"]
+if TYPE_CHECKING:
+    from gnorm_kernels.evidence.timing import Timings
+
+__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_rank_changes", "group_runs", "unit_name", "plot_time_ratios"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
 # {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.comparison.Evidence.bands
@@ -54,6 +57,12 @@ def group_runs(runs: Runs) -> dict[str, list[Trajectory]]:
             raise TypeError(f"expected Trajectory objects, got {type(t).__name__}")
         groups.setdefault(t.method, []).append(t)
     return groups
+
+
+def unit_name(trajectories: Iterable[Trajectory]) -> str:
+    """What the runs pruned, for axis labels: "heads", "KV groups", or "units" when they differ."""
+    units = {t.unit for t in trajectories}
+    return {frozenset({"head"}): "heads", frozenset({"kv_group"}): "KV groups"}.get(frozenset(units), "units")
 
 
 def _x_scale(t: Trajectory, x: str) -> float:
@@ -111,11 +120,12 @@ def plot_accuracy_curves(
                 ax.plot(grid, edge, color=color, linewidth=0.7, linestyle=":")
         else:
             ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2, linewidth=0)
-    ax.set_xlabel("heads pruned" if x == "heads" else "heads pruned (%)")
+    units = unit_name(t for ts in groups.values() for t in ts)
+    ax.set_xlabel(f"{units} pruned" if x == "heads" else f"{units} pruned (%)")
     ax.set_ylabel(f"{metric} (log scale; lower is better)" if metric == "perplexity" else metric)
     if metric == "perplexity":  # grows by orders of magnitude as heads go
         ax.set_yscale("log")
-    ax.set_title(title or f"{metric} as heads are pruned (no fine-tuning)")
+    ax.set_title(title or f"{metric} as {units} are pruned (no fine-tuning)")
     ax.grid(True, alpha=0.3)
     legend_title = None
     if bands:
@@ -228,4 +238,30 @@ def plot_rank_changes(
     ax.set_xlabel("greedy step")
     ax.set_ylabel("head (layer, head), in pruning order")
     ax.set_title(title or f"{trajectory.method}: ranks across greedy steps")
+    return fig
+
+
+def plot_time_ratios(
+    timings: "Timings", *, colors: Mapping[str, str] | None = None, ax: plt.Axes | None = None, title: str | None = None,
+) -> Figure:
+    """Each candidate's time over the reference's (`Timings.ratios`) as a point with its Holm-level
+    bootstrap interval, on a log axis with a line at 1: left of it faster, right slower; hollow
+    points are not resolved (the interval holds 1). `colors` maps a candidate to its colour."""
+    names = [n for n in timings.names if n in timings.ratios]
+    if not names:
+        raise ValueError("no ratios to plot: the timings hold the reference alone")
+    fig, ax = _axis(ax, (8, 0.9 + 0.42 * len(names)))
+    for row, name in enumerate(names):
+        v = timings.ratios[name]
+        color = (colors or {}).get(name, "#1f77b4")
+        ax.errorbar([v.value], [row], xerr=[[v.value - v.low], [v.high - v.value]], fmt="o", capsize=3, color=color,
+                    markerfacecolor=color if v.resolved else "white")
+    ax.axvline(1.0, color="0.45", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"time / {timings.reference}'s time, log scale (median of {len(timings.seconds)} rounds; bars: "
+                  f"bootstrap interval, Holm over {len(names)}; hollow: not resolved)")
+    ax.set_title(title or f"time per call against {timings.reference}")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
     return fig

@@ -203,8 +203,8 @@ class PruningExplorer:
     Nothing is re-run: for a ratio r the explorer finds the step of the chosen trajectory after
     which round(r * heads) heads are gone, and shows that step's kept-head grid, metrics,
     parameter count and size. `shown` holds ``method``, ``ratio`` (the fraction actually pruned),
-    ``step``, ``heads_pruned``, ``mask`` (bool [L, H], True = kept), ``accuracy``, ``score``
-    (the trajectory's metric), ``evaluated`` (False when that step was not evaluated and the
+    ``step``, ``unit`` (the trajectory's: "head" or "kv_group"), ``heads_pruned`` (units),
+    ``mask`` (bool, True = kept), ``accuracy``, ``score`` (the trajectory's metric), ``evaluated`` (False when that step was not evaluated and the
     metrics are interpolated), ``params``, ``encoder_params``, ``size_mb`` and the unpruned
     model's ``base_accuracy``, ``base_params`` and ``base_size_mb``.
     """
@@ -300,6 +300,7 @@ class PruningExplorer:
             "method": name,
             "ratio": fraction,
             "step": step,
+            "unit": trajectory.unit,
             "heads_pruned": pruned,
             "heads_total": trajectory.units_at_start,
             "mask": trajectory.mask_at(steps=step),
@@ -342,7 +343,8 @@ class PruningExplorer:
         if s["accuracy"] is not None and s["base_accuracy"] is not None and not math.isnan(s["accuracy"]):
             change = f" ({_points(s['accuracy'] - s['base_accuracy'])} points)"
         rows = [
-            ("heads pruned", f"{s['heads_pruned']} of {s['heads_total']} ({s['ratio']:.1%}), step {s['step']}"),
+            (f"{'KV groups' if s.get('unit') == 'kv_group' else 'heads'} pruned",
+             f"{s['heads_pruned']} of {s['heads_total']} ({s['ratio']:.1%}), step {s['step']}"),
             ("accuracy", f"{fmt(s['accuracy'])}{change}{note}"),
             ("parameters", f"{s['params']:,} ({s['params'] / s['base_params']:.1%} of {s['base_params']:,}); "
                            f"encoder {s['encoder_params']:,}"),

@@ -174,6 +174,22 @@ class GrainStructure:
             )
         return GrainStructure(num_heads, head_size, ffn_size, tuple(layers))
 
+    def uniform_twin(self) -> "GrainStructure":
+        """The same layers and heads with every kept head of a layer made one size (the layer's
+        query and value dimensions shared evenly, rounded; a head keeps at least one value unit),
+        the FFN unchanged: about the same size with no unevenness, the paper's speed comparison."""
+        layers = []
+        for layer in self.layers:
+            heads = layer.heads()
+            if heads:
+                q = round(sum(len(layer.query[h]) for h in heads) / len(heads))
+                v = max(1, round(sum(len(layer.value[h]) for h in heads) / len(heads)))
+                layer = LayerStructure(tuple(tuple(range(q)) if h in heads else () for h in range(self.num_heads)),
+                                       tuple(tuple(range(v)) if h in heads else () for h in range(self.num_heads)),
+                                       layer.ffn)
+            layers.append(layer)
+        return GrainStructure(self.num_heads, self.head_size, self.ffn_size, tuple(layers))
+
     # ---------------------------------------------------------------- summaries
 
     @property
