@@ -74,7 +74,12 @@ def test_sentences_say_higher_only_when_resolved():
     a = (rng.random(500) < 0.9).astype(float)
     found = paired_verdicts({"a": a, "b": np.zeros(500), "c": a}, [("a", "b"), ("c", "a")], resamples=200)
     assert difference_sentence("a", "b", found[("a", "b")]).endswith(": a higher.")
-    assert difference_sentence("c", "a", found[("c", "a")]).endswith("do not say which is higher.")
+    assert difference_sentence("c", "a", found[("c", "a")]).endswith("the difference is exactly 0 on every resample.")
+    b = a.copy()
+    b[np.flatnonzero(a == 1)[:3]] = 0
+    b[np.flatnonzero(a == 0)[:3]] = 1  # other examples right, the same accuracy
+    tie = paired_verdicts({"a": a, "b": b}, [("b", "a")], resamples=200)[("b", "a")]
+    assert difference_sentence("b", "a", tie).endswith("these data do not say which is higher.")
     assert key_label("auc_0-50%") == "AUC 0-50%" and key_label("at_25%") == "at 25% pruned"
 
 

@@ -25,10 +25,13 @@ def proportion_text(successes: int, n: int, *, level: float = 0.95, digits: int 
 
 def difference_sentence(a: str, b: str, verdict: Verdict, *, digits: int = 3, what: str = "") -> str:
     """"GRAIN minus Greedy-Gnorm{what}: +0.141 [+0.118, +0.163] resolved (Holm over 2): GRAIN higher."
-    and, when the interval holds 0, "... not resolved (...): these data do not say which is higher.\""""
+    and, when the interval holds 0, "... not resolved (...): these data do not say which is higher.\"
+    (or, when every resample gives a difference of exactly 0, that)."""
     text = f"{a} minus {b}{what}: {verdict.text(digits=digits)}"
     if verdict.value != verdict.value:
         return text + ": not measured."
+    if verdict.low == verdict.high == verdict.value == verdict.reference:
+        return text + ": the difference is exactly 0 on every resample."
     if not verdict.resolved:
         return text + ": these data do not say which is higher."
     return text + f": {a} {'higher' if verdict.value > verdict.reference else 'lower'}."

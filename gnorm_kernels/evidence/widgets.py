@@ -204,8 +204,8 @@ class PruningExplorer:
     which round(r * heads) heads are gone, and shows that step's kept-head grid, metrics,
     parameter count and size. `shown` holds ``method``, ``ratio`` (the fraction actually pruned),
     ``step``, ``unit`` (the trajectory's: "head" or "kv_group"), ``heads_pruned`` (units),
-    ``mask`` (bool, True = kept), ``accuracy``, ``score`` (the trajectory's metric), ``evaluated`` (False when that step was not evaluated and the
-    metrics are interpolated), ``params``, ``encoder_params``, ``size_mb`` and the unpruned
+    ``mask`` (bool, True = kept), ``accuracy``, ``score`` (the trajectory's metric), ``evaluated``
+    (False when that step was not evaluated and the metrics are interpolated), ``params``, ``encoder_params``, ``size_mb`` and the unpruned
     model's ``base_accuracy``, ``base_params`` and ``base_size_mb``.
     """
 
