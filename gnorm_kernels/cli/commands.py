@@ -49,8 +49,10 @@ PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRES
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
-    p.add_argument("--model", default="tiny", help='"tiny" (shipped with the package), smollm2-135m, a .gguf file, a hub id, or a local folder')
-    p.add_argument("--task", default="synthetic", help='"synthetic", glue/<task>, python-docs, a csv/tsv/jsonl or a .txt file')
+    p.add_argument("--model", default="tiny", help='"tiny" or "tiny-aspects" (shipped with the package), smollm2-135m'
+                   ', a .gguf file, a hub id, or a local folder')
+    p.add_argument("--task", default="synthetic", help='"synthetic", "aspects" (for tiny-aspects), glue/<task>, python-docs'
+                   ', a csv/tsv/jsonl or a .txt file')
     p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl/txt file to calibrate on ...")
     p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
     p.add_argument("--calib-size", type=int, help="calibration examples used for scoring (default 256; authors: 1000)")

@@ -91,8 +91,8 @@ def _load_task(name: str, options: dict[str, Any]) -> Any:
 
 
 def _checkpoint_classes(name: str) -> int | None:
-    """How many classes a local checkpoint's classifier has (2 for "tiny"); None if unknown."""
-    if name == "tiny":
+    """How many classes a local checkpoint's classifier has (2 for "tiny" and "tiny-aspects"); None if unknown."""
+    if name in ("tiny", "tiny-aspects"):
         return 2
     config = Path(name).expanduser() / "config.json"
     try:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
         ablation_table,
         comparison_table,
         evidence_markdown,
+        findings,
+        key_label,
         markdown_table,
         masks_figure,
         save_figure,
