@@ -20,13 +20,6 @@ if TYPE_CHECKING:
         budget_key,
         range_key,
     )
-    from gnorm_kernels.evidence.findings import (
-        comparison_findings,
-        difference_sentence,
-        key_label,
-        proportion_text,
-        ratio_sentence,
-    )
     from gnorm_kernels.evidence.report import (
         TABLE_FRACTIONS,
         ablation_table,
@@ -40,6 +33,7 @@ if TYPE_CHECKING:
         write_ablation_csv,
         write_csv,
     )
+    from gnorm_kernels.evidence.sentences import difference_sentence, proportion_text, ratio_sentence
     from gnorm_kernels.evidence.statistics import (
         Estimate,
         Evidence,

@@ -9,14 +9,7 @@ import pytest
 import torch
 from test_statistics import FakeClock, run
 
-from gnorm_kernels.evidence.comparison import bootstrap_evidence
-from gnorm_kernels.evidence.findings import (
-    comparison_findings,
-    difference_sentence,
-    key_label,
-    proportion_text,
-    ratio_sentence,
-)
+from gnorm_kernels.evidence.sentences import difference_sentence, proportion_text, ratio_sentence
 from gnorm_kernels.evidence.statistics import paired_verdicts, seed_difference
 from gnorm_kernels.evidence.timing import compare_timings
 
@@ -80,21 +73,6 @@ def test_sentences_say_higher_only_when_resolved():
     b[np.flatnonzero(a == 0)[:3]] = 1  # other examples right, the same accuracy
     tie = paired_verdicts({"a": a, "b": b}, [("b", "a")], resamples=200)[("b", "a")]
     assert difference_sentence("b", "a", tie).endswith("these data do not say which is higher.")
-    assert key_label("auc_0-50%") == "AUC 0-50%" and key_label("at_25%") == "at 25% pruned"
-
-
-def test_comparison_findings_follow_the_tables_holm_verdicts():
-    golds = np.random.default_rng(3).integers(0, 2, 400)
-    runs = {"greedy": [run("greedy", [1.0, 0.98, 0.95, 0.9, 0.85], golds)],
-            "random": [run("random", [1.0, 0.7, 0.6, 0.55, 0.5], golds, seed=s) for s in range(3)],
-            "static": [run("static", [1.0, 0.98, 0.95, 0.9, 0.85], golds, seed=7)]}
-    ev = bootstrap_evidence(runs, resamples=300, seed=0)
-    lines = comparison_findings(ev, keys=["auc", "at_50%"])
-    assert len(lines) == 2 and lines[0].startswith("* against **random** (greedy minus random, Holm over ")
-    assert "greedy higher on AUC +" in lines[0]
-    assert "not resolved (the interval holds 0) on AUC" in lines[1]  # same accuracies, other examples wrong
-    with pytest.raises(KeyError, match="unknown keys"):
-        comparison_findings(ev, keys=["auc_0-10%"])
 
 
 def test_kv_cache_bytes_per_token_halve_with_half_the_groups():

@@ -3,16 +3,15 @@
 A notebook's prose never quotes a measured number: the cells that state results build them
 with these functions, so a sentence says "higher" only when the interval beside it excludes the
 reference, and "not resolved" otherwise. Proportions come with Wilson intervals; differences and
-time ratios with the intervals and Holm families of `gnorm_kernels.evidence.statistics`.
+time ratios with the intervals and Holm families of `gnorm_kernels.evidence.statistics`. (The
+sentences about a whole comparison table are `gnorm_kernels.evidence.report.findings`.)
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from gnorm_kernels.evidence.statistics import Verdict, format_interval, wilson_interval
 
-from gnorm_kernels.evidence.statistics import Evidence, Verdict, format_interval, wilson_interval
-
-__all__ = ["proportion_text", "difference_sentence", "ratio_sentence", "comparison_findings", "key_label"]
+__all__ = ["proportion_text", "difference_sentence", "ratio_sentence"]
 
 
 def proportion_text(successes: int, n: int, *, level: float = 0.95, digits: int = 3) -> str:
@@ -47,38 +46,3 @@ def ratio_sentence(a: str, b: str, verdict: Verdict) -> str:
     if verdict.value < 1:
         return text + f": resolved, {a} is faster ({1 / verdict.value:.2f}x the speed of {b})."
     return text + f": resolved, {a} is slower ({verdict.value:.2f}x the time of {b})."
-
-
-def key_label(key: str) -> str:
-    """A comparison column in words: "auc" -> "AUC", "auc_0-50%" -> "AUC 0-50%", "at_25%" -> "at 25% pruned"."""
-    if key == "auc":
-        return "AUC"
-    if key.startswith("auc_"):
-        return "AUC " + key[4:]
-    return key.replace("at_", "at ") + " pruned" if key.startswith("at_") else key
-
-
-def comparison_findings(evidence: Evidence, keys: Sequence[str] | None = None, *, digits: int = 3) -> list[str]:
-    """One Markdown bullet per method against the reference: on which of `keys` (default: all but
-    "unpruned") the reference is resolved higher or lower, and where it is not resolved, with the
-    differences (reference minus method) and the intervals of `Evidence.verdicts`, Holm over the
-    whole table as `Comparison.markdown` decides them."""
-    keys = [k for k in (evidence.keys[1:] if keys is None else keys)]
-    unknown = sorted(set(keys) - set(evidence.keys[1:]))
-    if unknown:
-        raise KeyError(f"unknown keys {unknown}; this comparison has {evidence.keys[1:]}")
-    ref = evidence.reference
-    lines = []
-    for (method, _), found in evidence.verdicts().items():
-        groups: dict[str, list[str]] = {"higher": [], "lower": [], "not resolved": []}
-        for key in keys:
-            v = found[key].negated()  # reference minus method
-            shown = format_interval(v.value, v.low, v.high, digits=digits, signed=True)
-            word = "not resolved" if not v.resolved else ("higher" if v.value > 0 else "lower")
-            groups[word].append(f"{key_label(key)} {shown}")
-        family = next(iter(found.values())).comparisons if found else 0
-        parts = [f"{ref} {word} on " + "; ".join(groups[word]) for word in ("higher", "lower") if groups[word]]
-        if groups["not resolved"]:
-            parts.append("not resolved (the interval holds 0) on " + "; ".join(groups["not resolved"]))
-        lines.append(f"* against **{method}** ({ref} minus {method}, Holm over {family}): " + "; ".join(parts) + ".")
-    return lines
