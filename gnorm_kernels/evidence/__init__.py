@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         Evidence,
         Verdict,
         bootstrap_p_value,
+        compare_means,
         format_interval,
         holm_verdicts,
         metric_on_resamples,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from gnorm_kernels.evaluation import confusion_metrics
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
     "percentile_interval", "bootstrap_p_value", "Estimate", "with_wilson", "Verdict", "format_interval",
-    "holm_verdicts", "Evidence",
+    "holm_verdicts", "Evidence", "compare_means",
 ]
 
 _EPS = 1e-9
@@ -312,3 +312,36 @@ def holm_verdicts(values: Sequence[float], samples: Sequence[np.ndarray], *, alp
     nan = float("nan")
     return [out.get(i) or Verdict(float(values[i]), nan, nan, nan, nan, nan, m, alpha, reference, *calib[i])
             for i in range(len(values))]
+
+
+def compare_means(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *, resamples: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> tuple[dict[str, Estimate], dict[tuple[str, str], Verdict]]:
+    """Means of per-example values with paired-bootstrap intervals, and the differences of `pairs`
+    (a minus b) decided as one family under Holm's correction (`holm_verdicts`).
+
+    Every entry of `values` holds the same n examples: [n], or [runs, n] for a method run with
+    several seeds (its mean is over runs and examples). All entries share each resample of the
+    examples, so differences are paired; a [runs, n] entry also has its runs resampled
+    (`resample_runs`), which puts the spread over seeds inside its intervals."""
+    arrays = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+    sizes = {a.shape[1] for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every entry must hold the same examples, got sizes {sorted(sizes)}")
+    unknown = sorted({k for pair in pairs for k in pair} - set(arrays))
+    if unknown:
+        raise KeyError(f"pairs name {unknown}, which are not in values ({sorted(arrays)})")
+    rng = np.random.default_rng(seed)
+    n = sizes.pop()
+    counts = resample_counts(n, resamples, rng)  # shared by every entry: the pairing
+    sampled = {}
+    for key, runs in arrays.items():
+        picks = resample_runs([0] * len(runs), resamples, rng)  # [resamples, runs]
+        per_run = counts @ runs.T / n  # [resamples, runs]: each run's mean on each resample
+        sampled[key] = np.take_along_axis(per_run, picks, axis=1).mean(1)
+    estimates = {}
+    for key, runs in arrays.items():
+        low, high = percentile_interval(sampled[key], level)
+        estimates[key] = Estimate(float(runs.mean()), float(low), float(high))
+    found = holm_verdicts([estimates[a].value - estimates[b].value for a, b in pairs],
+                          [sampled[a] - sampled[b] for a, b in pairs], alpha=1 - level)
+    return estimates, dict(zip(pairs, found))
