@@ -156,6 +156,10 @@ def test_retrieval_counts_a_first_half_right_when_its_own_second_half_is_nearest
              "pairs": torch.tensor([[0, 2], [1, 3]])}
     hits = pair_retrieval(_FirstToken(), [batch, other])
     assert hits.tolist() == [True, False, True, False]  # pair 1's token 2 matches pair 3's second half instead
+    given = sentence_embeddings(_FirstToken(), [batch, other])
+    assert pair_retrieval(None, [batch, other], embeddings=given).tolist() == hits.tolist()
+    with pytest.raises(ValueError, match="8 rows"):
+        pair_retrieval(None, [batch, other], embeddings=given[:4])
     emb = torch.randn(5, 3)
     torch.testing.assert_close(embedding_agreement(emb, 2 * emb), torch.ones(5))
     with pytest.raises(ValueError, match="one shape"):

@@ -307,16 +307,20 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
 
 @contextmanager
 def _quiet_load_report() -> Iterator[None]:
-    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error.
+    Its tensor-parallel plan check is silenced too: transformers 5.24 runs it exactly when the
+    loading logger's level is WARNING or above, and it warns "layers were not sharded" on any CPU load."""
     import logging
 
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:

@@ -104,10 +104,16 @@ def _halves(batches: Sequence[dict[str, torch.Tensor]], embeddings: torch.Tensor
     return embeddings[torch.cat(firsts)], embeddings[torch.cat(seconds)]
 
 
-def pair_retrieval(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+def pair_retrieval(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], *,
+                   embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """Bool [pairs]: whether each first half's most similar second half, among those of every
-    batch, is its own (top-1 retrieval; chance is 1 / pairs)."""
-    first, second = _halves(batches, sentence_embeddings(model, batches))
+    batch, is its own (top-1 retrieval; chance is 1 / pairs). `embeddings`: the model's
+    `sentence_embeddings` of `batches` when already computed (the model is then not run)."""
+    embeddings = sentence_embeddings(model, batches) if embeddings is None else embeddings
+    rows = sum(len(b["input_ids"]) for b in batches)
+    if len(embeddings) != rows:
+        raise ValueError(f"expected embeddings of the {rows} rows of the batches, got {len(embeddings)}")
+    first, second = _halves(batches, embeddings)
     return (first @ second.T).argmax(dim=1) == torch.arange(len(first))
 
 
