@@ -1,6 +1,6 @@
-"""What notebooks 06 and 07 state, built in the package: paired accuracy differences, seed-level
-differences, timing ratios between any two candidates, the sentences made from them, the KV-cache
-bytes per token, a GRAIN structure's uniform twin and the figures' unit-aware axes."""
+"""What notebooks 06 and 07 state, built in the package: seed-level differences, timing ratios
+between any two candidates, the sentences made from them, the KV-cache bytes per token, a GRAIN
+structure's uniform twin and the figures' unit-aware axes."""
 
 from __future__ import annotations
 
@@ -10,30 +10,8 @@ import torch
 from test_statistics import FakeClock, run
 
 from gnorm_kernels.evidence.sentences import difference_sentence, proportion_text, ratio_sentence
-from gnorm_kernels.evidence.statistics import paired_verdicts, seed_difference
+from gnorm_kernels.evidence.statistics import compare_means, seed_difference
 from gnorm_kernels.evidence.timing import compare_timings
-
-
-def test_paired_differences_resolve_a_clear_gap_and_not_a_tie():
-    rng = np.random.default_rng(0)
-    base = (rng.random(800) < 0.8).astype(float)
-    better = base.copy()
-    better[np.flatnonzero(base == 0)[:60]] = 1.0  # right on 60 more of the same examples
-    noisy = base.copy()
-    flip = np.concatenate([np.flatnonzero(base == 1)[:10], np.flatnonzero(base == 0)[-10:]])
-    noisy[flip] = 1 - noisy[flip]  # as many new errors as fixes: the same accuracy
-    found = paired_verdicts({"base": base, "better": better, "noisy": noisy},
-                            [("better", "base"), ("noisy", "base")], resamples=500)
-    clear, tie = found[("better", "base")], found[("noisy", "base")]
-    assert clear.resolved and clear.value == pytest.approx(60 / 800) and clear.low > 0
-    assert not tie.resolved and tie.low < 0 < tie.high
-    assert clear.comparisons == tie.comparisons == 2
-    # paired: a constant gap on the same examples is far tighter than the two accuracies' own spreads
-    assert clear.high - clear.low < 0.05
-    with pytest.raises(ValueError, match="same n examples"):
-        paired_verdicts({"a": base, "b": base[:10]}, [("a", "b")])
-    with pytest.raises(KeyError, match="not among the scores"):
-        paired_verdicts({"a": base}, [("a", "c")])
 
 
 def test_one_run_per_arm_cannot_resolve_a_seed_difference():
@@ -65,13 +43,13 @@ def test_sentences_say_higher_only_when_resolved():
     assert proportion_text(300, 300).startswith("1.000 [0.987, 1.000] (Wilson 95%, n = 300)")
     rng = np.random.default_rng(0)
     a = (rng.random(500) < 0.9).astype(float)
-    found = paired_verdicts({"a": a, "b": np.zeros(500), "c": a}, [("a", "b"), ("c", "a")], resamples=200)
+    _, found = compare_means({"a": a, "b": np.zeros(500), "c": a}, [("a", "b"), ("c", "a")], resamples=200)
     assert difference_sentence("a", "b", found[("a", "b")]).endswith(": a higher.")
     assert difference_sentence("c", "a", found[("c", "a")]).endswith("the difference is exactly 0 on every resample.")
     b = a.copy()
     b[np.flatnonzero(a == 1)[:3]] = 0
     b[np.flatnonzero(a == 0)[:3]] = 1  # other examples right, the same accuracy
-    tie = paired_verdicts({"a": a, "b": b}, [("b", "a")], resamples=200)[("b", "a")]
+    tie = compare_means({"a": a, "b": b}, [("b", "a")], resamples=200)[1][("b", "a")]
     assert difference_sentence("b", "a", tie).endswith("these data do not say which is higher.")
 
 

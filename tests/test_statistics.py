@@ -243,3 +243,24 @@ def test_progress_bars_follow_the_environment(monkeypatch):
     monkeypatch.setenv("GNORM_PROGRESS", "loud")
     with pytest.raises(ValueError, match="GNORM_PROGRESS"):
         progress_bar(range(3))
+
+
+def test_compare_means_pairs_the_examples_and_puts_the_seed_spread_in_the_interval():
+    from gnorm_kernels.evidence.statistics import compare_means
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.5, 0.3, size=200)  # per-example values that vary a lot between examples
+    values = {"a": base + 0.02, "b": base, "steady": np.stack([base] * 4), "spread": base + np.array([[-0.2], [0.2], [-0.2], [0.2]])}
+    estimates, verdicts = compare_means(values, [("a", "b"), ("spread", "b")], resamples=1000)
+    # alone, a and b overlap widely; paired, their constant gap of 0.02 is resolved with a narrow interval
+    assert estimates["a"].low < estimates["b"].high
+    gap = verdicts[("a", "b")]
+    assert gap.resolved and gap.value == pytest.approx(0.02) and gap.high - gap.low < 1e-9 + 1e-6
+    assert gap.comparisons == 2 and gap.correction == "Holm"
+    # the same mean over seeds, but seeds that disagree: a wider interval than identical seeds
+    assert estimates["spread"].value == pytest.approx(estimates["steady"].value)
+    assert estimates["spread"].high - estimates["spread"].low > 1.5 * (estimates["steady"].high - estimates["steady"].low)
+    with pytest.raises(ValueError, match="same examples"):
+        compare_means({"a": base, "b": base[:10]}, [("a", "b")])
+    with pytest.raises(KeyError, match="not in values"):
+        compare_means({"a": base}, [("a", "zz")])

