@@ -46,9 +46,9 @@ from gnorm_kernels.heads.pruning import prune_kv_groups
 from gnorm_kernels.healing import heal
 from gnorm_kernels.models.loading import load_model
 
-DEFAULTS = {  # per model: heal steps, lr, heal batch, decode context
-    "tiny-lm": {"heal_steps": 200, "lr": 2e-3, "context": 32},
-    "smollm2-135m": {"heal_steps": 20, "lr": 1e-4, "context": 512},
+DEFAULTS = {  # per model: heal steps, learning rate, decode context and tokens decoded per timed call
+    "tiny-lm": {"heal_steps": 200, "lr": 2e-3, "context": 32, "new_tokens": 24},
+    "smollm2-135m": {"heal_steps": 20, "lr": 1e-4, "context": 512, "new_tokens": 8},
 }
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--heal-windows", type=int, default=64, help="smollm2-135m: calibration windows healing cycles")
     parser.add_argument("--test-windows", type=int, default=64, help="smollm2-135m: held-out windows of 64 tokens")
     parser.add_argument("--context", type=int, default=None, help="decode prompt length (32 / 512)")
-    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per timed call (24 / 8)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
