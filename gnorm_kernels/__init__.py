@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.engine.trajectory import Trajectory
     from gnorm_kernels.evaluation import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
     from gnorm_kernels.evidence.comparison import compare
-    from gnorm_kernels.evidence.report import comparison_table
+    from gnorm_kernels.evidence.report import comparison_table, findings
     from gnorm_kernels.evidence.statistics import format_interval, holm_verdicts, wilson_interval
     from gnorm_kernels.evidence.timing import compare_latency, compare_timings
     from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes

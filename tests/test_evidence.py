@@ -358,3 +358,24 @@ def test_per_example_predictions_are_gathered_across_ranks_in_batch_order(tmp_pa
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["predictions"] == alone["predictions"] and got["golds"] == alone["golds"]
         assert got["accuracy"] == pytest.approx(alone["accuracy"])
+
+
+def test_findings_name_the_better_method_only_where_resolved():
+    from gnorm_kernels.evidence.comparison import Comparison
+    from gnorm_kernels.evidence.report import findings, key_label
+
+    n = 1000
+    golds = np.random.default_rng(3).integers(0, 2, n)
+    good = run("good", [4, 4], [golds.tolist(), correct_on(golds, 900), correct_on(golds, 900)], golds.tolist())
+    bad = run("bad", [4, 4], [golds.tolist(), correct_on(golds, 700), correct_on(golds, 700)], golds.tolist())
+    same = run("same", [4, 4], [golds.tolist(), correct_on(golds, 900), correct_on(golds, 900)], golds.tolist())
+    ev = bootstrap_evidence({"good": [good], "bad": [bad], "same": [same]}, budgets=(0.5,), ranges=(), resamples=500,
+                            seed=4)
+    text = findings(Comparison(runs={}, evidence=ev))
+    lines = text.splitlines()
+    assert len(lines) == 2 * (len(ev.keys) - 1)  # two pairs against the reference, every column but "unpruned"
+    assert "- bad is **worse** than good, at 50% pruned (accuracy lower): bad minus good = -0.200" in text
+    assert all("resolved (Holm over 4)" in line for line in lines)
+    assert all(line.startswith("- same against good") and "**not resolved**" in line and "better" not in line
+               for line in lines if "same" in line)
+    assert key_label("auc_0-50%") == "AUC over 0-50% pruned" and key_label("auc") == "AUC over the whole run"

