@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from gnorm_kernels.evaluation import (
         correct_per_example,
         evaluate,
-        kv_cache_bytes_per_token,
         measure_latency,
         model_size_mb,
         parameter_count,

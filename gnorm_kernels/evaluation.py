@@ -24,7 +24,7 @@ from gnorm_kernels.parallel import distributed
 from gnorm_kernels.progress import progress_bar
 
 __all__ = ["confusion_metrics", "evaluate", "parameter_count", "model_size_mb", "measure_latency", "single_head_ablation",
-           "kv_cache_bytes_per_token", "correct_per_example"]
+           "correct_per_example"]
 
 
 
@@ -225,22 +225,6 @@ def correct_per_example(model: torch.nn.Module, batches: Iterable[Batch]) -> np.
     if "predictions" not in found:
         raise ValueError("correct_per_example needs labelled batches (class labels or verdict words)")
     return np.equal(found["predictions"], found["golds"]).astype(np.float64)
-
-
-@torch.no_grad()
-def kv_cache_bytes_per_token(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
-    """Bytes the KV cache of a causal LM holds per token of one sequence: run `input_ids` ([1, T])
-    with the cache on and divide the bytes of every layer's keys and values by T. Pruning KV
-    groups shrinks it; pruning query heads alone does not."""
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1:
-        raise ValueError(f"expected input_ids of shape [1, tokens], got {list(ids.shape)}")
-    with model_mode(model, training=False):
-        cache = model(input_ids=ids.to(model_device(model)), use_cache=True).cache
-    if cache is None:
-        raise ValueError(f"{type(model).__name__} returned no KV cache: expected a causal LM that supports use_cache")
-    total = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    return total / ids.shape[1]
 
 
 def model_size_mb(model: torch.nn.Module) -> float:

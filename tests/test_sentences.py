@@ -1,12 +1,11 @@
 """What notebooks 06 and 07 state, built in the package: seed-level differences, timing ratios
-between any two candidates, the sentences made from them, the KV-cache bytes per token, a GRAIN
+between any two candidates, the sentences made from them, per-example correctness, a GRAIN
 structure's uniform twin and the figures' unit-aware axes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from test_statistics import FakeClock, run
 
 from gnorm_kernels.evidence.sentences import difference_sentence, proportion_text, ratio_sentence
@@ -51,35 +50,6 @@ def test_sentences_say_higher_only_when_resolved():
     b[np.flatnonzero(a == 0)[:3]] = 1  # other examples right, the same accuracy
     tie = compare_means({"a": a, "b": b}, [("b", "a")], resamples=200)[1][("b", "a")]
     assert difference_sentence("b", "a", tie).endswith("these data do not say which is higher.")
-
-
-def test_kv_cache_bytes_per_token_halve_with_half_the_groups():
-    from gnorm_kernels.evaluation import kv_cache_bytes_per_token
-    from gnorm_kernels.heads.pruning import prune_kv_groups
-    from gnorm_kernels.testing import tiny_random_model
-
-    model = tiny_random_model("llama", num_layers=2, num_heads=4, num_kv_heads=2, head_size=8, seed=0)
-    ids = torch.randint(3, 90, (1, 6))
-    dense = kv_cache_bytes_per_token(model, ids)
-    assert dense == 2 * 2 * 2 * 8 * 4  # keys and values x layers x KV heads x d x float32 bytes
-    prune_kv_groups(model, {0: [1], 1: [0]})
-    assert kv_cache_bytes_per_token(model, ids) == dense / 2
-    with pytest.raises(ValueError, match=r"\[1, tokens\]"):
-        kv_cache_bytes_per_token(model, ids.repeat(2, 1))
-
-
-def test_generation_pass_generates_exactly_the_tokens_asked_for():
-    from gnorm_kernels.evidence.timing import generation_pass
-    from gnorm_kernels.testing import tiny_random_model
-
-    model = tiny_random_model("llama", num_layers=1, num_heads=2, num_kv_heads=1, seed=0).eval()
-    calls = []
-    original = model.generate
-    model.generate = lambda **kw: calls.append(original(**kw))
-    generation_pass(model, torch.randint(3, 90, (2, 5)), 4)()
-    assert calls[0].shape == (2, 9)
-    with pytest.raises(ValueError, match="new_tokens"):
-        generation_pass(model, torch.randint(3, 90, (2, 5)), 0)
 
 
 def test_uniform_twin_keeps_heads_and_ffn_with_even_sizes():

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         holm_verdicts,
         metric_on_resamples,
         percentile_interval,
+        perplexity_evidence,
         point_weights,
         range_weights,
         resample_counts,
@@ -53,6 +54,6 @@ if TYPE_CHECKING:
         wilson_interval,
         with_wilson,
     )
-    from gnorm_kernels.evidence.timing import Timings, compare_latency, compare_timings, forward_pass, generation_pass
+    from gnorm_kernels.evidence.timing import DecodeLoop, Timings, compare_latency, compare_timings, forward_pass
 
 __getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

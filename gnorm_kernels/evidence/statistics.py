@@ -21,7 +21,7 @@ from gnorm_kernels.evaluation import confusion_metrics
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
     "percentile_interval", "bootstrap_p_value", "Estimate", "with_wilson", "Verdict", "format_interval",
-    "holm_verdicts", "Evidence", "compare_means", "seed_difference",
+    "holm_verdicts", "Evidence", "compare_means", "perplexity_evidence", "seed_difference",
 ]
 
 _EPS = 1e-9
@@ -347,17 +347,52 @@ def compare_means(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, s
     return estimates, dict(zip(pairs, found))
 
 
+def perplexity_evidence(
+    windows: Mapping[str, tuple[Sequence[float], Sequence[int]]],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[dict[str, Estimate], dict[tuple[str, str], Verdict]]:
+    """Perplexities of fixed models on the same evaluation windows, with intervals, and the
+    differences of `pairs` (a minus b) decided as one family under Holm's correction.
+
+    `windows[name]` is (each window's summed next-token NLL, its token count), as
+    ``evaluate(..., per_example=True)`` gives them (``example_nll``, ``example_tokens``). One paired
+    bootstrap over windows serves every model (the same resampled windows for all), so a
+    difference's interval reflects how the models differ window by window."""
+    if not windows:
+        raise ValueError("no models to compare: expected {name: (window NLL sums, window token counts)}")
+    names = list(windows)
+    tokens = np.asarray(windows[names[0]][1], dtype=np.float64)
+    nll = {}
+    for name in names:
+        values, counts = (np.asarray(x, dtype=np.float64) for x in windows[name])
+        if counts.shape != tokens.shape or (counts != tokens).any() or values.shape != tokens.shape:
+            raise ValueError(f"{name!r} was evaluated on other windows than {names[0]!r}: a paired bootstrap needs "
+                             f"the same windows ({len(tokens)} with the same token counts) for every model")
+        nll[name] = values
+    unknown = sorted({n for pair in pairs for n in pair} - set(names))
+    if unknown:
+        raise ValueError(f"pairs name {unknown}, which are not among the models {names}")
+    counts = resample_counts(len(tokens), resamples, np.random.default_rng(seed))
+    point = {n: float(metric_on_resamples(np.ones((1, len(tokens))), nll[n][None, :], tokens, "perplexity")[0, 0])
+             for n in names}
+    boot = {n: metric_on_resamples(counts, nll[n][None, :], tokens, "perplexity")[:, 0] for n in names}
+    estimates = {n: Estimate(point[n], *(float(b) for b in percentile_interval(boot[n], level))) for n in names}
+    verdicts = holm_verdicts([point[a] - point[b] for a, b in pairs], [boot[a] - boot[b] for a, b in pairs],
+                             alpha=1 - level)
+    return estimates, dict(zip([tuple(p) for p in pairs], verdicts))
+
+
 def seed_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
                     seed: int = 0) -> Verdict:
-    """Mean of `a` minus mean of `b`, each a value per independent run (a seed), with a bootstrap
-    that redraws each arm's runs with replacement. With fewer than two runs in either arm the
-    runs say nothing about run-to-run spread: the interval is NaN and the verdict not resolved."""
+    """Mean of `a` minus mean of `b`, one value per independent run (seed) in each arm, with a
+    bootstrap that redraws each arm's runs. Fewer than two runs in an arm say nothing about the
+    run-to-run spread: the interval is then NaN and the verdict not resolved."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     value = float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
-    if min(len(a), len(b)) < 2:
-        return holm_verdicts([value], [np.full(resamples, np.nan)], alpha=1 - level)[0]
-    runs = np.concatenate([a, b])
-    picks = resample_runs([0] * len(a) + [1] * len(b), resamples, np.random.default_rng(seed))
-    drawn = runs[picks]  # [resamples, runs]
-    samples = drawn[:, : len(a)].mean(1) - drawn[:, len(a):].mean(1)
+    drawn = np.concatenate([a, b])[resample_runs([0] * len(a) + [1] * len(b), resamples, np.random.default_rng(seed))]
+    samples = drawn[:, : len(a)].mean(1) - drawn[:, len(a):].mean(1) if min(len(a), len(b)) >= 2 else np.full(resamples, np.nan)
     return holm_verdicts([value], [samples], alpha=1 - level)[0]

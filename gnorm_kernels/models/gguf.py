@@ -18,10 +18,12 @@ setup``); the file is found through the installed package and checked against it
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from gnorm_kernels.checkpoints.formats import file_sha256, progress_bars
 from gnorm_kernels.models.packaged import PackagedModel
@@ -89,7 +91,7 @@ def read_gguf(path: str | os.PathLike, *, progress: bool = False) -> tuple[Any, 
                          f"{sorted(GGUF_FAMILIES)} (families that transformers reads from GGUF and heads can be pruned "
                          f"in){_HINTS.get(architecture, '')}")
     start = time.perf_counter()
-    with progress_bars(progress):
+    with progress_bars(progress), _conversion_bar(progress):
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     config = loaded.config.to_dict()
@@ -109,6 +111,21 @@ def read_gguf(path: str | os.PathLike, *, progress: bool = False) -> tuple[Any, 
               "converter_version": CONVERTER_VERSION, "dtype": "float32",
               "convert_seconds": round(time.perf_counter() - start, 2)}
     return model, tokenizer, record
+
+
+@contextmanager
+def _conversion_bar(show: bool) -> Iterator[None]:
+    """transformers' "Converting and de-quantizing GGUF tensors" bar off inside the block unless
+    `show`: it is a tqdm.auto bar of its own, outside the logging switch `progress_bars` turns."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    original = reader.tqdm
+    if not show:
+        reader.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
 
 
 def ensure_gguf(path: str | os.PathLike, *, cache: str | os.PathLike | None = None, progress: bool = False,

@@ -9,6 +9,7 @@ local checkpoint folders (plain, pruned or GRAIN) and hub ids.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
 from gnorm_kernels.models.sentence import MINILM
 from gnorm_kernels.models.shipped_models import shipped_folder
 from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE, TinyRecipe, ensure_tiny, shipped_name
+from gnorm_kernels.progress import progress_mode
 
 __all__ = ["load_model", "max_positions"]
 
@@ -181,7 +183,8 @@ def load_model(
     file, use it only for files you trust); remote code is never run; a local folder must hold its
     tokenizer (or pass `tokenizer=`), and the tokenizer must fit the embeddings; a `num_labels`
     other than the checkpoint's classifier is an error unless `new_head=True` (a new, untrained
-    classifier). `progress=False` silences the training bar and transformers' loading bars.
+    classifier). `progress=False` (or ``GNORM_PROGRESS=off``) silences the training bar and transformers'
+    loading and GGUF conversion bars.
 
     Loading is strict: every tensor the model needs must be in the checkpoint, and nothing else
     (with `new_head=True`, the classifier may be missing or of another size); weight files are
@@ -189,6 +192,7 @@ def load_model(
     wrote (`allow_unverified=True` loads one saved before manifests existed: only for folders you trust).
     """
     name = os.fspath(name_or_path)
+    progress = progress and progress_mode() != "off"  # GNORM_PROGRESS=off silences every bar below too
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -306,22 +310,25 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
     return model
 
 
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 @contextmanager
 def _quiet_load_report() -> Iterator[None]:
     """transformers' multi-line load report off: `_check_complete` turns what it lists into one error.
-    Its tensor-parallel plan check is silenced too: transformers 5.24 runs it exactly when the
-    loading logger's level is WARNING or above, and it warns "layers were not sharded" on any CPU load."""
-    import logging
 
-    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
+    A filter, not a higher logger level: transformers 5 checks its tensor-parallel plan whenever
+    `transformers.modeling_utils`'s own level is WARNING or above, and that check prints "The
+    following layers were not sharded: ..." (from another logger) for every model with a plan."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _BelowError()
+    logger.addFilter(quiet)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        logger.removeFilter(quiet)
 
 
 def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:
