@@ -109,12 +109,10 @@ def test_a_study_computes_drops_interactions_and_additivity_from_its_runs(setup)
     drops = study.single_drops([a, b])
     base = study.accuracy()
     assert drops[a].value == pytest.approx(base - study.accuracy([a]))
-    pair = study.interactions([(a, b)])[(a, b)]
-    assert pair.value == pytest.approx((base - study.accuracy([a, b])) - drops[a].value - drops[b].value)
-    gaps = study.additivity_gaps([a, b], [0, 1, 2])
-    assert set(gaps) == {1, 2}
-    assert gaps[1].value == pytest.approx(0.0)  # one head: the prediction is its own measurement
-    assert gaps[2].value == pytest.approx(pair.value)  # two heads: the gap is the pair's interaction
+    gaps = study.joint_gaps({"one": [a], "pair": [a, b]})
+    # one head: the prediction is its own measurement; a pair: its joint drop minus the single drops
+    assert gaps["one"].value == pytest.approx(0.0) and gaps["one"].comparisons == 2
+    assert gaps["pair"].value == pytest.approx((base - study.accuracy([a, b])) - drops[a].value - drops[b].value)
     layer = study.drops({"layer 0": [(0, h) for h in range(4)]})["layer 0"]
     assert layer.value == pytest.approx(base - study.accuracy([(0, h) for h in range(4)]))
     grid, resolved = drop_grid(drops, (2, 4))

@@ -129,32 +129,20 @@ class MaskingStudy:
         """`drops` of each head alone, one family."""
         return self.drops({tuple(h): [tuple(h)] for h in heads})
 
-    def interactions(self, pairs: Sequence[tuple[Head, Head]]) -> dict[tuple[Head, Head], Verdict]:
-        """For each pair: its joint drop minus the two single drops. Positive: the two cost more
-        together than apart; negative: less. One family."""
+    def joint_gaps(self, groups: Mapping[K, Sequence[Head]]) -> dict[K, Verdict]:
+        """For each group: the additive prediction (accuracy with every head minus the sum of the
+        group's single drops) minus the accuracy measured with the group masked together. For a
+        pair it is the pair's interaction (joint drop minus the two single drops). Positive: the
+        heads cost more together than their single drops add up to; negative: less. One family."""
         full = frozenset()
-        contrasts: dict[tuple[Head, Head], dict[frozenset, float]] = {}
-        for a, b in pairs:
-            c = {full: -1.0, frozenset([a, b]): -1.0}
-            c[frozenset([a])] = c.get(frozenset([a]), 0.0) + 1.0
-            c[frozenset([b])] = c.get(frozenset([b]), 0.0) + 1.0
-            contrasts[(a, b)] = c
-        return self._verdicts(contrasts)
-
-    def additivity_gaps(self, order: Sequence[Head], counts: Sequence[int]) -> dict[int, Verdict]:
-        """For each count k: the additive prediction (accuracy with every head minus the sum of
-        the single drops of `order[:k]`) minus the accuracy measured with them masked together.
-        Positive: together they cost more than their single drops add up to. One family."""
-        full = frozenset()
-        contrasts: dict[int, dict[frozenset, float]] = {}
-        for k in counts:
-            if k < 1:
-                continue
-            c: dict[frozenset, float] = {full: 1.0 - k, frozenset(map(tuple, order[:k])): -1.0}
-            for h in order[:k]:
-                key = frozenset([tuple(h)])
-                c[key] = c.get(key, 0.0) + 1.0
-            contrasts[k] = c
+        contrasts: dict[K, dict[frozenset, float]] = {}
+        for name, heads in groups.items():
+            heads = [tuple(h) for h in heads]
+            c: dict[frozenset, float] = {full: 1.0 - len(heads)}
+            for h in heads:
+                c[frozenset([h])] = c.get(frozenset([h]), 0.0) + 1.0
+            c[frozenset(heads)] = c.get(frozenset(heads), 0.0) - 1.0
+            contrasts[name] = c
         return self._verdicts(contrasts)
 
 
