@@ -135,3 +135,24 @@ def test_evidence_markdown_shows_intervals_calibration_spread_and_resolved_diffe
     assert diffs[4] == "| c | n/a |"
     with pytest.raises(ValueError, match="no rows"):
         evidence_markdown([], metric="accuracy", keys=[], reference="a")
+
+
+def test_order_against_static_and_the_parameter_split(tiny, tiny_calibration):
+    from gnorm_kernels.engine.driver import greedy_prune
+    from gnorm_kernels.evaluation import parameter_count
+    from gnorm_kernels.evidence.runs import order_against_static, parameter_split
+    from gnorm_kernels.evidence.viz import plot_order_against_static, plot_parameter_split
+
+    model = tiny.model
+    t = greedy_prune(model, tiny_calibration[:1], steps=6, progress=False)
+    found = order_against_static(t)
+    first = t.scores_at(1)
+    static = sorted([(l, h) for l in range(first.shape[0]) for h in range(first.shape[1])],
+                    key=lambda lh: (float(first[lh]), lh))
+    assert found["static_rank"][0] == 0 and found["static_rank"] == [static.index(h) for h in t.order]
+    assert found["overlap"][0] == 1.0 and len(found["overlap"]) == 6
+    assert all(rank > step - 1 for _, step, rank in found["jumps"])
+    rows = parameter_split(model, t, (0.0, 6 / 32))
+    assert rows[0]["attention"] + rows[0]["rest"] == parameter_count(model)
+    assert rows[1]["attention"] < rows[0]["attention"] and rows[1]["rest"] == rows[0]["rest"]
+    assert len(plot_order_against_static(t).axes) == 2 and plot_parameter_split(model, t, (0.0, 0.125)).axes

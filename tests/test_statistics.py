@@ -206,6 +206,9 @@ def test_round_robin_timings_rotate_and_resolve_only_clear_ratios():
     assert "not resolved" in table and "| pruned |" in table and "Holm over 2 ratios" in table
     rows = {r["candidate"]: r for r in t.rows()}
     assert rows["pruned"]["resolved"] and "ratio" not in rows["dense"]
+    said = t.findings().splitlines()
+    assert said[0].startswith("- twin against dense: **not resolved**") and "faster" not in said[0]
+    assert said[1].startswith("- pruned is **faster** than dense: time per call ratio 0.") and "Holm over 2, 12 rounds" in said[1]
     with pytest.raises(ValueError, match="reference"):
         compare_timings(fns, reference="other", clock=clock)
 

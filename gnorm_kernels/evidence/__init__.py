@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         write_ablation_csv,
         write_csv,
     )
+    from gnorm_kernels.evidence.runs import order_against_static, parameter_split
     from gnorm_kernels.evidence.statistics import (
         Estimate,
         Evidence,

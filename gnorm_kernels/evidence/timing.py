@@ -81,6 +81,21 @@ class Timings:
         return "\n".join(lines) + "\n"
 
 
+    def findings(self, what: str = "time per call") -> str:
+        """Markdown bullets, one per candidate: faster or slower than the reference only where the
+        ratio's interval excludes 1, otherwise "not resolved", each with the ratio and its interval."""
+        lines = []
+        for name, ratio in self.ratios.items():
+            shown = format_interval(ratio.value, ratio.low, ratio.high, reference=1.0, digits=2)
+            family = f"Holm over {ratio.comparisons}, {len(self.seconds)} rounds"
+            if ratio.resolved:
+                word = "faster" if ratio.value < 1 else "slower"
+                lines.append(f"- {name} is **{word}** than {self.reference}: {what} ratio {shown} ({family}).")
+            else:
+                lines.append(f"- {name} against {self.reference}: **not resolved**, {what} ratio {shown} ({family}).")
+        return "\n".join(lines)
+
+
 def compare_timings(
     fns: Mapping[str, Callable[[], Any]],
     *,

@@ -29,7 +29,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
 
-__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_drop_grid", "plot_rank_changes", "group_runs"]
+__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_drop_grid", "plot_rank_changes", "plot_order_against_static",
+           "plot_parameter_split", "group_runs"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
 # {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.comparison.Evidence.bands
@@ -269,4 +270,50 @@ def plot_rank_changes(
     ax.set_xlabel("greedy step")
     ax.set_ylabel("head (layer, head), in pruning order")
     ax.set_title(title or f"{trajectory.method}: ranks across greedy steps")
+    return fig
+
+
+def plot_order_against_static(trajectory: Trajectory, *, title: str | None = None) -> Figure:
+    """Two panels for a greedy run: where each greedy choice stood in the ranking of the full
+    model's scores (the order a static method would follow; on the diagonal if re-scoring changed
+    nothing), and the share of the first k heads the two orders have in common."""
+    from gnorm_kernels.evidence.runs import order_against_static
+
+    found = order_against_static(trajectory)
+    steps = np.arange(1, len(found["static_rank"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.3), layout="constrained")
+    axes[0].scatter(steps, found["static_rank"], s=30)
+    axes[0].plot([1, len(steps)], [0, len(steps) - 1], color="grey", linestyle="--", label="no re-ranking")
+    axes[0].set_xlabel("greedy step")
+    axes[0].set_ylabel("rank in the full model's scores (0: first to go)")
+    axes[0].set_title("Where each greedy choice stood in the static ranking")
+    axes[0].legend()
+    axes[1].plot(steps, found["overlap"], marker=".")
+    axes[1].set_xlabel("k (heads pruned)")
+    axes[1].set_ylabel("shared fraction of the first k")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title("Overlap of the greedy and static orders")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_parameter_split(model: torch.nn.Module, trajectory: Trajectory, ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                         *, ax: plt.Axes | None = None) -> Figure:
+    """Stacked bars: the parameters in attention (Q, K, V, O) and in the rest of the model after
+    pruning `trajectory`'s heads up to each of `ratios` (pruned for real, on copies of `model`)."""
+    from gnorm_kernels.evidence.runs import parameter_split
+
+    rows = parameter_split(model, trajectory, ratios)
+    fig, ax = _axis(ax, (9, 3.2))
+    labels = [f"{r['ratio']:.0%}" for r in rows]
+    attention = [r["attention"] for r in rows]
+    rest = [r["rest"] for r in rows]
+    ax.barh(labels, attention, color="#2a7ab9", label="attention (Q, K, V, O)")
+    ax.barh(labels, rest, left=attention, color="#c9c9c9", label="embeddings, feed-forward, norms, head")
+    ax.invert_yaxis()
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("heads pruned")
+    ax.set_title(f"Where the parameters are, as {trajectory.method} prunes heads")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     return fig

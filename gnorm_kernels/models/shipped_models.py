@@ -1,6 +1,7 @@
 """The offline models' trained weights, shipped inside the package.
 
-`tiny` (the 4-layer BERT of `gnorm_kernels.models.tiny_bert`) and `tiny-lm` (the 4-layer grouped-query
+`tiny` (the 4-layer BERT of `gnorm_kernels.models.tiny_bert`), `tiny-aspects` (the same BERT trained on the
+harder "aspects" task: the tutorial's model) and `tiny-lm` (the 4-layer grouped-query
 Llama of `gnorm_kernels.models.tiny_lm`) are trained once from their recipes and their files ship under
 ``gnorm_kernels/models/shipped/<name>/``. Training is deterministic on one kind of CPU but not
 across kinds (vector instruction sets round differently), so shipping the files is what makes
@@ -25,7 +26,7 @@ from gnorm_kernels.checkpoints.formats import file_sha256
 __all__ = ["RECORD", "SHIPPED_MODELS", "SHIPPED_SHA256", "ShippedModelError", "shipped_folder", "shipped_record",
            "shipped_root"]
 
-SHIPPED_MODELS = ("tiny", "tiny-lm")
+SHIPPED_MODELS = ("tiny", "tiny-aspects", "tiny-lm")
 RECORD = "training.json"  # how the model was made (recipe, machine, date, figures): not pinned
 
 # The files that make up each model, with their SHA-256 (`make models` prints these lines).
@@ -36,6 +37,7 @@ SHIPPED_SHA256: dict[str, dict[str, str]] = {
         "tokenizer.json": "062f4b985a249e10f72f74188a4bac8e6dd88faefa77555a1ef5fe70908d598a",
         "tokenizer_config.json": "8f7c0d3f2dc15a242a0f5c7aa6179e4acd5bdb972a01c009d0f5e59678642179",
     },
+    "tiny-aspects": {},
     "tiny-lm": {
         "config.json": "82ab3f0d9e35f7591e724aefdc9bcd7b9fb148735ec0089c5287d7bc7fa9dfc6",
         "generation_config.json": "84ad70ca6b861e865a1076cad5448ffe924be4541e7de83a232eb56a3350e057",
