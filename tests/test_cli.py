@@ -275,3 +275,20 @@ def test_a_classification_task_on_a_causal_lm_says_which_tasks_fit(tmp_path, cap
     assert 'tasks that fit it: "synthetic-lm"' in message and "label_token_ids" not in message
     assert not (tmp_path / "run").exists() and not _leftovers(tmp_path)
     _check_fits_causal_lm(synthetic_lm_task(train_size=1, calibration_size=4, test_size=4), tokenizer, "lm")
+
+
+def test_the_task_defaults_to_the_one_the_offline_model_learned():
+    import argparse
+
+    from gnorm_kernels.cli.commands import DEFAULT_TASKS, _check_args
+
+    def checked(**flags):
+        base = dict(model="tiny", task=None, calib_data=None, eval_data=None, calib_size=None, batch_size=None,
+                    eval_size=None, default_eval_size=500, max_length=None, preset=None)
+        args = argparse.Namespace(**{**base, **flags})
+        _check_args(args)
+        return args.task
+
+    assert checked(model="tiny-aspects") == "aspects" and checked(model="tiny-lm") == "synthetic-lm"
+    assert checked(model="some/hub-model") == "synthetic" and checked(model="tiny-aspects", task="glue/sst2") == "glue/sst2"
+    assert set(DEFAULT_TASKS) == {"tiny", "tiny-aspects", "tiny-lm"}

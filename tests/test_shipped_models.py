@@ -26,11 +26,11 @@ from gnorm_kernels.models.shipped_models import (
     shipped_record,
     shipped_root,
 )
-from gnorm_kernels.models.tiny_bert import TinyRecipe
+from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE, TinyRecipe
 from gnorm_kernels.models.tiny_lm import LMRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"tiny": TinyRecipe(), "tiny-lm": LMRecipe()}
+RECIPES = {"tiny": TinyRecipe(), "tiny-aspects": ASPECTS_RECIPE, "tiny-lm": LMRecipe()}
 
 
 def refuse_training(monkeypatch) -> None:
@@ -61,7 +61,7 @@ def trained(*args, **kwargs):
     sys.exit("a shipped model was trained")
 tiny_bert.train_tiny = tiny_lm.train_tiny_lm = trained
 digests = {}
-for name in ("tiny", "tiny-lm"):
+for name in ("tiny", "tiny-aspects", "tiny-lm"):
     model, _ = loading.load_model(name, progress=False)
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
@@ -145,8 +145,11 @@ def test_the_recipe_still_makes_a_model_that_behaves_like_the_shipped_one(name, 
     from gnorm_kernels.models.make_models import build_shipped
 
     made = build_shipped((name,), tmp_path, progress=False)[name]["behaviour"]
-    assert made["test_accuracy"] >= 0.95
     assert made["test_accuracy"] == pytest.approx(shipped["test_accuracy"], abs=0.02)
+    if name == "tiny-aspects":  # the tutorial's model: not saturated, and no single head decides it
+        assert 0.85 <= made["test_accuracy"] <= 0.95 and made["largest_head_drop"] <= 0.10
+        return
+    assert made["test_accuracy"] >= 0.95
     assert made["largest_head_drop"] >= 0.03  # a head the model cannot do without
     assert made["share_of_heads_under_half_a_point"] >= 0.5  # and many it barely uses
     if "test_perplexity" in shipped:

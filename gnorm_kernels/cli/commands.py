@@ -51,8 +51,8 @@ PRESET_DATA, DATA_DEFAULTS = {"authors": (1000, 128)}, (256, 32)  # presets.PRES
 def _add_data_args(p: argparse.ArgumentParser, *, eval_size: int | None = None) -> None:
     p.add_argument("--model", default="tiny", help='"tiny" or "tiny-aspects" (shipped with the package), smollm2-135m'
                    ', a .gguf file, a hub id, or a local folder')
-    p.add_argument("--task", default="synthetic", help='"synthetic", "aspects" (for tiny-aspects), glue/<task>, python-docs'
-                   ', a csv/tsv/jsonl or a .txt file')
+    p.add_argument("--task", default=None, help='"synthetic", "aspects", "synthetic-lm", glue/<task>, python-docs, a '
+                   'csv/tsv/jsonl or a .txt file (default: the task the offline model was trained on, "synthetic" otherwise)')
     p.add_argument("--calib-data", type=Path, help="instead of --task: a csv/tsv/jsonl/txt file to calibrate on ...")
     p.add_argument("--eval-data", type=Path, help="... and one to evaluate on, every row (e.g. GLUE train.tsv, dev.tsv)")
     p.add_argument("--calib-size", type=int, help="calibration examples used for scoring (default 256; authors: 1000)")
@@ -100,14 +100,20 @@ def _add_pruning_args(p: argparse.ArgumentParser, *, default_ratio: float | None
     p.set_defaults(default_ratio=default_ratio)
 
 
+# the task each offline model was trained on: what --task defaults to for it
+DEFAULT_TASKS = {"tiny": "synthetic", "tiny-aspects": "aspects", "tiny-lm": "synthetic-lm"}
+
+
 def _check_args(args: argparse.Namespace) -> None:
     require_extra("plots", "figures")  # before any work, not after it
     for name, default in zip(("calib_size", "batch_size"), PRESET_DATA.get(getattr(args, "preset", None), DATA_DEFAULTS)):
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))  # flags left unset
     if args.eval_size is None and args.eval_data is None:  # --eval-data: every row unless told otherwise
         args.eval_size = args.default_eval_size
-    if (args.calib_data is None) != (args.eval_data is None) or (args.calib_data and args.task != "synthetic"):
+    if (args.calib_data is None) != (args.eval_data is None) or (args.calib_data and args.task is not None):
         raise CLIError("--calib-data and --eval-data go together, instead of --task: give both files, or --task")
+    if args.task is None and args.calib_data is None:
+        args.task = DEFAULT_TASKS.get(str(args.model), "synthetic")
     for name in ("calib_size", "batch_size", "max_length", "heads_per_step", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:

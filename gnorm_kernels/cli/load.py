@@ -190,7 +190,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list, list]:
     # only the calibration and test splits are used here; the synthetic generator draws those
     # first, so a one-example train split leaves them unchanged and saves generating 40k texts
     needed = args.calib_size * getattr(args, "calib_draws", 1)
-    options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) in ("synthetic", "synthetic-lm") else {}
+    options = {"train_size": 1, "calibration_size": max(512, needed)} if str(args.task) in ("synthetic", "aspects", "synthetic-lm") else {}
     source = str(args.task)
     if getattr(args, "calib_data", None) is not None:  # two files: calibrate on one, evaluate on every row of the other
         options, source = {"eval_file": args.eval_data, "calibration_size": needed}, str(args.calib_data)

@@ -37,7 +37,12 @@ SHIPPED_SHA256: dict[str, dict[str, str]] = {
         "tokenizer.json": "062f4b985a249e10f72f74188a4bac8e6dd88faefa77555a1ef5fe70908d598a",
         "tokenizer_config.json": "8f7c0d3f2dc15a242a0f5c7aa6179e4acd5bdb972a01c009d0f5e59678642179",
     },
-    "tiny-aspects": {},
+    "tiny-aspects": {
+        "config.json": "03ed7a3d14d34357137d428aab9fb85df18977015eb6df8e19fa97fcd733f4b4",
+        "model.safetensors": "9d38539a6d223e71421c617790a3378fd085aad23dd549e597a3c0d9990f129c",
+        "tokenizer.json": "062f4b985a249e10f72f74188a4bac8e6dd88faefa77555a1ef5fe70908d598a",
+        "tokenizer_config.json": "8f7c0d3f2dc15a242a0f5c7aa6179e4acd5bdb972a01c009d0f5e59678642179",
+    },
     "tiny-lm": {
         "config.json": "82ab3f0d9e35f7591e724aefdc9bcd7b9fb148735ec0089c5287d7bc7fa9dfc6",
         "generation_config.json": "84ad70ca6b861e865a1076cad5448ffe924be4541e7de83a232eb56a3350e057",
