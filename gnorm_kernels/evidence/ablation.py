@@ -26,11 +26,11 @@ from gnorm_kernels.heads.masking import mask_heads
 __all__ = ["contrast_verdicts", "correct_under_mask", "accuracy_text", "MaskingStudy", "change_sentence",
            "drop_grid", "ablation_counts"]
 
-K = TypeVar("K", bound=Hashable)
+Label = TypeVar("Label", bound=Hashable)
 
 
-def contrast_verdicts(outcomes: Mapping[Hashable, Any], contrasts: Mapping[K, Mapping[Hashable, float]], *,
-                      resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[K, Verdict]:
+def contrast_verdicts(outcomes: Mapping[Hashable, Any], contrasts: Mapping[Label, Mapping[Hashable, float]], *,
+                      resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[Label, Verdict]:
     """Each contrast sum_name weight * mean(outcomes[name]), decided as one family under Holm's
     correction at 1 - `level`. `outcomes` ({name: [n]}) are per-example values (1/0: right/wrong)
     on the same n examples; one paired bootstrap over the examples serves every name, so a
@@ -50,7 +50,7 @@ def contrast_verdicts(outcomes: Mapping[Hashable, Any], contrasts: Mapping[K, Ma
     n = stack.shape[1]
     means = resample_counts(n, resamples, np.random.default_rng(seed)) @ stack.T / n  # [resamples, names]
     samples = means @ weights.T  # [resamples, contrasts]
-    values = weights @ stack.mean(1)
+    values = weights @ stack.sum(1) / n  # sums first: 0/1 outcomes give exact counts, the same in any order
     found = holm_verdicts(list(values), [samples[:, c] for c in range(len(values))], alpha=1 - level)
     return dict(zip(contrasts, found))
 
@@ -115,12 +115,12 @@ class MaskingStudy:
     def accuracy(self, heads: Iterable[Head] = ()) -> float:
         return float(self.correct(heads).mean())
 
-    def _verdicts(self, contrasts: Mapping[K, Mapping[frozenset, float]]) -> dict[K, Verdict]:
-        needed = {k for c in contrasts.values() for k in c}
-        outcomes = {k: self.correct(k) for k in needed}
+    def _verdicts(self, contrasts: Mapping[Label, Mapping[frozenset, float]]) -> dict[Label, Verdict]:
+        needed = sorted({k for c in contrasts.values() for k in c}, key=lambda k: (len(k), sorted(k)))
+        outcomes = {k: self.correct(k) for k in needed}  # a fixed order: the same numbers on every run
         return contrast_verdicts(outcomes, contrasts, resamples=self.resamples, level=self.level, seed=self.seed)
 
-    def drops(self, groups: Mapping[K, Iterable[Head]]) -> dict[K, Verdict]:
+    def drops(self, groups: Mapping[Label, Iterable[Head]]) -> dict[Label, Verdict]:
         """Accuracy with every head minus with each group masked (positive: worse without it)."""
         full = frozenset()
         return self._verdicts({name: {full: 1.0, frozenset(map(tuple, g)): -1.0} for name, g in groups.items()})
@@ -129,13 +129,13 @@ class MaskingStudy:
         """`drops` of each head alone, one family."""
         return self.drops({tuple(h): [tuple(h)] for h in heads})
 
-    def joint_gaps(self, groups: Mapping[K, Sequence[Head]]) -> dict[K, Verdict]:
+    def joint_gaps(self, groups: Mapping[Label, Sequence[Head]]) -> dict[Label, Verdict]:
         """For each group: the additive prediction (accuracy with every head minus the sum of the
         group's single drops) minus the accuracy measured with the group masked together. For a
         pair it is the pair's interaction (joint drop minus the two single drops). Positive: the
         heads cost more together than their single drops add up to; negative: less. One family."""
         full = frozenset()
-        contrasts: dict[K, dict[frozenset, float]] = {}
+        contrasts: dict[Label, dict[frozenset, float]] = {}
         for name, heads in groups.items():
             heads = [tuple(h) for h in heads]
             c: dict[frozenset, float] = {full: 1.0 - len(heads)}

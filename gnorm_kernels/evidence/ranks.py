@@ -18,7 +18,7 @@ from gnorm_kernels.evidence.statistics import Verdict, holm_verdicts
 
 __all__ = ["average_ranks", "spearman", "rank_correlations", "correlation_sentence", "prune_positions", "tied_heads"]
 
-K = TypeVar("K", bound=Hashable)
+Key = TypeVar("Key", bound=Hashable)
 
 
 def _flat(grid: Any) -> np.ndarray:
@@ -66,8 +66,8 @@ def spearman(a: Any, b: Any) -> float:
     return float(_pearson_rows(average_ranks(x), average_ranks(y)))
 
 
-def rank_correlations(pairs: Mapping[K, tuple[Any, Any]], *, resamples: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> dict[K, Verdict]:
+def rank_correlations(pairs: Mapping[Key, tuple[Any, Any]], *, resamples: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> dict[Key, Verdict]:
     """Spearman's rho for each named pair of grids, with a bootstrap over heads (the same head
     resamples for every pair of the same heads) and Holm's correction over the family: a
     `Verdict` whose interval excludes 0 says the sign of the correlation is settled."""
