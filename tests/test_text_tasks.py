@@ -218,3 +218,20 @@ def test_gnorm_ablate_on_text_reports_the_rise_in_perplexity(tmp_path, reviews, 
     assert lines[0].startswith("perplexity ") and "rise in perplexity" in lines[0]
     rises = [float(v) for line in lines[2:] for v in line.split()[1:]]
     assert len(rises) == 32 and max(rises) > 0  # some head matters: the model reads worse without it
+
+
+def test_calibration_draws_of_a_text_task_count_windows(lm, reviews, tmp_path):
+    from gnorm_kernels.evidence.calibration import calibration_draws
+
+    _, tokenizer = lm
+    task = load_task(_write(tmp_path, "jsonl", reviews))
+    draws = calibration_draws(task, tokenizer, draws=3, size=5, batch_size=2, max_length=12)
+    assert [[len(b["input_ids"]) for b in d] for d in draws] == [[2, 2, 1]] * 3  # 5 windows each, batches of 2
+    windows = [torch.cat([b["input_ids"] for b in d]) for d in draws]
+    assert all(w.shape == (5, 12) for w in windows)
+    rows = {tuple(r.tolist()) for w in windows for r in w}
+    assert len(rows) == 15  # disjoint
+    first = torch.cat([b["input_ids"] for b in task.batches("calibration", tokenizer, max_length=12, limit=5)])
+    assert torch.equal(windows[0], first)  # draw 0: the calibration split's first windows
+    with pytest.raises(ValueError, match="windows of 12 tokens"):
+        calibration_draws(task, tokenizer, draws=2, size=10_000, max_length=12)

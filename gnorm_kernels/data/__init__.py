@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         synthetic_lm_task,
     )
     from gnorm_kernels.data.loading import GLUE_TASKS, load_task, task_from_file, task_from_files, task_from_glue
+    from gnorm_kernels.data.pairs import pair_batches, paragraph_halves
     from gnorm_kernels.data.synthetic import (
         FILM_NOUNS,
         INTENSIFIERS,

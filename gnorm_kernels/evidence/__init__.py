@@ -56,10 +56,12 @@ if TYPE_CHECKING:
         Evidence,
         Verdict,
         bootstrap_p_value,
+        compare_means,
         format_interval,
         holm_verdicts,
         metric_on_resamples,
         percentile_interval,
+        perplexity_evidence,
         point_weights,
         range_weights,
         resample_counts,
@@ -67,6 +69,6 @@ if TYPE_CHECKING:
         wilson_interval,
         with_wilson,
     )
-    from gnorm_kernels.evidence.timing import Timings, compare_latency, compare_timings, forward_pass
+    from gnorm_kernels.evidence.timing import DecodeLoop, Timings, compare_latency, compare_timings, forward_pass
 
 __getattr__, __dir__, __all__, _EXPORTS = lazy_exports(__name__, __file__)

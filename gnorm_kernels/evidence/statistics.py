@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from gnorm_kernels.evaluation import confusion_metrics
 __all__ = [
     "resample_counts", "metric_on_resamples", "point_weights", "range_weights", "resample_runs", "wilson_interval",
     "percentile_interval", "bootstrap_p_value", "Estimate", "with_wilson", "Verdict", "format_interval",
-    "holm_verdicts", "Evidence",
+    "holm_verdicts", "Evidence", "compare_means", "perplexity_evidence",
 ]
 
 _EPS = 1e-9
@@ -312,3 +312,75 @@ def holm_verdicts(values: Sequence[float], samples: Sequence[np.ndarray], *, alp
     nan = float("nan")
     return [out.get(i) or Verdict(float(values[i]), nan, nan, nan, nan, nan, m, alpha, reference, *calib[i])
             for i in range(len(values))]
+
+
+def compare_means(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *, resamples: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> tuple[dict[str, Estimate], dict[tuple[str, str], Verdict]]:
+    """Means of per-example values with paired-bootstrap intervals, and the differences of `pairs`
+    (a minus b) decided as one family under Holm's correction (`holm_verdicts`).
+
+    Every entry of `values` holds the same n examples: [n], or [runs, n] for a method run with
+    several seeds (its mean is over runs and examples). All entries share each resample of the
+    examples, so differences are paired; a [runs, n] entry also has its runs resampled
+    (`resample_runs`), which puts the spread over seeds inside its intervals."""
+    arrays = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+    sizes = {a.shape[1] for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every entry must hold the same examples, got sizes {sorted(sizes)}")
+    unknown = sorted({k for pair in pairs for k in pair} - set(arrays))
+    if unknown:
+        raise KeyError(f"pairs name {unknown}, which are not in values ({sorted(arrays)})")
+    rng = np.random.default_rng(seed)
+    n = sizes.pop()
+    counts = resample_counts(n, resamples, rng)  # shared by every entry: the pairing
+    sampled = {}
+    for key, runs in arrays.items():
+        picks = resample_runs([0] * len(runs), resamples, rng)  # [resamples, runs]
+        per_run = counts @ runs.T / n  # [resamples, runs]: each run's mean on each resample
+        sampled[key] = np.take_along_axis(per_run, picks, axis=1).mean(1)
+    estimates = {}
+    for key, runs in arrays.items():
+        low, high = percentile_interval(sampled[key], level)
+        estimates[key] = Estimate(float(runs.mean()), float(low), float(high))
+    found = holm_verdicts([estimates[a].value - estimates[b].value for a, b in pairs],
+                          [sampled[a] - sampled[b] for a, b in pairs], alpha=1 - level)
+    return estimates, dict(zip(pairs, found))
+
+
+def perplexity_evidence(
+    windows: Mapping[str, tuple[Sequence[float], Sequence[int]]],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[dict[str, Estimate], dict[tuple[str, str], Verdict]]:
+    """Perplexities of fixed models on the same evaluation windows, with intervals, and the
+    differences of `pairs` (a minus b) decided as one family under Holm's correction.
+
+    `windows[name]` is (each window's summed next-token NLL, its token count), as
+    ``evaluate(..., per_example=True)`` gives them (``example_nll``, ``example_tokens``). One paired
+    bootstrap over windows serves every model (the same resampled windows for all), so a
+    difference's interval reflects how the models differ window by window."""
+    if not windows:
+        raise ValueError("no models to compare: expected {name: (window NLL sums, window token counts)}")
+    names = list(windows)
+    tokens = np.asarray(windows[names[0]][1], dtype=np.float64)
+    nll = {}
+    for name in names:
+        values, counts = (np.asarray(x, dtype=np.float64) for x in windows[name])
+        if counts.shape != tokens.shape or (counts != tokens).any() or values.shape != tokens.shape:
+            raise ValueError(f"{name!r} was evaluated on other windows than {names[0]!r}: a paired bootstrap needs "
+                             f"the same windows ({len(tokens)} with the same token counts) for every model")
+        nll[name] = values
+    unknown = sorted({n for pair in pairs for n in pair} - set(names))
+    if unknown:
+        raise ValueError(f"pairs name {unknown}, which are not among the models {names}")
+    counts = resample_counts(len(tokens), resamples, np.random.default_rng(seed))
+    point = {n: float(metric_on_resamples(np.ones((1, len(tokens))), nll[n][None, :], tokens, "perplexity")[0, 0])
+             for n in names}
+    boot = {n: metric_on_resamples(counts, nll[n][None, :], tokens, "perplexity")[:, 0] for n in names}
+    estimates = {n: Estimate(point[n], *(float(b) for b in percentile_interval(boot[n], level))) for n in names}
+    verdicts = holm_verdicts([point[a] - point[b] for a, b in pairs], [boot[a] - boot[b] for a, b in pairs],
+                             alpha=1 - level)
+    return estimates, dict(zip([tuple(p) for p in pairs], verdicts))

