@@ -68,10 +68,10 @@ def test_a_progress_bar_is_found_from_the_saved_widget_state_too():
     assert summary(check_notebook(nb)) == {"claim": 0, "progress-widget": 1, "widget-without-still": 0, "helper": 0}
 
 
-# The committed notebooks that already follow every rule; the others (01-03) are still to be
-# rewritten to generated claims, stills beside their widgets and no helpers of their own.
-FOLLOWING_THE_RULES = ("03_greedy_pruning.ipynb", "04_triton_block_norm_kernel.ipynb", "05_real_checkpoints.ipynb",
-                       "06_intra_attention_pruning.ipynb", "07_decoder_heads_and_the_kv_cache.ipynb", "08_a_real_llm.ipynb",
+# The committed notebooks that follow every rule: all of them.
+FOLLOWING_THE_RULES = ("01_head_masking.ipynb", "02_gradient_norm_scores.ipynb", "03_greedy_pruning.ipynb",
+                       "04_triton_block_norm_kernel.ipynb", "05_real_checkpoints.ipynb", "06_intra_attention_pruning.ipynb",
+                       "07_decoder_heads_and_the_kv_cache.ipynb", "08_a_real_llm.ipynb",
                        "09_pruned_models_that_leave_the_package.ipynb")
 
 

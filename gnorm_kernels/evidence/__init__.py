@@ -11,6 +11,15 @@ from typing import TYPE_CHECKING
 from gnorm_kernels._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from gnorm_kernels.evidence.ablation import (
+        MaskingStudy,
+        ablation_counts,
+        accuracy_text,
+        change_sentence,
+        contrast_verdicts,
+        correct_under_mask,
+        drop_grid,
+    )
     from gnorm_kernels.evidence.calibration import calibration_draws
     from gnorm_kernels.evidence.comparison import (
         DEFAULT_BUDGETS,
@@ -19,6 +28,14 @@ if TYPE_CHECKING:
         bootstrap_evidence,
         budget_key,
         range_key,
+    )
+    from gnorm_kernels.evidence.ranks import (
+        average_ranks,
+        correlation_sentence,
+        prune_positions,
+        rank_correlations,
+        spearman,
+        tied_heads,
     )
     from gnorm_kernels.evidence.report import (
         TABLE_FRACTIONS,

@@ -57,6 +57,7 @@ def toggle_grid_figure(shown: Mapping[str, Any], present: Any, metric: str) -> F
     fig = Figure(figsize=(max(3.0, 0.5 * num_heads + 1.2), 0.45 * num_layers + 1.1))
     ax = fig.subplots()
     ax.imshow(state, cmap=ListedColormap([_GONE, _MASKED, _KEPT]), vmin=0, vmax=2)
+    ax.grid(False)  # a style with grid lines (seaborn whitegrid) would draw them across the cells
     ax.set_xticks(range(num_heads))
     ax.set_yticks(range(num_layers))
     ax.set_xlabel("head")

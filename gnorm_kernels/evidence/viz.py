@@ -23,16 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm, SymLogNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from gnorm_kernels.engine.trajectory import Trajectory  # noqa: E402
 
 if TYPE_CHECKING:
     from gnorm_kernels.evidence.timing import Timings
 
-__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_interval_curves", "plot_rank_changes", "plot_order_against_static",
-           "plot_parameter_split", "group_runs", "unit_name", "plot_time_ratios"]
+__all__ = ["plot_accuracy_curves", "plot_head_grid", "plot_drop_grid", "plot_interval_curves", "plot_rank_changes",
+           "plot_order_against_static", "plot_parameter_split", "group_runs", "unit_name", "plot_time_ratios"]
 
 Runs = Trajectory | Sequence[Trajectory] | Mapping[str, Trajectory | Sequence[Trajectory]]
 # {method: (fraction of heads pruned, lower, upper)}, e.g. gnorm_kernels.evidence.comparison.Evidence.bands
@@ -180,10 +181,14 @@ def plot_head_grid(
     title: str | None = None,
     annotate: bool | None = None,
     log: bool | None = None,
+    prune_first: Literal["lowest", "highest"] = "lowest",
 ) -> Figure:
     """A layers x heads heatmap: a kept mask, a score grid (pruned heads blank) or single-head
     ablation drops (diverging around zero). `log` (default: automatic for positive scores that
-    span more than two decades) uses a logarithmic colour scale."""
+    span more than two decades) uses a logarithmic colour scale. For scores, dark always marks
+    the heads pruned first: `prune_first="highest"` (attention entropy) reverses the colours."""
+    if prune_first not in ("lowest", "highest"):
+        raise ValueError(f"prune_first must be 'lowest' or 'highest', got {prune_first!r}")
     if kind not in ("mask", "scores", "ablation"):
         raise ValueError(f"kind must be 'mask', 'scores' or 'ablation', got {kind!r}")
     values = _as_array(grid)
@@ -205,7 +210,7 @@ def plot_head_grid(
             norm = TwoSlopeNorm(vcenter=0.0, vmin=-span or -1.0, vmax=span or 1.0)
             cmap = "RdBu_r"
         else:
-            cmap = "viridis"
+            cmap = "viridis" if prune_first == "lowest" else "viridis_r"
             positive = finite.size and (finite > 0).all()
             wide = positive and finite.max() / finite.min() > 100
             if log or (log is None and wide):
@@ -213,8 +218,8 @@ def plot_head_grid(
                     raise ValueError("log=True needs positive scores")
                 norm = LogNorm(vmin=finite.min(), vmax=finite.max())
         sns.heatmap(np.ma.masked_invalid(data), cmap=cmap, norm=norm, annot=annotate, fmt=".2g",
-                    annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy drop" if kind == "ablation" else "score"},
-                    **common)
+                    annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy drop" if kind == "ablation" else
+                                                         "score (dark: pruned first)"}, **common)
         ax.set_facecolor("#eeeeee")
         default = "drop when one head alone is masked" if kind == "ablation" else "head scores"
         if np.isnan(data).any():
@@ -224,6 +229,42 @@ def plot_head_grid(
     ax.set_xticks(np.arange(H) + 0.5, [str(h) for h in range(H)], rotation=0)
     ax.set_yticks(np.arange(L) + 0.5, [str(l) for l in range(L)], rotation=0)
     ax.set_title(title or default)
+    return fig
+
+
+def plot_drop_grid(
+    drops: torch.Tensor | np.ndarray,
+    *,
+    resolved: np.ndarray | None = None,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    label: str = "accuracy drop (points)",
+) -> Figure:
+    """Accuracy drops in points on the [layers, heads] grid, annotated to one decimal: diverging
+    and centred on 0 (red: worse without the head, blue: better), symmetric and logarithmic
+    beyond +-1 point so one large drop does not wash out the small ones. `resolved` (bool grid)
+    frames the drops whose interval excludes 0."""
+    points = _as_array(drops).astype(float)
+    L, H = points.shape
+    fig, ax = _axis(ax, (min(3.0 + 0.8 * H, 11.0), min(1.6 + 0.55 * L, 8.0)))
+    finite = points[np.isfinite(points)]
+    span = max(1.0, float(np.abs(finite).max()) if finite.size else 1.0)
+    norm = SymLogNorm(linthresh=1.0, linscale=1.0, vmin=-span, vmax=span, base=10)
+    sns.heatmap(np.ma.masked_invalid(points), ax=ax, cmap="RdBu_r", norm=norm, annot=True, fmt=".1f",
+                annot_kws={"fontsize": 8}, linewidths=0.5, linecolor="white", square=H <= 16 and L <= 16,
+                cbar_kws={"label": label + "; log beyond ±1"})
+    ticks = [t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= span]
+    ax.collections[0].colorbar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+    if resolved is not None:
+        for layer, head in zip(*np.nonzero(np.asarray(resolved, dtype=bool))):
+            ax.add_patch(Rectangle((head, layer), 1, 1, fill=False, edgecolor="black", lw=2))
+    ax.set_facecolor("#eeeeee")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(np.arange(H) + 0.5, [str(h) for h in range(H)], rotation=0)
+    ax.set_yticks(np.arange(L) + 0.5, [str(l) for l in range(L)], rotation=0)
+    ax.set_title(title or "accuracy drop when one head alone is masked" +
+                 ("\n(framed: interval excludes 0)" if resolved is not None else ""))
     return fig
 
 
