@@ -17,8 +17,9 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 import torch
 
-from gnorm_kernels.evaluation import evaluate
-from gnorm_kernels.evidence.statistics import Verdict, format_interval, holm_verdicts, resample_counts, wilson_interval
+from gnorm_kernels.evaluation import correct_per_example
+from gnorm_kernels.evidence.sentences import proportion_text
+from gnorm_kernels.evidence.statistics import Verdict, holm_verdicts, resample_counts
 from gnorm_kernels.heads.families import head_layout
 from gnorm_kernels.heads.layout import Head
 from gnorm_kernels.heads.masking import mask_heads
@@ -64,19 +65,13 @@ def correct_under_mask(model: torch.nn.Module, batches: Sequence[Mapping[str, to
     for layer, head in heads:
         gates[layer, head] = 0.0
     with mask_heads(model, gates):
-        found = evaluate(model, batches, per_example=True, progress=False)
-    if "predictions" not in found:
-        raise ValueError("correct_under_mask needs batches with class labels")
-    return np.equal(found["predictions"], found["golds"])
+        return correct_per_example(model, batches).astype(bool)
 
 
 def accuracy_text(correct: Any, *, level: float = 0.95, digits: int = 3) -> str:
     """"0.941 [0.930, 0.951] (Wilson 95%, n = 2000)": an accuracy with its Wilson interval."""
     correct = np.asarray(correct, dtype=bool)
-    low, high = wilson_interval(int(correct.sum()), len(correct), level)
-    value = float(correct.mean())
-    shown = format_interval(value, float(low), float(high), reference=value, digits=digits)
-    return f"{shown} (Wilson {level:.0%}, n = {len(correct)})"
+    return proportion_text(int(correct.sum()), len(correct), level=level, digits=digits)
 
 
 def change_sentence(label: str, verdict: Verdict, *, digits: int = 3) -> str:
