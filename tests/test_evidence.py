@@ -339,6 +339,7 @@ def _per_example_on_a_shard(rank: int, init: str, out: str) -> None:
         mine = distributed.shard(batches, "evaluation batches", allow_empty=True)  # rank 2 holds none
         result = evaluate(model, mine, per_example=True)
         torch.save({k: result[k] for k in ("predictions", "golds", "accuracy")}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # leave together: a rank that tears gloo down while a peer still talks to it can abort
     finally:
         dist.destroy_process_group()
 
