@@ -73,16 +73,16 @@ class TinyRecipe:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _grammar(task: str) -> tuple[Any, Any, Any]:
-    """(task function, fingerprint function, task name) of a recipe's `task`."""
+def _grammar(task: str) -> tuple[Any, Any]:
+    """(task function, fingerprint function) of a recipe's `task`."""
     if task == "aspects":
         from gnorm_kernels.data.aspects import aspects_fingerprint, aspects_task
 
-        return aspects_task, aspects_fingerprint, task
+        return aspects_task, aspects_fingerprint
     if task == "synthetic":
         from gnorm_kernels.data.synthetic import synthetic_fingerprint, synthetic_task
 
-        return synthetic_task, synthetic_fingerprint, task
+        return synthetic_task, synthetic_fingerprint
     raise ValueError(f"a tiny recipe learns 'synthetic' or 'aspects', got task={task!r}")
 
 
@@ -145,7 +145,7 @@ def train_tiny(recipe: TinyRecipe | None = None, *, progress: bool = True) -> tu
     from gnorm_kernels.evaluation import evaluate
 
     recipe = recipe or TinyRecipe()
-    make_task, fingerprint, _ = _grammar(recipe.task)
+    make_task, fingerprint = _grammar(recipe.task)
     task = make_task(seed=recipe.data_seed, train_size=recipe.train_size)
     tokenizer = synthetic_tokenizer(model_max_length=recipe.max_positions)
     epochs = math.ceil(recipe.steps * recipe.batch_size / recipe.train_size)
